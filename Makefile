@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+BUILD ?= build
+CONF ?= etc/dev.conf
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps test-deps build run test clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+test-deps:
+	@./scripts/install-deps.sh --test
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	./scripts/dev-run.sh $(CONF)
+
+test: test-deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure
+
+clean:
+	rm -rf $(BUILD)

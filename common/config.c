@@ -1,0 +1,315 @@
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+enum ctype { T_STR, T_INT, T_BOOL, T_PATH, T_DURATION };
+
+struct key {
+	const char *section;
+	const char *name;
+	enum ctype type;
+	const char *def;
+	long long min, max;
+	bool reloadable;
+};
+
+/* The whole configuration surface. Durations are seconds, with an optional
+ * s/m/h/d suffix in the file. */
+static const struct key keys[] = {
+	{"main", "hostname", T_STR, "", 0, 0, false},
+	{"main", "spool_dir", T_PATH, "/var/spool/mxferry", 0, 0, false},
+	{"main", "data_dir", T_PATH, "/var/lib/mxferry", 0, 0, false},
+	{"main", "daemon_dir", T_PATH, "", 0, 0, false},
+	{"main", "dns_resolver", T_STR, "", 0, 0, false},
+	/* Development only: every daemon keeps the invoking user's identity. */
+	{"main", "run_as_invoking_user", T_BOOL, "no", 0, 0, false},
+	{"main", "log_level", T_STR, "info", 0, 0, true},
+	{"smtpd", "listen", T_STR, "0.0.0.0:25,[::]:25", 0, 0, false},
+	{"smtpd", "user", T_STR, "mxferry-smtpd", 0, 0, false},
+	{"smtpd", "max_message_size", T_INT, "26214400", 1024, 1LL << 34, true},
+	{"smtpd", "max_recipients", T_INT, "50", 1, 100000, true},
+	{"router", "user", T_STR, "mxferry-router", 0, 0, false},
+	{"router", "srs_domain", T_STR, "", 0, 0, true},
+	{"router", "retry_min", T_DURATION, "300", 1, 86400, true},
+	{"router", "retry_max", T_DURATION, "14400", 1, 7 * 86400, true},
+	{"router", "max_queue_lifetime", T_DURATION, "432000", 1, 60 * 86400, true},
+	{"deliverd", "user", T_STR, "mxferry-deliver", 0, 0, false},
+	{"deliverd", "smtp_port", T_INT, "25", 1, 65535, false},
+	{"deliverd", "connect_timeout", T_DURATION, "30", 1, 3600, true},
+	{"deliverd", "command_timeout", T_DURATION, "300", 1, 3600, true},
+	{"bouncer", "user", T_STR, "mxferry-bounce", 0, 0, false},
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+struct mxf_config {
+	char *file;
+	char *dir;
+	char *val[NKEYS];
+	long long num[NKEYS];
+	char *err;
+	size_t errlen;
+	int failed;
+};
+
+static int key_index(const char *section, const char *name)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static int parse_bool(const char *v, long long *out)
+{
+	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcasecmp(v, "on") || !strcmp(v, "1"))
+		*out = 1;
+	else if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcasecmp(v, "off") || !strcmp(v, "0"))
+		*out = 0;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static int parse_num(const char *v, int duration, long long *out)
+{
+	char *end;
+	errno = 0;
+	long long n = strtoll(v, &end, 10);
+	if (errno || end == v)
+		return -EINVAL;
+	long long mul = 1;
+	if (duration && *end) {
+		switch (*end) {
+		case 's': mul = 1; break;
+		case 'm': mul = 60; break;
+		case 'h': mul = 3600; break;
+		case 'd': mul = 86400; break;
+		default: return -EINVAL;
+		}
+		end++;
+	}
+	if (*end)
+		return -EINVAL;
+	if (n > LLONG_MAX / mul || n < LLONG_MIN / mul)
+		return -ERANGE;
+	*out = n * mul;
+	return 0;
+}
+
+static int set_value(struct mxf_config *cfg, int i, const char *v)
+{
+	const struct key *k = &keys[i];
+	char *copy;
+	long long n = 0;
+	int r = 0;
+
+	switch (k->type) {
+	case T_BOOL:
+		r = parse_bool(v, &n);
+		break;
+	case T_INT:
+	case T_DURATION:
+		r = parse_num(v, k->type == T_DURATION, &n);
+		if (r == 0 && (n < k->min || n > k->max))
+			r = -ERANGE;
+		break;
+	default:
+		break;
+	}
+	if (r < 0) {
+		snprintf(cfg->err, cfg->errlen, "%s: [%s] %s: invalid value '%s'%s", cfg->file,
+			 k->section, k->name, v, r == -ERANGE ? " (out of range)" : "");
+		return r;
+	}
+	if (k->type == T_PATH && v[0] != '\0' && v[0] != '/') {
+		size_t len = strlen(cfg->dir) + strlen(v) + 2;
+		copy = malloc(len);
+		if (copy)
+			snprintf(copy, len, "%s/%s", cfg->dir, v);
+	} else {
+		copy = strdup(v);
+	}
+	if (!copy)
+		return -ENOMEM;
+	free(cfg->val[i]);
+	cfg->val[i] = copy;
+	cfg->num[i] = n;
+	return 0;
+}
+
+static int on_entry(void *user, const char *section, const char *name, const char *value)
+{
+	struct mxf_config *cfg = user;
+	if (cfg->failed)
+		return 0;
+	int i = key_index(section, name);
+	if (i < 0) {
+		snprintf(cfg->err, cfg->errlen, "%s: unknown key [%s] %s", cfg->file, section, name);
+		cfg->failed = -EINVAL;
+		return 0;
+	}
+	int r = set_value(cfg, i, value);
+	if (r < 0) {
+		cfg->failed = r;
+		return 0;
+	}
+	return 1;
+}
+
+void mxf_config_free(struct mxf_config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < NKEYS; i++)
+		free(cfg->val[i]);
+	free(cfg->file);
+	free(cfg->dir);
+	free(cfg);
+}
+
+int mxf_config_load(const char *path, struct mxf_config **out, char *err, size_t errlen)
+{
+	struct mxf_config *cfg = calloc(1, sizeof(*cfg));
+	char abs[PATH_MAX];
+	int r;
+
+	if (!cfg)
+		return -ENOMEM;
+	cfg->err = err;
+	cfg->errlen = errlen;
+	if (!realpath(path, abs)) {
+		r = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		free(cfg);
+		return r;
+	}
+	cfg->file = strdup(abs);
+	cfg->dir = strdup(abs);
+	if (!cfg->file || !cfg->dir) {
+		mxf_config_free(cfg);
+		return -ENOMEM;
+	}
+	char *slash = strrchr(cfg->dir, '/');
+	if (slash == cfg->dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		if ((r = set_value(cfg, (int)i, keys[i].def)) < 0) {
+			mxf_config_free(cfg);
+			return r;
+		}
+	}
+	r = ini_parse(abs, on_entry, cfg);
+	if (cfg->failed) {
+		r = cfg->failed;
+		mxf_config_free(cfg);
+		return r;
+	}
+	if (r != 0) {
+		if (r < 0)
+			snprintf(err, errlen, "%s: cannot read", abs);
+		else
+			snprintf(err, errlen, "%s:%d: syntax error", abs, r);
+		mxf_config_free(cfg);
+		return r < 0 ? -EIO : -EINVAL;
+	}
+	/* Defaults that depend on other values. */
+	int h = key_index("main", "hostname");
+	if (cfg->val[h][0] == '\0') {
+		char name[256] = "localhost";
+		gethostname(name, sizeof(name) - 1);
+		set_value(cfg, h, name);
+	}
+	int s = key_index("router", "srs_domain");
+	if (cfg->val[s][0] == '\0')
+		set_value(cfg, s, cfg->val[h]);
+	if (cfg->val[key_index("main", "dns_resolver")][0] != '\0') {
+		char host[256];
+		unsigned port;
+		if (mxf_config_split_hostport(cfg->val[key_index("main", "dns_resolver")], host,
+					      sizeof(host), &port) < 0) {
+			snprintf(err, errlen, "%s: [main] dns_resolver: expected host:port", abs);
+			mxf_config_free(cfg);
+			return -EINVAL;
+		}
+	}
+	*out = cfg;
+	return 0;
+}
+
+static int must_index(const char *section, const char *key)
+{
+	int i = key_index(section, key);
+	if (i < 0)
+		abort();
+	return i;
+}
+
+const char *mxf_config_str(const struct mxf_config *cfg, const char *section, const char *key)
+{
+	return cfg->val[must_index(section, key)];
+}
+
+long long mxf_config_int(const struct mxf_config *cfg, const char *section, const char *key)
+{
+	return cfg->num[must_index(section, key)];
+}
+
+bool mxf_config_bool(const struct mxf_config *cfg, const char *section, const char *key)
+{
+	return cfg->num[must_index(section, key)] != 0;
+}
+
+const char *mxf_config_file(const struct mxf_config *cfg)
+{
+	return cfg->file;
+}
+
+void mxf_config_dump(const struct mxf_config *cfg, FILE *out)
+{
+	const char *sect = "";
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (strcmp(sect, keys[i].section) != 0) {
+			sect = keys[i].section;
+			fprintf(out, "%s[%s]\n", i ? "\n" : "", sect);
+		}
+		fprintf(out, "%s = %s\n", keys[i].name, cfg->val[i]);
+	}
+}
+
+int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsigned *port)
+{
+	const char *colon;
+	size_t hl;
+
+	if (in[0] == '[') {
+		const char *close = strchr(in, ']');
+		if (!close || close[1] != ':')
+			return -EINVAL;
+		hl = (size_t)(close - in - 1);
+		in++;
+		colon = close + 1;
+	} else {
+		colon = strrchr(in, ':');
+		if (!colon || strchr(in, ':') != colon)
+			return -EINVAL;
+		hl = (size_t)(colon - in);
+	}
+	if (hl == 0 || hl >= hostlen)
+		return -EINVAL;
+	memcpy(host, in, hl);
+	host[hl] = '\0';
+	long long p;
+	if (parse_num(colon + 1, 0, &p) < 0 || p < 1 || p > 65535)
+		return -EINVAL;
+	*port = (unsigned)p;
+	return 0;
+}

@@ -1,0 +1,115 @@
+/* ipc: the framed protocol between mxferry's processes (DESIGN.md §3).
+ *
+ * Transport: AF_UNIX SOCK_SEQPACKET, one datagram = one message, at most
+ * MXF_IPC_MAX bytes, optionally carrying one descriptor (SCM_RIGHTS).
+ *
+ * Wire format (little-endian):
+ *   u16 magic 0x4d58 ("MX"), u16 type, u32 body length
+ *   body: fields, each u16 tag, u32 length, bytes
+ * A tag may repeat (lists). Strings carry no NUL. u64 values are 8 bytes.
+ * Decoding is strict: every byte must be accounted for, lengths in bounds.
+ * A peer that sends a malformed message is a bug or a compromised daemon:
+ * the receiver treats it as fatal (the master restarts it).
+ *
+ * Every connection starts with HELLO (client -> router) carrying the role
+ * and protocol version; the router checks SO_PEERCRED against the uid the
+ * role is configured to run as and answers HELLO_OK or closes.
+ */
+#ifndef MXF_IPC_H
+#define MXF_IPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MXF_IPC_VERSION 1
+#define MXF_IPC_MAX 65536
+#define MXF_IPC_MAGIC 0x4d58
+
+/* Name of the router's listening socket inside spool_dir/private/. */
+#define MXF_IPC_ROUTER_SOCK "router"
+
+enum mxf_ipc_type {
+	MXF_MSG_HELLO = 1,        /* c->r: F_ROLE, F_VERSION, F_PID */
+	MXF_MSG_HELLO_OK,         /* r->c: F_VERSION */
+	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR */
+	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT */
+	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
+	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
+	MXF_MSG_COMMIT,           /* c->r: F_REQ, F_QID, F_SENDER, F_RCPT*, F_SIZE, F_CLIENT_IP,
+	                             F_CLIENT_NAME, F_HELO, F_PROTO */
+	MXF_MSG_COMMIT_REPLY,     /* r->c: F_REQ, F_QID, F_CODE, F_ESC, F_TEXT.
+	                             F_CODE 250: durably queued; 4xx/5xx: nothing kept */
+	MXF_MSG_ABORT,            /* c->r: F_QID (discard an opened, uncommitted file) */
+	MXF_MSG_DELIVER,          /* r->deliverd: F_REQ, F_QID, F_SENDER (already SRS'd), F_DOMAIN,
+	                             F_RIDX* and F_RCPT* (parallel lists), F_HEADERS; fd (O_RDONLY content) */
+	MXF_MSG_DELIVER_RESULT,   /* deliverd->r: F_REQ, F_QID, F_RIDX*, F_CODE*, F_ESC*, F_TEXT*
+	                             (parallel lists, one entry per recipient), F_RELAY */
+	MXF_MSG_BOUNCE,           /* r->bouncer: F_REQ, F_QID, F_SENDER (original), F_RCPT*, F_CODE*,
+	                             F_ESC*, F_TEXT*, F_RELAY* (parallel lists); fd (O_RDONLY content) */
+	MXF_MSG_BOUNCE_DONE,      /* bouncer->r: F_REQ, F_QID, F_CODE (250: the bounce is queued as
+	                             F_BOUNCE_QID; 4xx: try again later; 5xx: give up, log) */
+	MXF_MSG_RELOAD,           /* ctl->r: F_REQ */
+	MXF_MSG_RELOAD_REPLY,     /* r->ctl: F_REQ, F_CODE, F_TEXT */
+	MXF_MSG_TYPE_MAX
+};
+
+enum mxf_ipc_tag {
+	F_ROLE = 1, F_VERSION, F_PID, F_REQ, F_ADDR, F_CODE, F_ESC, F_TEXT, F_QID,
+	F_SENDER, F_RCPT, F_SIZE, F_CLIENT_IP, F_CLIENT_NAME, F_HELO, F_PROTO,
+	F_DOMAIN, F_RIDX, F_HEADERS, F_RELAY, F_BOUNCE_QID,
+	F_TAG_MAX
+};
+
+/* ---- building ---- */
+struct mxf_ipc_msg;
+struct mxf_ipc_msg *mxf_ipc_msg_new(uint16_t type);
+void mxf_ipc_msg_free(struct mxf_ipc_msg *m);
+struct mxf_ipc_msg *mxf_ipc_msg_dup(const struct mxf_ipc_msg *m);
+/* Appends a field. Fail with -E2BIG past MXF_IPC_MAX, -EINVAL for a string
+ * containing NUL (put_str takes a C string, so that means never). */
+int mxf_ipc_put_str(struct mxf_ipc_msg *m, uint16_t tag, const char *s);
+int mxf_ipc_put_bytes(struct mxf_ipc_msg *m, uint16_t tag, const void *p, size_t len);
+int mxf_ipc_put_u64(struct mxf_ipc_msg *m, uint16_t tag, uint64_t v);
+const uint8_t *mxf_ipc_msg_data(const struct mxf_ipc_msg *m, size_t *len);
+
+/* ---- reading ---- */
+struct mxf_ipc_view;
+/* Decodes a received datagram. Returns -EBADMSG on any malformation. The view
+ * points into buf (which must outlive it) and copies nothing. */
+int mxf_ipc_decode(const uint8_t *buf, size_t len, struct mxf_ipc_view **out);
+void mxf_ipc_view_free(struct mxf_ipc_view *v);
+uint16_t mxf_ipc_type(const struct mxf_ipc_view *v);
+/* Number of occurrences of tag. */
+size_t mxf_ipc_count(const struct mxf_ipc_view *v, uint16_t tag);
+/* idx-th occurrence of a string field, NUL-terminated copy kept in the view;
+ * NULL when absent or when it contains a NUL byte. */
+const char *mxf_ipc_str(const struct mxf_ipc_view *v, uint16_t tag, size_t idx);
+/* idx-th occurrence of a u64 field; -ENOENT absent, -EBADMSG wrong length. */
+int mxf_ipc_u64(const struct mxf_ipc_view *v, uint16_t tag, size_t idx, uint64_t *out);
+
+/* ---- sockets ---- */
+/* Blocking-safe send of one message with an optional fd (-1 for none).
+ * Returns 0, -EAGAIN when a non-blocking socket is full, or -errno. */
+int mxf_ipc_send(int sock, const struct mxf_ipc_msg *m, int fd);
+/* Receives one datagram into buf (capacity MXF_IPC_MAX). *fd_out is the
+ * passed descriptor or -1 (extra descriptors are closed). Returns the length,
+ * 0 on orderly close, -EAGAIN, -EMSGSIZE on truncation, or -errno. */
+ssize_t mxf_ipc_recv(int sock, uint8_t *buf, size_t cap, int *fd_out);
+/* Router side: bind+listen a SEQPACKET socket at path (replacing a stale one). */
+int mxf_ipc_listen(const char *path, int backlog);
+/* Client side: connect a SEQPACKET socket to path. Blocking connect. */
+int mxf_ipc_connect(const char *path);
+/* Peer credentials of a connected AF_UNIX socket. */
+int mxf_ipc_peercred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/* Blocking request/response helper (for mxferryctl and tests): sends m and
+ * waits up to timeout_ms for one reply; *out must be freed with
+ * mxf_ipc_reply_free. */
+struct mxf_ipc_reply;
+int mxf_ipc_call(int sock, const struct mxf_ipc_msg *m, int timeout_ms, struct mxf_ipc_reply **out);
+const struct mxf_ipc_view *mxf_ipc_reply_view(const struct mxf_ipc_reply *r);
+void mxf_ipc_reply_free(struct mxf_ipc_reply *r);
+
+#endif

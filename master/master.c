@@ -1,0 +1,428 @@
+/* mxferryd: the master. The only code that keeps root: it reads the config,
+ * creates the spool and data directories with their owners, binds the SMTP
+ * listeners, starts each daemon (which drops its own privileges), restarts a
+ * daemon that dies with a backoff, reloads on SIGHUP and stops everything on
+ * SIGTERM. It touches no message: a crash here delays mail, never loses it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "listen.h"
+#include "log.h"
+#include "privdrop.h"
+
+#define MAX_LISTEN 16
+#define STOP_GRACE_MS 4500
+
+struct child {
+	const char *name;    /* program name in daemon_dir */
+	const char *section; /* config section with its user */
+	pid_t pid;
+	time_t started;
+	unsigned restarts;
+	int64_t restart_at_ms; /* 0: not waiting */
+	int64_t backoff_ms;
+};
+
+/* Start order: the router first, so clients find its socket sooner (they
+ * retry anyway). */
+static struct child children[] = {
+	{"router", "router", 0, 0, 0, 0, 0},
+	{"deliverd", "deliverd", 0, 0, 0, 0, 0},
+	{"bouncer", "bouncer", 0, 0, 0, 0, 0},
+	{"smtpd", "smtpd", 0, 0, 0, 0, 0},
+};
+#define NCHILD (sizeof(children) / sizeof(children[0]))
+
+static struct mxf_config *cfg;
+static char daemon_dir[PATH_MAX];
+static int listen_fds[MAX_LISTEN];
+static int nlisten;
+static bool use_syslog;
+static bool same_user; /* every daemon runs as the invoking user */
+static time_t master_started;
+static char pid_dir[PATH_MAX];
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: mxferryd -c CONFIG [-f]\n"
+			"  -c CONFIG  configuration file (default /etc/mxferry/mxferry.conf)\n"
+			"  -f         stay in the foreground and log to stderr\n");
+	exit(2);
+}
+
+/* Creates dir if missing and (as root) gives it to uid:gid with mode. An
+ * existing directory gets the owner and mode corrected: they are part of the
+ * privilege separation, not a preference. */
+static void make_dir(const char *path, mode_t mode, uid_t uid, gid_t gid)
+{
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		mxf_fatal("cannot create %s: %s", path, strerror(errno));
+	struct stat st;
+	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+		mxf_fatal("%s is not a directory", path);
+	if (geteuid() == 0 && (st.st_uid != uid || st.st_gid != gid) && chown(path, uid, gid) < 0)
+		mxf_fatal("cannot chown %s: %s", path, strerror(errno));
+	if ((st.st_mode & 07777) != mode && chmod(path, mode) < 0)
+		mxf_fatal("cannot chmod %s: %s", path, strerror(errno));
+}
+
+static void make_dirs(void)
+{
+	const char *spool = mxf_config_str(cfg, "main", "spool_dir");
+	const char *data = mxf_config_str(cfg, "main", "data_dir");
+	static const char *const states[] = {"tmp",  "incoming", "active", "deferred",
+					     "hold", "corrupt",  "msg"};
+	uid_t ruid = getuid();
+	gid_t rgid = getgid();
+	char path[PATH_MAX];
+
+	if (!same_user && mxf_privdrop_lookup(mxf_config_str(cfg, "router", "user"), &ruid, &rgid) < 0)
+		mxf_fatal("no such user %s ([router] user); create it or set [main] "
+			  "run_as_invoking_user for development",
+			  mxf_config_str(cfg, "router", "user"));
+	for (size_t i = 0; i < NCHILD; i++) {
+		uid_t u;
+		gid_t g;
+		const char *name = mxf_config_str(cfg, children[i].section, "user");
+		if (!same_user && mxf_privdrop_lookup(name, &u, &g) < 0)
+			mxf_fatal("no such user %s ([%s] user)", name, children[i].section);
+	}
+	make_dir(spool, 0755, geteuid(), getegid());
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", spool, states[i]);
+		make_dir(path, 0700, ruid, rgid);
+	}
+	/* private/ holds only the router's socket; the other daemons are jailed
+	 * in it and may traverse it (0711) but not list it. */
+	snprintf(path, sizeof(path), "%s/private", spool);
+	make_dir(path, 0711, ruid, rgid);
+	snprintf(pid_dir, sizeof(pid_dir), "%s/pid", spool);
+	make_dir(pid_dir, 0755, geteuid(), getegid());
+	make_dir(data, 0750, ruid, rgid);
+}
+
+static void write_status(void)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	snprintf(tmp, sizeof(tmp), "%s/status.tmp", pid_dir);
+	snprintf(path, sizeof(path), "%s/status", pid_dir);
+	FILE *f = fopen(tmp, "w");
+	if (!f) {
+		mxf_warn("cannot write %s: %s", tmp, strerror(errno));
+		return;
+	}
+	fprintf(f, "mxferryd %ld %ld 0\n", (long)getpid(), (long)master_started);
+	for (size_t i = 0; i < NCHILD; i++)
+		fprintf(f, "%s %ld %ld %u\n", children[i].name, (long)children[i].pid,
+			(long)children[i].started, children[i].restarts);
+	if (fclose(f) != 0 || rename(tmp, path) < 0)
+		mxf_warn("cannot write %s: %s", path, strerror(errno));
+}
+
+static void start_child(struct child *c)
+{
+	char prog[PATH_MAX];
+	snprintf(prog, sizeof(prog), "%s/%s", daemon_dir, c->name);
+	bool is_smtpd = strcmp(c->name, "smtpd") == 0;
+
+	pid_t pid = fork();
+	if (pid < 0) {
+		mxf_err("fork for %s: %s", c->name, strerror(errno));
+		c->restart_at_ms = now_ms() + 1000;
+		return;
+	}
+	if (pid == 0) {
+		sigset_t all;
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		/* Listeners go to fds 3.. (systemd's convention), smtpd only. */
+		int n = is_smtpd ? nlisten : 0;
+		int high[MAX_LISTEN];
+		for (int i = 0; i < n; i++)
+			if ((high[i] = fcntl(listen_fds[i], F_DUPFD, 100)) < 0)
+				_exit(127);
+		for (int i = 0; i < n; i++)
+			if (dup2(high[i], 3 + i) < 0)
+				_exit(127);
+		closefrom(3 + n);
+		char nbuf[16];
+		snprintf(nbuf, sizeof(nbuf), "%d", n);
+		if (is_smtpd)
+			setenv("MXF_LISTEN_FDS", nbuf, 1);
+		else
+			unsetenv("MXF_LISTEN_FDS");
+		char *argv[] = {prog, "-c", (char *)mxf_config_file(cfg), use_syslog ? "-s" : NULL,
+				NULL};
+		execv(prog, argv);
+		fprintf(stderr, "mxferryd: exec %s: %s\n", prog, strerror(errno));
+		_exit(127);
+	}
+	c->pid = pid;
+	c->started = time(NULL);
+	c->restart_at_ms = 0;
+	mxf_info("started %s (pid %ld)", c->name, (long)pid);
+	write_status();
+}
+
+static void reaped(pid_t pid, int status)
+{
+	for (size_t i = 0; i < NCHILD; i++) {
+		struct child *c = &children[i];
+		if (c->pid != pid)
+			continue;
+		time_t ran = time(NULL) - c->started;
+		char how[64];
+		if (WIFSIGNALED(status))
+			snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
+		else
+			snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+		/* A daemon that ran a while restarts at once; one that dies early
+		 * (bad config, missing library) is throttled so it cannot spin. */
+		if (ran >= 10)
+			c->backoff_ms = 100;
+		else
+			c->backoff_ms = c->backoff_ms < 500 ? 500 : c->backoff_ms * 2;
+		if (c->backoff_ms > 60000)
+			c->backoff_ms = 60000;
+		c->pid = 0;
+		c->restarts++;
+		c->restart_at_ms = now_ms() + c->backoff_ms;
+		mxf_warn("%s (pid %ld) %s after %lds; restarting in %lld ms", c->name, (long)pid,
+			 how, (long)ran, (long long)c->backoff_ms);
+		write_status();
+		return;
+	}
+}
+
+static void reap_all(void)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+		reaped(pid, status);
+}
+
+static void stop_all(void)
+{
+	for (size_t i = 0; i < NCHILD; i++)
+		if (children[i].pid > 0)
+			kill(children[i].pid, SIGTERM);
+	int64_t deadline = now_ms() + STOP_GRACE_MS;
+	for (;;) {
+		int status, left = 0;
+		pid_t pid;
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+			for (size_t i = 0; i < NCHILD; i++)
+				if (children[i].pid == pid)
+					children[i].pid = 0;
+		for (size_t i = 0; i < NCHILD; i++)
+			left += children[i].pid > 0;
+		if (!left)
+			break;
+		if (now_ms() >= deadline) {
+			for (size_t i = 0; i < NCHILD; i++) {
+				if (children[i].pid > 0) {
+					mxf_warn("%s (pid %ld) did not stop; killing it", children[i].name,
+						 (long)children[i].pid);
+					kill(children[i].pid, SIGKILL);
+					waitpid(children[i].pid, &status, 0);
+					children[i].pid = 0;
+				}
+			}
+			break;
+		}
+		usleep(20000);
+	}
+}
+
+static void find_daemon_dir(void)
+{
+	const char *d = mxf_config_str(cfg, "main", "daemon_dir");
+	if (d[0]) {
+		snprintf(daemon_dir, sizeof(daemon_dir), "%s", d);
+	} else {
+		ssize_t n = readlink("/proc/self/exe", daemon_dir, sizeof(daemon_dir) - 1);
+		if (n < 0)
+			mxf_fatal("cannot find my own path: %s", strerror(errno));
+		daemon_dir[n] = '\0';
+		char *slash = strrchr(daemon_dir, '/');
+		*slash = '\0';
+	}
+	for (size_t i = 0; i < NCHILD; i++) {
+		char prog[PATH_MAX];
+		snprintf(prog, sizeof(prog), "%s/%s", daemon_dir, children[i].name);
+		if (access(prog, X_OK) < 0)
+			mxf_fatal("daemon %s not found in %s ([main] daemon_dir)", children[i].name,
+				  daemon_dir);
+	}
+}
+
+static int take_pidfile(void)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/master.pid", pid_dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		mxf_fatal("cannot open %s: %s", path, strerror(errno));
+	/* The lock, not the file's existence, says a master is running. */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		mxf_fatal("another mxferryd is running (%s is locked)", path);
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) < 0 || write(fd, buf, (size_t)n) != n)
+		mxf_fatal("cannot write %s", path);
+	return fd;
+}
+
+static void daemonize(void)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		mxf_fatal("fork: %s", strerror(errno));
+	if (pid > 0)
+		_exit(0);
+	setsid();
+	int fd = open("/dev/null", O_RDWR);
+	if (fd >= 0) {
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = "/etc/mxferry/mxferry.conf";
+	bool foreground = false;
+	char err[512];
+	int c;
+
+	while ((c = getopt(argc, argv, "c:fh")) != -1) {
+		switch (c) {
+		case 'c': path = optarg; break;
+		case 'f': foreground = true; break;
+		default: usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	mxf_log_init("mxferryd", 0);
+	if (mxf_config_load(path, &cfg, err, sizeof(err)) < 0)
+		mxf_fatal("%s", err);
+	if (strcmp(mxf_config_str(cfg, "main", "log_level"), "debug") == 0)
+		mxf_log_set_level(MXF_LOG_DEBUG);
+
+	same_user = geteuid() != 0 || mxf_config_bool(cfg, "main", "run_as_invoking_user");
+	find_daemon_dir();
+	make_dirs();
+
+	nlisten = mxf_listen_bind_all(mxf_config_str(cfg, "smtpd", "listen"), listen_fds, MAX_LISTEN,
+				      err, sizeof(err));
+	if (nlisten < 0)
+		mxf_fatal("%s", err);
+
+	if (!foreground) {
+		daemonize();
+		use_syslog = true;
+		mxf_log_init("mxferryd", 1);
+	}
+	int pidfd = take_pidfile();
+	master_started = time(NULL);
+
+	struct passwd *pw = getpwuid(geteuid());
+	if (geteuid() != 0)
+		mxf_warn("not started as root: every daemon runs as the invoking user %s (uid %ld)",
+			 pw ? pw->pw_name : "?", (long)geteuid());
+	else if (same_user)
+		mxf_warn("DEVELOPMENT MODE ([main] run_as_invoking_user = yes): every daemon runs as "
+			 "%s (uid %ld) with no privilege separation; never use this in production",
+			 pw ? pw->pw_name : "?", (long)geteuid());
+	mxf_info("starting: config %s, daemons from %s, listening on %s", mxf_config_file(cfg),
+		 daemon_dir, mxf_config_str(cfg, "smtpd", "listen"));
+
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0)
+		mxf_fatal("signalfd: %s", strerror(errno));
+
+	for (size_t i = 0; i < NCHILD; i++)
+		start_child(&children[i]);
+
+	bool running = true;
+	while (running) {
+		int64_t now = now_ms(), wait = -1;
+		for (size_t i = 0; i < NCHILD; i++) {
+			struct child *ch = &children[i];
+			if (ch->pid == 0 && ch->restart_at_ms) {
+				if (ch->restart_at_ms <= now)
+					start_child(ch);
+				else if (wait < 0 || ch->restart_at_ms - now < wait)
+					wait = ch->restart_at_ms - now;
+			}
+		}
+		struct pollfd pfd = {.fd = sfd, .events = POLLIN};
+		int r = poll(&pfd, 1, wait < 0 ? -1 : (int)(wait > INT_MAX ? INT_MAX : wait));
+		if (r < 0 && errno != EINTR)
+			mxf_fatal("poll: %s", strerror(errno));
+		struct signalfd_siginfo si;
+		while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+			switch (si.ssi_signo) {
+			case SIGCHLD:
+				reap_all();
+				break;
+			case SIGHUP:
+				mxf_info("reload requested; passing it to the daemons");
+				for (size_t i = 0; i < NCHILD; i++)
+					if (children[i].pid > 0)
+						kill(children[i].pid, SIGHUP);
+				break;
+			default:
+				running = false;
+			}
+		}
+	}
+	mxf_info("stopping");
+	stop_all();
+	for (int i = 0; i < nlisten; i++)
+		close(listen_fds[i]);
+	char p[PATH_MAX];
+	snprintf(p, sizeof(p), "%s/status", pid_dir);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s/master.pid", pid_dir);
+	unlink(p);
+	close(pidfd);
+	mxf_info("stopped");
+	mxf_config_free(cfg);
+	return 0;
+}

@@ -1,0 +1,41 @@
+#!/bin/sh
+# Installs every missing Debian package needed to build, run and test mxferry.
+# Does nothing (and needs no root) when all are present.
+set -eu
+
+BUILD_PKGS="build-essential cmake pkg-config libssl-dev libuv1-dev libldns-dev \
+libopendkim-dev libspf2-dev libsqlite3-dev libidn2-dev libinih-dev libcmocka-dev"
+TEST_PKGS="python3 python3-pytest python3-aiosmtpd python3-dnspython nsd iproute2 \
+util-linux openssl sqlite3"
+
+want="$BUILD_PKGS"
+case "${1:-}" in
+	--test) want="$BUILD_PKGS $TEST_PKGS" ;;
+esac
+
+missing=""
+for p in $want; do
+	st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$st" in
+		"install ok installed") ;;
+		*) missing="$missing $p" ;;
+	esac
+done
+
+[ -z "$missing" ] && exit 0
+
+echo "install-deps: installing:$missing" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+	SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# nsd's package starts a system nsd on port 53 when a init system runs; we only
+# want the binary, so keep services from starting during installation.
+if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+	printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+	chmod +x /usr/sbin/policy-rc.d
+	trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$SUDO apt-get install -y -q --no-install-recommends $missing
