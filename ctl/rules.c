@@ -1,0 +1,568 @@
+/* mxferryctl: domains, addresses, rules and catch-alls in rules.db, then a
+ * reload request to the router. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "address.h"
+#include "ctl.h"
+#include "daemon.h"
+#include "ipc.h"
+#include "privdrop.h"
+#include "rulesdb.h"
+
+#define IPC_TIMEOUT_MS 5000
+
+struct db {
+	struct mxf_rulesdb *h;
+	char path[PATH_MAX];
+};
+
+/* As root in production, the files belong to the router (it must read the
+ * DB; the data dir is its own). In development everything stays ours. */
+static int owner(const struct mxf_config *cfg, bool *give, uid_t *uid, gid_t *gid)
+{
+	*give = geteuid() == 0 && !mxf_config_bool(cfg, "main", "run_as_invoking_user");
+	if (!*give)
+		return 0;
+	const char *user = mxf_config_str(cfg, "router", "user");
+	if (mxf_privdrop_lookup(user, uid, gid) < 0)
+		return ctl_fail("no such user %s ([router] user)", user);
+	return 0;
+}
+
+/* Gives a file we just created to the router. Through a descriptor opened
+ * without following links: data_dir belongs to the router user, who must not
+ * be able to swap in a symlink and have root chown another file. */
+static int give_file(const char *path, uid_t uid, gid_t gid, bool must_exist)
+{
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		if (errno == ENOENT && !must_exist)
+			return 0;
+		return ctl_fail("%s: %s", path, strerror(errno));
+	}
+	struct stat st;
+	int rc = 0;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		rc = ctl_fail("%s: not a regular file", path);
+	else if (fchown(fd, uid, gid) < 0 || fchmod(fd, 0640) < 0)
+		rc = ctl_fail("%s: %s", path, strerror(errno));
+	close(fd);
+	return rc;
+}
+
+/* Opens data_dir/rules.db writable (creating and migrating it on first use)
+ * or read-only (falling back to a writable open when it is missing or needs a
+ * migration). */
+static int db_open(const struct mxf_config *cfg, bool writable, struct db *db)
+{
+	const char *data = mxf_config_str(cfg, "main", "data_dir");
+	char err[512];
+	bool give;
+	uid_t uid = 0;
+	gid_t gid = 0;
+
+	db->h = NULL;
+	if (snprintf(db->path, sizeof(db->path), "%s/rules.db", data) >= (int)sizeof(db->path))
+		return ctl_fail("data_dir too long");
+	if (!writable) {
+		int r = mxf_rulesdb_open(db->path, false, &db->h, err, sizeof(err));
+		if (r == 0)
+			return 0;
+		if (r != -ENOENT && r != -ESTALE)
+			return ctl_fail("%s", err);
+	}
+	if (owner(cfg, &give, &uid, &gid) != 0)
+		return CTL_REFUSED;
+	/* The master creates data_dir; mxferryctl may run before it ever did. */
+	if (mkdir(data, 0750) == 0) {
+		/* As the master makes it: 0750 whatever the umask. */
+		if ((give && chown(data, uid, gid) < 0) || chmod(data, 0750) < 0)
+			return ctl_fail("%s: %s", data, strerror(errno));
+	} else if (errno != EEXIST) {
+		return ctl_fail("cannot create %s: %s", data, strerror(errno));
+	}
+	struct stat st;
+	bool created = lstat(db->path, &st) < 0 && errno == ENOENT;
+	if (mxf_rulesdb_open(db->path, true, &db->h, err, sizeof(err)) < 0)
+		return ctl_fail("%s", err);
+	if (created && give) {
+		static const char *const sfx[] = {"-wal", "-shm", "-journal"};
+		if (give_file(db->path, uid, gid, true) != 0)
+			goto fail;
+		for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+			char p[PATH_MAX + 16];
+			snprintf(p, sizeof(p), "%s%s", db->path, sfx[i]);
+			if (give_file(p, uid, gid, false) != 0)
+				goto fail;
+		}
+	}
+	return 0;
+fail:
+	mxf_rulesdb_close(db->h);
+	db->h = NULL;
+	return CTL_REFUSED;
+}
+
+/* Asks the router to load the rules again. A router that is not running
+ * loads the DB when it starts, so that is not worth a word. */
+static void reload_router(const struct mxf_config *cfg)
+{
+	char path[PATH_MAX];
+	if (mxf_daemon_router_sock(cfg, path, sizeof(path)) < 0)
+		return;
+	int s = mxf_ipc_connect(path);
+	if (s < 0) {
+		if (s != -ENOENT && s != -ECONNREFUSED)
+			ctl_warn("saved, but cannot reach the router (%s): %s", path, strerror(-s));
+		return;
+	}
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
+	struct mxf_ipc_reply *rep = NULL;
+	const struct mxf_ipc_view *v;
+	uint64_t u;
+	int r;
+	if (!m || mxf_ipc_put_str(m, F_ROLE, "ctl") < 0 ||
+	    mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) < 0 ||
+	    mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid()) < 0) {
+		ctl_warn("saved, but out of memory telling the router");
+		goto out;
+	}
+	if ((r = mxf_ipc_call(s, m, IPC_TIMEOUT_MS, &rep)) < 0) {
+		ctl_warn("saved, but the router refused the connection (%s); "
+			 "it will load the rules when it restarts",
+			 strerror(-r));
+		goto out;
+	}
+	v = mxf_ipc_reply_view(rep);
+	if (mxf_ipc_type(v) != MXF_MSG_HELLO_OK) {
+		ctl_warn("saved, but the router answered the handshake with message type %u",
+			 (unsigned)mxf_ipc_type(v));
+		goto out;
+	}
+	mxf_ipc_reply_free(rep);
+	rep = NULL;
+	mxf_ipc_msg_free(m);
+	const uint64_t req = 1;
+	if (!(m = mxf_ipc_msg_new(MXF_MSG_RELOAD)) || mxf_ipc_put_u64(m, F_REQ, req) < 0) {
+		ctl_warn("saved, but out of memory telling the router");
+		goto out;
+	}
+	if ((r = mxf_ipc_call(s, m, IPC_TIMEOUT_MS, &rep)) < 0) {
+		ctl_warn("saved, but the router did not confirm the reload: %s", strerror(-r));
+		goto out;
+	}
+	v = mxf_ipc_reply_view(rep);
+	if (mxf_ipc_type(v) != MXF_MSG_RELOAD_REPLY || mxf_ipc_u64(v, F_REQ, 0, &u) < 0 ||
+	    u != req || mxf_ipc_u64(v, F_CODE, 0, &u) < 0) {
+		ctl_warn("saved, but the router sent a malformed reload reply");
+		goto out;
+	}
+	if (u < 200 || u > 299) {
+		const char *text = mxf_ipc_str(v, F_TEXT, 0);
+		char safe[512];
+		ctl_warn("saved, but the router could not reload (%llu %s); it keeps the previous "
+			 "rules",
+			 (unsigned long long)u, ctl_safe(safe, sizeof(safe), text ? text : ""));
+	}
+out:
+	mxf_ipc_reply_free(rep);
+	mxf_ipc_msg_free(m);
+	close(s);
+}
+
+/* "local@a-label" shown as "local@U-label". */
+static void show_addr(char *out, size_t outlen, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	char dom[MXF_DOMAIN_MAX * 4 + 1];
+	char tmp[MXF_ADDR_SIZE * 4];
+	if (at && mxf_domain_to_unicode(at + 1, dom, sizeof(dom)) == 0)
+		snprintf(tmp, sizeof(tmp), "%.*s@%s", (int)(at - addr), addr, dom);
+	else
+		snprintf(tmp, sizeof(tmp), "%s", addr);
+	ctl_safe(out, outlen, tmp);
+}
+
+static void show_domain(char *out, size_t outlen, const char *alabel)
+{
+	char dom[MXF_DOMAIN_MAX * 4 + 1];
+	if (mxf_domain_to_unicode(alabel, dom, sizeof(dom)) < 0)
+		snprintf(dom, sizeof(dom), "%s", alabel);
+	ctl_safe(out, outlen, dom);
+}
+
+/* Splits "a,b , c" into a NULL-terminated array (in place in s). */
+static int split_dests(char *s, char ***out, size_t *n)
+{
+	size_t cap = 1;
+	for (const char *p = s; *p; p++)
+		cap += *p == ',';
+	char **v = calloc(cap + 1, sizeof(*v));
+	if (!v)
+		return ctl_fail("out of memory");
+	*n = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(s, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		size_t l = strlen(tok);
+		while (l && (tok[l - 1] == ' ' || tok[l - 1] == '\t'))
+			tok[--l] = '\0';
+		if (l == 0)
+			continue;
+		v[(*n)++] = tok;
+	}
+	if (*n == 0) {
+		free(v);
+		return ctl_fail("--forward needs at least one destination");
+	}
+	*out = v;
+	return 0;
+}
+
+/* ---- domain ---- */
+
+static int domain_list(const struct mxf_config *cfg)
+{
+	struct db db;
+	if (db_open(cfg, false, &db) != 0)
+		return CTL_REFUSED;
+	mxf_rulesdb_close(db.h);
+	/* rulesdb.h has no domain listing: read the table directly, read-only. */
+	sqlite3 *s = NULL;
+	sqlite3_stmt *st = NULL;
+	int rc = CTL_OK;
+	if (sqlite3_open_v2(db.path, &s, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL) !=
+		    SQLITE_OK ||
+	    sqlite3_prepare_v2(s,
+			       "SELECT d.name, d.enabled, "
+			       "  (SELECT count(*) FROM rules r WHERE r.domain_id = d.id "
+			       "     AND r.matcher = 'literal'), "
+			       "  (SELECT action FROM rules r WHERE r.domain_id = d.id "
+			       "     AND r.matcher = 'all'), d.created "
+			       "FROM domains d ORDER BY d.name",
+			       -1, &st, NULL) != SQLITE_OK) {
+		rc = ctl_fail("%s: %s", db.path, s ? sqlite3_errmsg(s) : "cannot open");
+		goto out;
+	}
+	sqlite3_busy_timeout(s, 5000);
+	static const char *const hdr[] = {"DOMAIN", "A-LABEL", "ENABLED", "RULES", "CATCH-ALL",
+					  "ADDED"};
+	struct ctl_table *t = ctl_table_new(6, hdr);
+	int step;
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(st, 0);
+		const char *ca = (const char *)sqlite3_column_text(st, 3);
+		char u[1024], a[512], n[32], when[64];
+		show_domain(u, sizeof(u), name ? name : "");
+		ctl_safe(a, sizeof(a), name ? name : "");
+		snprintf(n, sizeof(n), "%d", sqlite3_column_int(st, 2));
+		ctl_time(when, sizeof(when), (time_t)sqlite3_column_int64(st, 4));
+		const char *cells[] = {u, strcmp(u, a) != 0 ? a : "",
+				       sqlite3_column_int(st, 1) ? "yes" : "no", n, ca ? ca : "-",
+				       when};
+		ctl_table_add(t, cells);
+	}
+	if (step != SQLITE_DONE)
+		rc = ctl_fail("%s: %s", db.path, sqlite3_errmsg(s));
+	else if (ctl_table_rows(t) == 0)
+		puts("No domains");
+	else
+		ctl_table_print(t);
+	ctl_table_free(t);
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(s);
+	return rc;
+}
+
+int ctl_domain(const struct mxf_config *cfg, int argc, char **argv)
+{
+	if (argc == 1 && strcmp(argv[0], "list") == 0)
+		return domain_list(cfg);
+	if (argc != 2 || strcmp(argv[0], "add") != 0)
+		return ctl_usage();
+	struct db db;
+	char err[512];
+	if (db_open(cfg, true, &db) != 0)
+		return CTL_REFUSED;
+	int r = mxf_rulesdb_domain_add(db.h, argv[1], err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	char a[MXF_DOMAIN_MAX + 1], u[1024];
+	mxf_domain_to_ascii(argv[1], a, sizeof(a));
+	show_domain(u, sizeof(u), a);
+	if (strcmp(u, a) != 0)
+		printf("domain %s (%s) added\n", u, a);
+	else
+		printf("domain %s added\n", a);
+	reload_router(cfg);
+	return CTL_OK;
+}
+
+/* ---- address ---- */
+
+static int address_list(const struct mxf_config *cfg)
+{
+	struct db db;
+	if (db_open(cfg, false, &db) != 0)
+		return CTL_REFUSED;
+	mxf_rulesdb_close(db.h);
+	/* rulesdb.h has no address listing: read the table directly, read-only. */
+	sqlite3 *s = NULL;
+	sqlite3_stmt *st = NULL;
+	int rc = CTL_OK;
+	if (sqlite3_open_v2(db.path, &s, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL) !=
+		    SQLITE_OK ||
+	    sqlite3_prepare_v2(s,
+			       "SELECT a.email, a.verified, "
+			       "  (SELECT count(*) FROM rule_dests rd WHERE rd.address_id = a.id), "
+			       "  a.created FROM addresses a ORDER BY a.email",
+			       -1, &st, NULL) != SQLITE_OK) {
+		rc = ctl_fail("%s: %s", db.path, s ? sqlite3_errmsg(s) : "cannot open");
+		goto out;
+	}
+	sqlite3_busy_timeout(s, 5000);
+	static const char *const hdr[] = {"ADDRESS", "VERIFIED", "RULES", "ADDED"};
+	struct ctl_table *t = ctl_table_new(4, hdr);
+	int step;
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *email = (const char *)sqlite3_column_text(st, 0);
+		char e[2048], n[32], when[64];
+		show_addr(e, sizeof(e), email ? email : "");
+		snprintf(n, sizeof(n), "%d", sqlite3_column_int(st, 2));
+		ctl_time(when, sizeof(when), (time_t)sqlite3_column_int64(st, 3));
+		const char *cells[] = {e, sqlite3_column_int(st, 1) ? "yes" : "no", n, when};
+		ctl_table_add(t, cells);
+	}
+	if (step != SQLITE_DONE)
+		rc = ctl_fail("%s: %s", db.path, sqlite3_errmsg(s));
+	else if (ctl_table_rows(t) == 0)
+		puts("No addresses");
+	else
+		ctl_table_print(t);
+	ctl_table_free(t);
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(s);
+	return rc;
+}
+
+int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
+{
+	if (argc == 1 && strcmp(argv[0], "list") == 0)
+		return address_list(cfg);
+	if (argc < 2 || strcmp(argv[0], "add") != 0)
+		return ctl_usage();
+	const char *email = NULL;
+	bool verified = false;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--verified") == 0 && !verified)
+			verified = true;
+		else if (argv[i][0] != '-' && !email)
+			email = argv[i];
+		else
+			return ctl_usage();
+	}
+	if (!email)
+		return ctl_usage();
+	struct db db;
+	char err[512];
+	if (db_open(cfg, true, &db) != 0)
+		return CTL_REFUSED;
+	int r = mxf_rulesdb_address_add(db.h, email, verified, err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	char a[MXF_ADDR_SIZE], shown[2048];
+	mxf_addr_normalize(email, MXF_ADDR_UTF8, a, sizeof(a));
+	show_addr(shown, sizeof(shown), a);
+	if (verified) {
+		printf("address %s added (verified by the operator)\n", shown);
+	} else {
+		printf("address %s added, not verified: rules cannot forward to it yet.\n"
+		       "Verification by mail is not implemented yet; an operator who knows the "
+		       "mailbox may add it with --verified.\n",
+		       shown);
+	}
+	/* Nothing the router loads changes until a rule uses the address, but
+	 * a reload keeps the router's view the DB's. */
+	reload_router(cfg);
+	return CTL_OK;
+}
+
+/* ---- rule / catch-all ---- */
+
+struct action_args {
+	const char *domain, *to;
+	char *forward;
+	bool drop;
+};
+
+/* Parses DOMAIN [--to ADDRESS] (--forward LIST | --drop), options in any
+ * order, "--opt VALUE" or "--opt=VALUE". */
+static int parse_action(int argc, char **argv, bool want_to, struct action_args *a)
+{
+	*a = (struct action_args){0};
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i];
+		const char *val = NULL;
+		const char *opt = NULL;
+		if (strncmp(arg, "--to", 4) == 0 && (arg[4] == '\0' || arg[4] == '='))
+			opt = "to";
+		else if (strncmp(arg, "--forward", 9) == 0 && (arg[9] == '\0' || arg[9] == '='))
+			opt = "forward";
+		if (opt) {
+			const char *eq = strchr(arg, '=');
+			if (eq)
+				val = eq + 1;
+			else if (i + 1 < argc)
+				val = argv[++i];
+			else
+				return ctl_usage();
+			if (strcmp(opt, "to") == 0) {
+				if (!want_to || a->to)
+					return ctl_usage();
+				a->to = val;
+			} else {
+				if (a->forward)
+					return ctl_usage();
+				a->forward = (char *)val;
+			}
+		} else if (strcmp(arg, "--drop") == 0 && !a->drop) {
+			a->drop = true;
+		} else if (arg[0] != '-' && !a->domain) {
+			a->domain = arg;
+		} else {
+			return ctl_usage();
+		}
+	}
+	if (!a->domain || (want_to && !a->to) || (!a->forward == !a->drop))
+		return ctl_usage();
+	return 0;
+}
+
+static int rule_list_cb(const struct mxf_rule_info *r, void *arg)
+{
+	struct ctl_table *t = arg;
+	char dom[1024], to[2048], dests[16384];
+	show_domain(dom, sizeof(dom), r->domain);
+	if (strcmp(r->matcher, "all") == 0)
+		snprintf(to, sizeof(to), "*");
+	else
+		show_addr(to, sizeof(to), r->to);
+	/* Destinations as U-labels too, one by one. */
+	size_t o = 0;
+	dests[0] = '\0';
+	for (const char *p = r->dests; *p && o < sizeof(dests) - 1;) {
+		size_t l = strcspn(p, ",");
+		char one[MXF_ADDR_SIZE], shown[2048];
+		snprintf(one, sizeof(one), "%.*s", (int)l, p);
+		show_addr(shown, sizeof(shown), one);
+		o += (size_t)snprintf(dests + o, sizeof(dests) - o, "%s%s", o ? "," : "", shown);
+		p += l + (p[l] == ',');
+	}
+	if (!dests[0])
+		snprintf(dests, sizeof(dests), "-");
+	char tag[80];
+	const char *cells[] = {ctl_safe(tag, sizeof(tag), r->tag), dom,   r->matcher, to,
+			       r->action, dests, r->enabled ? "yes" : "no"};
+	ctl_table_add(t, cells);
+	return 0;
+}
+
+static int rule_list(const struct mxf_config *cfg)
+{
+	struct db db;
+	if (db_open(cfg, false, &db) != 0)
+		return CTL_REFUSED;
+	static const char *const hdr[] = {"TAG",    "DOMAIN",       "MATCHER", "TO",
+					  "ACTION", "DESTINATIONS", "ENABLED"};
+	struct ctl_table *t = ctl_table_new(7, hdr);
+	int r = mxf_rulesdb_rule_list(db.h, rule_list_cb, t);
+	int rc = CTL_OK;
+	if (r < 0)
+		rc = ctl_fail("%s: cannot list rules: %s", db.path, strerror(-r));
+	else if (ctl_table_rows(t) == 0)
+		puts("No rules");
+	else
+		ctl_table_print(t);
+	ctl_table_free(t);
+	mxf_rulesdb_close(db.h);
+	return rc;
+}
+
+int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
+{
+	if (argc == 1 && strcmp(argv[0], "list") == 0)
+		return rule_list(cfg);
+	if (argc < 1 || strcmp(argv[0], "add") != 0)
+		return ctl_usage();
+	struct action_args a;
+	int rc = parse_action(argc - 1, argv + 1, true, &a);
+	if (rc != 0)
+		return rc;
+	char **dests = NULL;
+	size_t n = 0;
+	if (a.forward && split_dests(a.forward, &dests, &n) != 0)
+		return CTL_REFUSED;
+	struct db db;
+	char err[512], tag[33];
+	if (db_open(cfg, true, &db) != 0) {
+		free(dests);
+		return CTL_REFUSED;
+	}
+	int r = mxf_rulesdb_rule_add(db.h, a.domain, a.to, a.drop ? "drop" : "forward",
+				     (const char *const *)dests, n, tag, err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	free(dests);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	/* The tag alone on stdout, so scripts can capture it. */
+	printf("%s\n", tag);
+	fflush(stdout);
+	reload_router(cfg);
+	return CTL_OK;
+}
+
+int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
+{
+	if (argc < 1 || strcmp(argv[0], "set") != 0)
+		return ctl_usage();
+	struct action_args a;
+	int rc = parse_action(argc - 1, argv + 1, false, &a);
+	if (rc != 0)
+		return rc;
+	char **dests = NULL;
+	size_t n = 0;
+	if (a.forward && split_dests(a.forward, &dests, &n) != 0)
+		return CTL_REFUSED;
+	struct db db;
+	char err[512];
+	if (db_open(cfg, true, &db) != 0) {
+		free(dests);
+		return CTL_REFUSED;
+	}
+	int r = mxf_rulesdb_catchall_set(db.h, a.domain, a.drop ? "drop" : "forward",
+					 (const char *const *)dests, n, err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	free(dests);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	char d[MXF_DOMAIN_MAX + 1], u[1024];
+	mxf_domain_to_ascii(a.domain, d, sizeof(d));
+	show_domain(u, sizeof(u), d);
+	printf("catch-all of %s set to %s\n", u, a.drop ? "drop" : "forward");
+	reload_router(cfg);
+	return CTL_OK;
+}

@@ -1,0 +1,501 @@
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "rulesdb.h"
+
+struct fx {
+	char dir[64];
+	char path[128];
+	struct mxf_rulesdb *db;
+};
+
+static char err[256];
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	strcpy(f->dir, "/tmp/mxf-rulesdb-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/rules.db", f->dir);
+	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	mxf_rulesdb_close(f->db);
+	char p[160];
+	const char *sfx[] = {"", "-journal", "-wal", "-shm"};
+	for (size_t i = 0; i < 4; i++) {
+		snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
+		unlink(p);
+	}
+	rmdir(f->dir);
+	free(f);
+	return 0;
+}
+
+static int user_version(const char *path)
+{
+	sqlite3 *s;
+	sqlite3_stmt *st;
+	int v = -1;
+	assert_int_equal(sqlite3_open_v2(path, &s, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(s, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	sqlite3_close(s);
+	return v;
+}
+
+static void raw_exec(const char *path, const char *sql)
+{
+	sqlite3 *s;
+	assert_int_equal(sqlite3_open_v2(path, &s, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(s, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(s);
+}
+
+/* Common fixture content: example.com, two verified and one unverified
+ * destination. */
+static void populate(struct mxf_rulesdb *db)
+{
+	assert_int_equal(mxf_rulesdb_domain_add(db, "example.com", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_address_add(db, "dest@dest.test", true, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_address_add(db, "two@dest.test", true, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_address_add(db, "unv@dest.test", false, err, sizeof(err)), 0);
+}
+
+static void test_migrations(void **state)
+{
+	struct fx *f = *state;
+	struct stat sb;
+	assert_int_equal(stat(f->path, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0640);
+	int v = user_version(f->path);
+	assert_true(v >= 1);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), 0);
+	mxf_rulesdb_close(f->db);
+
+	/* Reopening (writable and read-only) keeps the version and the data. */
+	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
+	assert_int_equal(user_version(f->path), v);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), -EEXIST);
+	mxf_rulesdb_close(f->db);
+	assert_int_equal(mxf_rulesdb_open(f->path, false, &f->db, err, sizeof(err)), 0);
+	/* A read-only handle refuses writes. */
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "other.com", err, sizeof(err)), -EROFS);
+	mxf_rulesdb_close(f->db);
+	f->db = NULL;
+
+	/* A newer schema is refused, writable or not. */
+	raw_exec(f->path, "PRAGMA user_version = 999");
+	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)),
+			 -EPROTONOSUPPORT);
+	assert_non_null(strstr(err, "newer"));
+	assert_null(f->db);
+	assert_int_equal(mxf_rulesdb_open(f->path, false, &f->db, err, sizeof(err)),
+			 -EPROTONOSUPPORT);
+	assert_int_equal(user_version(f->path), 999);
+}
+
+static void test_open_errors(void **state)
+{
+	struct fx *f = *state;
+	struct mxf_rulesdb *db = NULL;
+	char p[160];
+	/* Read-only open of a missing file. */
+	snprintf(p, sizeof(p), "%s/missing.db", f->dir);
+	assert_true(mxf_rulesdb_open(p, false, &db, err, sizeof(err)) < 0);
+	assert_null(db);
+	/* Read-only open of an empty (never migrated) file: stale schema. */
+	FILE *fp = fopen(p, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_equal(mxf_rulesdb_open(p, false, &db, err, sizeof(err)), -ESTALE);
+	unlink(p);
+	/* Not a database. */
+	fp = fopen(p, "w");
+	assert_non_null(fp);
+	fputs("this is not an sqlite database, not at all, really not one.....\n", fp);
+	fputs("padding padding padding padding padding padding padding padding\n", fp);
+	fclose(fp);
+	assert_true(mxf_rulesdb_open(p, true, &db, err, sizeof(err)) < 0);
+	assert_null(db);
+	unlink(p);
+	/* A symlink is never followed. */
+	assert_int_equal(symlink(f->path, p), 0);
+	assert_true(mxf_rulesdb_open(p, true, &db, err, sizeof(err)) < 0);
+	assert_null(db);
+	unlink(p);
+}
+
+static void test_domain_validation(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "Example.COM", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), -EEXIST);
+	assert_non_null(strstr(err, "already exists"));
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "bad..domain", err, sizeof(err)), -EINVAL);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "-bad.com", err, sizeof(err)), -EINVAL);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "a b.com", err, sizeof(err)), -EINVAL);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "", err, sizeof(err)), -EINVAL);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "x'); DROP TABLE domains;--", err,
+						 sizeof(err)),
+			 -EINVAL);
+	/* U-label stored as A-label; the A-label form is then a duplicate. */
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "bücher.example", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "xn--bcher-kva.example", err, sizeof(err)),
+			 -EEXIST);
+	mxf_rulesdb_close(f->db);
+	f->db = NULL;
+	sqlite3 *s;
+	sqlite3_stmt *st;
+	assert_int_equal(sqlite3_open_v2(f->path, &s, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(s, "SELECT name FROM domains ORDER BY name", -1, &st,
+					    NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "example.com");
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "xn--bcher-kva.example");
+	assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	sqlite3_close(s);
+}
+
+static void test_address_validation(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "a@B.Example", true, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "a@b.example", false, err, sizeof(err)),
+			 -EEXIST);
+	/* One mailbox is not registered twice under two spellings. */
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "A@b.example", false, err, sizeof(err)),
+			 -EEXIST);
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "noat", true, err, sizeof(err)), -EINVAL);
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "a@", true, err, sizeof(err)), -EINVAL);
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "a b@c.example", true, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_address_add(f->db, "x@bücher.example", true, err, sizeof(err)),
+			 0);
+	const char *d[] = {"x@xn--bcher-kva.example"};
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "u@example.com", "forward", d,
+					      1, NULL, err, sizeof(err)),
+			 0);
+}
+
+struct collect {
+	int n;
+	char lines[16][400];
+};
+
+static int collect_cb(const struct mxf_rule_info *r, void *arg)
+{
+	struct collect *c = arg;
+	if (c->n < 16)
+		snprintf(c->lines[c->n], sizeof(c->lines[0]), "%s %s %s %s %s %d", r->domain,
+			 r->matcher, r->to, r->action, r->dests, r->enabled);
+	c->n++;
+	return 0;
+}
+
+static void test_rule_validation(void **state)
+{
+	struct fx *f = *state;
+	char tag[33];
+	populate(f->db);
+	const char *one[] = {"dest@dest.test"};
+	const char *unv[] = {"dest@dest.test", "unv@dest.test"};
+	const char *unknown[] = {"nobody@dest.test"};
+	const char *bad[] = {"not an address"};
+
+	/* Unknown domain. */
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "other.com", "a@other.com", "forward", one, 1,
+					      tag, err, sizeof(err)),
+			 -ENOENT);
+	assert_non_null(strstr(err, "other.com"));
+	/* --to outside the rule's domain. */
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@other.com", "forward", one,
+					      1, tag, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@sub.example.com", "forward",
+					      one, 1, tag, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "bad address", "forward", one,
+					      1, tag, err, sizeof(err)),
+			 -EINVAL);
+	/* Unknown action. */
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "reject", one,
+					      1, tag, err, sizeof(err)),
+			 -EINVAL);
+	/* Forward: 1..25 destinations, known, verified. */
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward", one,
+					      0, tag, err, sizeof(err)),
+			 -EINVAL);
+	const char *many[26];
+	for (int i = 0; i < 26; i++)
+		many[i] = "dest@dest.test";
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward",
+					      many, 26, tag, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward",
+					      unknown, 1, tag, err, sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward", bad,
+					      1, tag, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward", unv,
+					      2, tag, err, sizeof(err)),
+			 -EPERM);
+	assert_string_equal(err, "destination unv@dest.test is not verified");
+	/* Drop takes none. */
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "drop", one, 1,
+					      tag, err, sizeof(err)),
+			 -EINVAL);
+	/* Nothing of the refused attempts was stored. */
+	struct collect c = {0};
+	assert_int_equal(mxf_rulesdb_rule_list(f->db, collect_cb, &c), 0);
+	assert_int_equal(c.n, 0);
+
+	/* 25 destinations (repeats kept once) is fine. */
+	memset(tag, 0, sizeof(tag));
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "EXAMPLE.com", "a@Example.com", "forward",
+					      many, 25, tag, err, sizeof(err)),
+			 0);
+	assert_int_equal(strlen(tag), 32);
+	assert_int_equal(strspn(tag, "0123456789abcdef"), 32);
+	/* Duplicate literal, also with another case in the local part. */
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "drop", NULL,
+					      0, tag, err, sizeof(err)),
+			 -EEXIST);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "A@example.com", "drop", NULL,
+					      0, tag, err, sizeof(err)),
+			 -EEXIST);
+	char tag2[33];
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "b@example.com", "drop", NULL,
+					      0, tag2, err, sizeof(err)),
+			 0);
+	assert_string_not_equal(tag, tag2);
+
+	/* Catch-all: the same destination checks. */
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "example.com", "forward", unv, 2, err,
+						  sizeof(err)),
+			 -EPERM);
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "nope.com", "drop", NULL, 0, err,
+						  sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "example.com", "drop", one, 1, err,
+						  sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "example.com", "forward", NULL, 0, err,
+						  sizeof(err)),
+			 -EINVAL);
+}
+
+static void test_list_and_catchall_replace(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	const char *two[] = {"two@dest.test", "dest@dest.test"};
+	char tag[33];
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "x@example.com", "forward", two,
+					      2, tag, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "example.com", "drop", NULL, 0, err,
+						  sizeof(err)),
+			 0);
+	struct collect c = {0};
+	assert_int_equal(mxf_rulesdb_rule_list(f->db, collect_cb, &c), 0);
+	assert_int_equal(c.n, 2);
+	assert_string_equal(c.lines[0],
+			    "example.com literal x@example.com forward dest@dest.test,two@dest.test 1");
+	assert_string_equal(c.lines[1], "example.com all  drop  1");
+	/* catchall set replaces the one catch-all. */
+	const char *one[] = {"two@dest.test"};
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "example.com", "forward", one, 1, err,
+						  sizeof(err)),
+			 0);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(mxf_rulesdb_rule_list(f->db, collect_cb, &c), 0);
+	assert_int_equal(c.n, 2);
+	assert_string_equal(c.lines[1], "example.com all  forward two@dest.test 1");
+}
+
+static void test_lookup(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "bücher.example", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "nocatch.example", err, sizeof(err)), 0);
+	const char *two[] = {"dest@dest.test", "two@dest.test"};
+	char t_fwd[33], t_drop[33], t_idn[33];
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "Info@example.com", "forward",
+					      two, 2, t_fwd, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "spam@example.com", "drop", NULL,
+					      0, t_drop, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "bücher.example", "a@bücher.example",
+					      "forward", two, 1, t_idn, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_catchall_set(f->db, "example.com", "forward", two + 1, 1, err,
+						  sizeof(err)),
+			 0);
+
+	struct mxf_ruleset *rs;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_count(rs), 4);
+	struct mxf_route rt;
+
+	/* Literal, local part case-insensitive. */
+	const char *forms[] = {"info@example.com", "INFO@example.com", "Info@example.com"};
+	for (size_t i = 0; i < 3; i++) {
+		assert_int_equal(mxf_ruleset_lookup(rs, forms[i], &rt), 0);
+		assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+		assert_string_equal(rt.tag, t_fwd);
+		assert_int_equal(rt.ndest, 2);
+		assert_string_equal(rt.dests[0], "dest@dest.test");
+		assert_string_equal(rt.dests[1], "two@dest.test");
+	}
+	/* Drop. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "spam@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_DROP);
+	assert_string_equal(rt.tag, t_drop);
+	assert_int_equal(rt.ndest, 0);
+	/* Catch-all. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "whoever@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+	assert_int_equal(rt.ndest, 1);
+	assert_string_equal(rt.dests[0], "two@dest.test");
+	assert_int_equal(strlen(rt.tag), 32);
+	/* Not a prefix/suffix match. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com.evil", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
+	/* IDN domain by its A-label. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+	assert_string_equal(rt.tag, t_idn);
+	assert_int_equal(rt.ndest, 1);
+	assert_int_equal(mxf_ruleset_lookup(rs, "b@xn--bcher-kva.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	assert_string_equal(rt.tag, "");
+	/* Ours without rules nor catch-all; not ours. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@nocatch.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@dest.test", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@example.org", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
+	assert_int_equal(mxf_ruleset_lookup(rs, "no-at-sign", &rt), -EINVAL);
+	mxf_ruleset_free(rs);
+
+	/* Revoked verification: left out at load; a forward rule left with
+	 * none refuses (NO_RULE, tag kept) instead of reaching the catch-all. */
+	raw_exec(f->path, "UPDATE addresses SET verified = 0 WHERE email = 'dest@dest.test'");
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+	assert_int_equal(rt.ndest, 1);
+	assert_string_equal(rt.dests[0], "two@dest.test");
+	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	assert_string_equal(rt.tag, t_idn);
+	mxf_ruleset_free(rs);
+
+	/* Disabled rule: falls to the catch-all. Disabled domain: not ours. */
+	raw_exec(f->path, "UPDATE rules SET enabled = 0 WHERE match_to = 'spam@example.com'");
+	raw_exec(f->path, "UPDATE domains SET enabled = 0 WHERE name = 'nocatch.example'");
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "spam@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+	assert_string_equal(rt.dests[0], "two@dest.test");
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@nocatch.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
+	mxf_ruleset_free(rs);
+
+	/* A read-only handle loads the same set. */
+	struct mxf_rulesdb *ro;
+	assert_int_equal(mxf_rulesdb_open(f->path, false, &ro, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_load(ro, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_count(rs), 3);
+	mxf_ruleset_free(rs);
+	mxf_rulesdb_close(ro);
+}
+
+static void test_load_validates(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	char tag[33];
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "drop", NULL, 0,
+					      tag, err, sizeof(err)),
+			 0);
+	struct mxf_ruleset *rs = NULL;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	mxf_ruleset_free(rs);
+	/* A row that bypassed validation (another writer) fails the load, so
+	 * the router keeps its previous set. */
+	raw_exec(f->path, "UPDATE rules SET match_to = 'a@elsewhere.com'");
+	rs = NULL;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), -EINVAL);
+	assert_null(rs);
+	assert_non_null(strstr(err, tag));
+	raw_exec(f->path, "UPDATE rules SET match_to = 'a@example.com'");
+	/* A drop rule with a destination. */
+	raw_exec(f->path, "INSERT INTO rule_dests SELECT r.id, a.id FROM rules r, addresses a "
+			  "WHERE a.email = 'dest@dest.test'");
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), -EINVAL);
+	raw_exec(f->path, "DELETE FROM rule_dests");
+	/* A forward rule without any destination. */
+	raw_exec(f->path, "UPDATE rules SET action = 'forward'");
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), -EINVAL);
+	/* CHECK constraints hold against direct writes too. */
+	sqlite3 *s;
+	assert_int_equal(sqlite3_open_v2(f->path, &s, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(s, "UPDATE rules SET action = 'bounce'", NULL, NULL, NULL),
+			     SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(s, "UPDATE rules SET enabled = 2", NULL, NULL, NULL),
+			     SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(s, "UPDATE rules SET matcher = 'regex'", NULL, NULL,
+					  NULL),
+			     SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(s, "UPDATE rules SET priority = -1", NULL, NULL, NULL),
+			     SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(s, "UPDATE rules SET tag = 'XYZ'", NULL, NULL, NULL),
+			     SQLITE_OK);
+	assert_int_not_equal(sqlite3_exec(s, "UPDATE domains SET name = 'UPPER.com'", NULL, NULL,
+					  NULL),
+			     SQLITE_OK);
+	sqlite3_close(s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_migrations, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_domain_validation, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_address_validation, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rule_validation, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_list_and_catchall_replace, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lookup, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_load_validates, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
