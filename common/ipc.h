@@ -44,8 +44,9 @@ enum mxf_ipc_type {
 	MXF_MSG_ABORT,            /* c->r: F_QID (discard an opened, uncommitted file) */
 	MXF_MSG_DELIVER,          /* r->deliverd: F_REQ, F_QID, F_SENDER (already SRS'd), F_DOMAIN,
 	                             F_RIDX* and F_RCPT* (parallel lists), F_HEADERS; fd (O_RDONLY content) */
-	MXF_MSG_DELIVER_RESULT,   /* deliverd->r: F_REQ, F_QID, F_RIDX*, F_CODE*, F_ESC*, F_TEXT*
-	                             (parallel lists, one entry per recipient), F_RELAY */
+	MXF_MSG_DELIVER_RESULT,   /* deliverd->r: F_REQ, F_QID, F_RIDX*, F_CODE*, F_ESC*, F_TEXT*,
+	                             F_RELAY* (parallel lists, one entry per recipient; all u64
+	                             except the strings F_ESC, F_TEXT, F_RELAY) */
 	MXF_MSG_BOUNCE,           /* r->bouncer: F_REQ, F_QID, F_SENDER (original), F_RCPT*, F_CODE*,
 	                             F_ESC*, F_TEXT*, F_RELAY* (parallel lists); fd (O_RDONLY content) */
 	MXF_MSG_BOUNCE_DONE,      /* bouncer->r: F_REQ, F_QID, F_CODE (250: the bounce is queued as
