@@ -34,6 +34,7 @@ static const struct key keys[] = {
 	{"smtpd", "user", T_STR, "mxferry-smtpd", 0, 0, false},
 	{"smtpd", "max_message_size", T_INT, "26214400", 1024, 1LL << 34, true},
 	{"smtpd", "max_recipients", T_INT, "50", 1, 100000, true},
+	{"smtpd", "command_timeout", T_DURATION, "300", 1, 3600, true},
 	{"router", "user", T_STR, "mxferry-router", 0, 0, false},
 	{"router", "srs_domain", T_STR, "", 0, 0, true},
 	{"router", "retry_min", T_DURATION, "300", 1, 86400, true},

@@ -1,0 +1,155 @@
+/* smtpd: the ESMTP server. It gets its listening sockets from the master
+ * (fds 3.., MXF_LISTEN_FDS of them), drops privileges into the spool's
+ * private/ directory, where the only thing it can reach is the router socket,
+ * and talks SMTP on libuv. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+#include "queueid.h"
+#include "smtpd.h"
+
+#define MAX_LISTEN 64
+
+struct smtpd smtpd;
+
+static uv_tcp_t listeners[MAX_LISTEN];
+static int nlisten;
+static uv_signal_t sigterm, sigint;
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	if (status < 0) {
+		mxf_warn("accept: %s", uv_strerror(status));
+		return;
+	}
+	if (smtpd.stopping)
+		return;
+	session_accept(server);
+}
+
+static void on_router_msg(const struct mxf_ipc_view *v, int fd, void *arg)
+{
+	(void)arg;
+	uint16_t type = mxf_ipc_type(v);
+	if (type != MXF_MSG_RCPT_REPLY && type != MXF_MSG_OPEN_REPLY &&
+	    type != MXF_MSG_COMMIT_REPLY) {
+		mxf_warn("unexpected message type %u from router; ignored", type);
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	uint64_t req;
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0)
+		mxf_fatal("malformed reply from router: no request id");
+	uint64_t code = 0;
+	const char *qid = mxf_ipc_str(v, F_QID, 0);
+	mxf_ipc_u64(v, F_CODE, 0, &code);
+	if (session_router_reply(v, req, fd))
+		return;
+	/* Nobody waits for it (the client left, or the reply is stale). A file
+	 * the router opened for us must not linger: abort it. */
+	if (type == MXF_MSG_OPEN_REPLY && code == 250 && qid && mxf_qid_valid(qid))
+		smtpd_abort_qid(qid);
+	mxf_debug("stale router reply (request %llu) ignored", (unsigned long long)req);
+}
+
+static void on_router_state(bool up, void *arg)
+{
+	(void)arg;
+	if (up) {
+		smtpd.link_gen++;
+		return;
+	}
+	session_link_down();
+}
+
+static void on_closed_noop(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	(void)h;
+	if (smtpd.stopping)
+		return;
+	mxf_info("%s received; stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+	smtpd.stopping = true;
+	for (int i = 0; i < nlisten; i++)
+		uv_close((uv_handle_t *)&listeners[i], on_closed_noop);
+	session_close_all();
+	uv_close((uv_handle_t *)&sigterm, on_closed_noop);
+	uv_close((uv_handle_t *)&sigint, on_closed_noop);
+	mxf_routerlink_stop(smtpd.link);
+	smtpd.link = NULL;
+}
+
+static int listen_fds(void)
+{
+	const char *e = getenv("MXF_LISTEN_FDS");
+	char *end;
+	if (!e || !*e)
+		mxf_fatal("MXF_LISTEN_FDS is not set: smtpd must be started by mxferryd");
+	errno = 0;
+	long n = strtol(e, &end, 10);
+	if (errno || *end || n < 1 || n > MAX_LISTEN)
+		mxf_fatal("MXF_LISTEN_FDS: invalid value '%s'", e);
+	unsetenv("MXF_LISTEN_FDS");
+	return (int)n;
+}
+
+int main(int argc, char **argv)
+{
+	struct mxf_config *cfg = mxf_daemon_init(argc, argv, "smtpd");
+	char sock[4096];
+
+	signal(SIGPIPE, SIG_IGN);
+	smtpd.loop = uv_default_loop();
+	smtpd.hostname = mxf_config_str(cfg, "main", "hostname");
+	smtpd.max_size = (uint64_t)mxf_config_int(cfg, "smtpd", "max_message_size");
+	smtpd.max_rcpt = (size_t)mxf_config_int(cfg, "smtpd", "max_recipients");
+	smtpd.timeout_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "command_timeout") * 1000;
+
+	nlisten = listen_fds();
+	for (int i = 0; i < nlisten; i++) {
+		int fd = 3 + i, type = 0;
+		socklen_t tl = sizeof(type);
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_STREAM)
+			mxf_fatal("fd %d is not a listening stream socket", fd);
+		int r = uv_tcp_init(smtpd.loop, &listeners[i]);
+		if (r == 0)
+			r = uv_tcp_open(&listeners[i], fd);
+		if (r == 0)
+			r = uv_listen((uv_stream_t *)&listeners[i], 511, on_connection);
+		if (r < 0)
+			mxf_fatal("cannot listen on fd %d: %s", fd, uv_strerror(r));
+	}
+
+	mxf_daemon_drop(cfg, "smtpd", true, sock, sizeof(sock));
+	int r = mxf_routerlink_start(smtpd.loop, sock, "smtpd", on_router_msg, on_router_state,
+				     NULL, &smtpd.link);
+	if (r < 0)
+		mxf_fatal("router link: %s", strerror(-r));
+
+	uv_signal_init(smtpd.loop, &sigterm);
+	uv_signal_start(&sigterm, on_signal, SIGTERM);
+	uv_signal_init(smtpd.loop, &sigint);
+	uv_signal_start(&sigint, on_signal, SIGINT);
+
+	mxf_info("ready: %d listener%s, hostname %s, max size %llu, max recipients %zu", nlisten,
+		 nlisten == 1 ? "" : "s", smtpd.hostname, (unsigned long long)smtpd.max_size,
+		 smtpd.max_rcpt);
+	uv_run(smtpd.loop, UV_RUN_DEFAULT);
+	uv_loop_close(smtpd.loop);
+	mxf_config_free(cfg);
+	mxf_info("stopped");
+	return 0;
+}

@@ -1,0 +1,46 @@
+/* smtpd internals: the process-wide state (main.c) and the SMTP session
+ * (session.c). smtpd holds no secret and opens no file: message content goes
+ * into a descriptor the router hands over, and only the router's COMMIT_REPLY
+ * can produce a 250 for a message. */
+#ifndef MXF_SMTPD_H
+#define MXF_SMTPD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "ipc.h"
+#include "ipcconn.h"
+
+struct session;
+
+struct smtpd {
+	uv_loop_t *loop;
+	const char *hostname;
+	uint64_t max_size;
+	size_t max_rcpt;
+	uint64_t timeout_ms;
+	struct mxf_routerlink *link;
+	/* Bumped each time the router link comes up: a queue file opened
+	 * under an older generation belongs to a router instance that is gone. */
+	uint64_t link_gen;
+	uint64_t next_req;
+	struct session *sessions;
+	bool stopping;
+};
+
+extern struct smtpd smtpd;
+
+/* Takes a new connection from a listener. */
+void session_accept(uv_stream_t *listener);
+/* A router reply for a request (RCPT_REPLY, OPEN_REPLY, COMMIT_REPLY);
+ * returns false when no session waits for it. fd is consumed either way. */
+bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd);
+/* The router link went down: every waiting session answers 451. */
+void session_link_down(void);
+/* Shutdown: 421 to everybody and close. */
+void session_close_all(void);
+/* Fire-and-forget ABORT of a queue file. */
+void smtpd_abort_qid(const char *qid);
+
+#endif

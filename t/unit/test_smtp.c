@@ -1,0 +1,748 @@
+/* Unit tests for common/smtp.c: line splitter, command parser, DATA decoder,
+ * reply formatting. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "smtp.h"
+
+/* ---- helpers ---- */
+
+static char *rep(char c, size_t n)
+{
+	char *s = malloc(n + 1);
+	assert_non_null(s);
+	memset(s, c, n);
+	s[n] = '\0';
+	return s;
+}
+
+/* A dotted domain of exactly n octets with labels of at most 63. */
+static char *domain_of(size_t n)
+{
+	char *s = malloc(n + 1);
+	assert_non_null(s);
+	for (size_t i = 0; i < n; i++)
+		s[i] = (i % 64 == 63) ? '.' : (char)('a' + (i / 64) % 26);
+	if (s[n - 1] == '.')
+		s[n - 1] = 'z';
+	s[n] = '\0';
+	return s;
+}
+
+static int parse(const char *line, struct mxf_smtp_cmd *c)
+{
+	return mxf_smtp_parse_cmd(line, strlen(line), c);
+}
+
+/* The last expect_err result, for checks of the reply text. */
+static struct mxf_smtp_cmd last;
+
+static void expect_err(const char *line, int code, const char *esc)
+{
+	struct mxf_smtp_cmd c;
+	int r = parse(line, &c);
+	last = c;
+	if (r == 0 || c.err.code != code || strcmp(c.err.esc, esc) != 0)
+		fail_msg("'%.80s': got r=%d %d %s, want %d %s", line, r, c.err.code,
+			 c.err.esc ? c.err.esc : "-", code, esc);
+}
+
+static void expect_ok(const char *line, struct mxf_smtp_cmd *c)
+{
+	int r = parse(line, c);
+	if (r != 0)
+		fail_msg("'%.80s': got %d %s %s", line, c->err.code, c->err.esc, c->err.text);
+}
+
+/* ---- line splitter ---- */
+
+static void test_lines_basic(void **state)
+{
+	(void)state;
+	struct mxf_smtp_lines ls;
+	mxf_smtp_lines_init(&ls);
+	const char *in = "EHLO a\r\nMAIL FROM:<>\r\nRC";
+	size_t n = strlen(in);
+	const char *line;
+	size_t ll;
+
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_string_equal(line, "EHLO a");
+	assert_int_equal(ll, 6);
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_string_equal(line, "MAIL FROM:<>");
+	/* The rest stays until its end arrives, even one byte at a time. */
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_MORE);
+	assert_int_equal(n, 0);
+	const char *more = "PT TO:<a@b>\r";
+	for (const char *p = more; *p; p++) {
+		const char *q = p;
+		size_t one = 1;
+		assert_int_equal(mxf_smtp_lines_next(&ls, &q, &one, &line, &ll), MXF_SMTP_LINE_MORE);
+	}
+	in = "\nQUIT\r\n";
+	n = strlen(in);
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_string_equal(line, "RCPT TO:<a@b>");
+	/* Input after the line is left for the caller. */
+	assert_int_equal(n, 6);
+	assert_memory_equal(in, "QUIT\r\n", 6);
+}
+
+static void test_lines_bare_lf(void **state)
+{
+	(void)state;
+	struct mxf_smtp_lines ls;
+	mxf_smtp_lines_init(&ls);
+	const char *in = "NOOP\nNOOP\r\n";
+	size_t n = strlen(in);
+	const char *line;
+	size_t ll;
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_BARE_LF);
+	assert_string_equal(line, "NOOP");
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_string_equal(line, "NOOP");
+	/* A bare CR does not end a line: it stays inside (the parser rejects it). */
+	in = "NO\rOP\r\n";
+	n = strlen(in);
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_int_equal(ll, 5);
+	assert_memory_equal(line, "NO\rOP", 5);
+}
+
+static void check_len(size_t content, enum mxf_smtp_line_result want)
+{
+	struct mxf_smtp_lines ls;
+	mxf_smtp_lines_init(&ls);
+	char *buf = malloc(content + 2 + 7);
+	memset(buf, 'x', content);
+	memcpy(buf + content, "\r\nQUIT\r\n", 8);
+	const char *in = buf;
+	size_t n = content + 8;
+	const char *line;
+	size_t ll;
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), want);
+	if (want == MXF_SMTP_LINE_OK)
+		assert_int_equal(ll, content);
+	/* Either way the next line comes out intact: the long one was skipped
+	 * to its end. */
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_string_equal(line, "QUIT");
+	assert_int_equal(n, 0);
+	free(buf);
+}
+
+static void test_lines_limit(void **state)
+{
+	(void)state;
+	check_len(510, MXF_SMTP_LINE_OK);       /* 512 octets with CRLF */
+	check_len(511, MXF_SMTP_LINE_TOO_LONG); /* 513 */
+	check_len(512, MXF_SMTP_LINE_TOO_LONG);
+	check_len(5000, MXF_SMTP_LINE_TOO_LONG);
+}
+
+static void test_lines_long_fed_in_pieces(void **state)
+{
+	(void)state;
+	struct mxf_smtp_lines ls;
+	mxf_smtp_lines_init(&ls);
+	char *x = rep('y', 700);
+	const char *line;
+	size_t ll;
+	const char *in = x;
+	size_t n = 700;
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_MORE);
+	in = x;
+	n = 700;
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_MORE);
+	in = "zz\r\nNOOP\r\n";
+	n = strlen(in);
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_TOO_LONG);
+	assert_int_equal(mxf_smtp_lines_next(&ls, &in, &n, &line, &ll), MXF_SMTP_LINE_OK);
+	assert_string_equal(line, "NOOP");
+	free(x);
+}
+
+/* ---- command parser ---- */
+
+static void test_verbs(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	static const struct {
+		const char *line;
+		enum mxf_smtp_verb v;
+	} t[] = {
+		{"DATA", MXF_SMTP_DATA}, {"data", MXF_SMTP_DATA}, {"RSET", MXF_SMTP_RSET},
+		{"NOOP", MXF_SMTP_NOOP}, {"NOOP anything", MXF_SMTP_NOOP},
+		{"QUIT", MXF_SMTP_QUIT}, {"QuIt", MXF_SMTP_QUIT}, {"HELP", MXF_SMTP_HELP},
+		{"HELP mail", MXF_SMTP_HELP}, {"VRFY bob", MXF_SMTP_VRFY},
+		{"RSET  ", MXF_SMTP_RSET}, /* trailing spaces ignored */
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		expect_ok(t[i].line, &c);
+		assert_int_equal(c.verb, t[i].v);
+	}
+	expect_ok("HELP mail", &c);
+	assert_string_equal(c.arg, "mail");
+	expect_ok("VRFY <bob@example.org>", &c);
+	assert_string_equal(c.arg, "<bob@example.org>");
+	assert_string_equal(mxf_smtp_verb_name(MXF_SMTP_RCPT), "RCPT");
+}
+
+static void test_unknown_and_args(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_err("FOO", 500, "5.5.2");
+	expect_err("", 500, "5.5.2");
+	expect_err("EHLOX a", 500, "5.5.2");
+	expect_err("DAT", 500, "5.5.2");
+	expect_err("STARTTLS", 500, "5.5.2");
+	expect_err("DATAX", 500, "5.5.2");
+	assert_int_not_equal(parse("DATAX", &c), 0);
+	assert_int_equal(c.verb, MXF_SMTP_UNKNOWN);
+	expect_err("DATA x", 501, "5.5.4");
+	expect_err("RSET x", 501, "5.5.4");
+	expect_err("QUIT now", 501, "5.5.4");
+	expect_err("VRFY", 501, "5.5.4");
+	/* The verb is known even when the arguments are bad (for counting). */
+	assert_int_not_equal(parse("DATA x", &c), 0);
+	assert_int_equal(c.verb, MXF_SMTP_DATA);
+}
+
+static void test_bad_bytes(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_err("NOOP\r", 500, "5.5.2");
+	expect_err("NOOP a\rb", 500, "5.5.2");
+	expect_err("NOOP a\nb", 500, "5.5.2");
+	expect_err("RCPT TO:<b\xc3\xa9@example.org>", 500, "5.5.2");
+	expect_err("EHLO ex\x80mple.org", 500, "5.5.2");
+	/* NUL: explicit length, the line goes on after it. */
+	assert_int_equal(mxf_smtp_parse_cmd("NOOP\0x", 6, &c), -EINVAL);
+	assert_int_equal(c.err.code, 500);
+	assert_int_equal(mxf_smtp_parse_cmd("QUIT\0", 5, &c), -EINVAL);
+	/* Over the limit even without the splitter. */
+	char *l = rep('x', 600);
+	memcpy(l, "NOOP ", 5);
+	expect_err(l, 500, "5.5.2");
+	free(l);
+}
+
+static void test_helo(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("EHLO mail.example.org", &c);
+	assert_int_equal(c.verb, MXF_SMTP_EHLO);
+	assert_string_equal(c.arg, "mail.example.org");
+	expect_ok("helo localhost", &c);
+	assert_int_equal(c.verb, MXF_SMTP_HELO);
+	assert_string_equal(c.arg, "localhost");
+	expect_ok("EHLO my_host.local", &c); /* underscores: real clients send them */
+	expect_ok("EHLO [192.0.2.1]", &c);
+	assert_string_equal(c.arg, "[192.0.2.1]");
+	expect_ok("EHLO [IPv6:2001:db8::1]", &c);
+	expect_ok("EHLO [ipv6:::1]", &c);
+	expect_ok("EHLO [x-tag:some-content]", &c);
+	expect_err("EHLO", 501, "5.5.4");
+	expect_err("HELO", 501, "5.5.4");
+	expect_err("EHLO  two.spaces", 501, "5.5.4");
+	expect_err("EHLO a b", 501, "5.5.4");
+	expect_err("EHLO a..b", 501, "5.5.4");
+	expect_err("EHLO .a", 501, "5.5.4");
+	expect_err("EHLO a.", 501, "5.5.4");
+	expect_err("EHLO a@b", 501, "5.5.4");
+	expect_err("EHLO [192.0.2.300]", 501, "5.5.4");
+	expect_err("EHLO [IPv6:2001:db8::g]", 501, "5.5.4");
+	expect_err("EHLO [192.0.2.1", 501, "5.5.4");
+	expect_err("EHLO []", 501, "5.5.4");
+	expect_err("EHLO [1.2.3.4]x", 501, "5.5.4");
+
+	/* 255 octets is the longest domain. */
+	char line[600];
+	char *d = domain_of(255);
+	assert_int_equal(strlen(d), 255);
+	snprintf(line, sizeof(line), "EHLO %s", d);
+	expect_ok(line, &c);
+	assert_string_equal(c.arg, d);
+	free(d);
+	d = domain_of(256);
+	snprintf(line, sizeof(line), "EHLO %s", d);
+	expect_err(line, 501, "5.5.4");
+	free(d);
+}
+
+static void test_mail_basic(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("MAIL FROM:<alice@example.org>", &c);
+	assert_int_equal(c.verb, MXF_SMTP_MAIL);
+	assert_string_equal(c.path, "alice@example.org");
+	assert_false(c.null_path);
+	assert_false(c.has_size);
+	assert_int_equal(c.body, MXF_SMTP_BODY_NONE);
+
+	expect_ok("mail from:<Alice@Example.ORG>", &c);
+	assert_string_equal(c.path, "Alice@Example.ORG"); /* normalising is not the parser's job */
+
+	expect_ok("MAIL FROM:<>", &c);
+	assert_true(c.null_path);
+	assert_string_equal(c.path, "");
+
+	/* One space after the colon is tolerated, two are not. */
+	expect_ok("MAIL FROM: <a@example.org>", &c);
+	assert_string_equal(c.path, "a@example.org");
+	expect_err("MAIL FROM:  <a@example.org>", 501, "5.5.4");
+	expect_err("MAIL FROM :<a@example.org>", 501, "5.5.4");
+	expect_err("MAIL  FROM:<a@example.org>", 501, "5.5.4");
+	/* Brackets are required (strict). */
+	expect_err("MAIL FROM:a@example.org", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org", 501, "5.1.7");
+	expect_err("MAIL FROM:<a@example.org>x", 501, "5.5.4");
+	expect_err("MAIL TO:<a@example.org>", 501, "5.5.4");
+	expect_err("MAIL", 501, "5.5.4");
+	expect_err("MAIL FROM:", 501, "5.5.4");
+
+	/* Trailing spaces are fine. */
+	expect_ok("MAIL FROM:<a@example.org>  ", &c);
+}
+
+static void test_path_syntax(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("MAIL FROM:<first.last+tag@sub.example.org>", &c);
+	assert_string_equal(c.path, "first.last+tag@sub.example.org");
+	expect_ok("MAIL FROM:<\"john doe\"@example.org>", &c);
+	assert_string_equal(c.path, "\"john doe\"@example.org");
+	/* A quoted local part may hold '>' and an escaped quote. */
+	expect_ok("RCPT TO:<\"a>b\\\"c\"@example.org>", &c);
+	assert_string_equal(c.path, "\"a>b\\\"c\"@example.org");
+	expect_ok("RCPT TO:<user@[192.0.2.1]>", &c);
+	assert_string_equal(c.path, "user@[192.0.2.1]");
+	expect_ok("RCPT TO:<user@[IPv6:2001:db8::1]>", &c);
+
+	expect_err("RCPT TO:<>", 501, "5.1.3");
+	expect_err("RCPT TO:<a>", 501, "5.1.3");
+	expect_err("RCPT TO:<@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@b@c>", 501, "5.1.3");
+	expect_err("RCPT TO:<.a@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a.@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a..b@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a b@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@-example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@example-.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@example..org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@example.org.>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@exa_mple.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<\"unterminated@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<a@[300.1.1.1]>", 501, "5.1.3");
+	expect_err("MAIL FROM:<a(comment)@example.org>", 501, "5.1.7");
+}
+
+static void test_source_route(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("RCPT TO:<@relay.example:user@example.org>", &c);
+	assert_string_equal(c.path, "user@example.org");
+	expect_ok("MAIL FROM:<@a.example,@b.example:user@example.org>", &c);
+	assert_string_equal(c.path, "user@example.org");
+	expect_ok("RCPT TO:<@[192.0.2.1]:user@example.org>", &c);
+	assert_string_equal(c.path, "user@example.org");
+	expect_err("RCPT TO:<@a.example user@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<@a.example,b.example:user@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<@:user@example.org>", 501, "5.1.3");
+	expect_err("RCPT TO:<@a.example:>", 501, "5.1.3");
+}
+
+static void test_postmaster(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("RCPT TO:<postmaster>", &c);
+	assert_true(c.postmaster);
+	assert_string_equal(c.path, "postmaster");
+	expect_ok("RCPT TO:<PostMaster>", &c);
+	assert_true(c.postmaster);
+	expect_ok("RCPT TO:<postmaster@example.org>", &c);
+	assert_false(c.postmaster);
+	assert_string_equal(c.path, "postmaster@example.org");
+	expect_err("MAIL FROM:<postmaster>", 501, "5.1.7");
+	expect_err("RCPT TO:<postmaste>", 501, "5.1.3");
+	expect_err("RCPT TO:<@a.example:postmaster>", 501, "5.1.3");
+}
+
+static void test_path_limits(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	char line[1024];
+
+	/* Local part: 64 octets allowed, 65 not. */
+	char *l64 = rep('l', 64), *l65 = rep('l', 65);
+	snprintf(line, sizeof(line), "RCPT TO:<%s@example.org>", l64);
+	expect_ok(line, &c);
+	snprintf(line, sizeof(line), "RCPT TO:<%s@example.org>", l65);
+	expect_err(line, 501, "5.1.3");
+	assert_string_equal(last.err.text, "Local part too long");
+	snprintf(line, sizeof(line), "MAIL FROM:<%s@example.org>", l65);
+	expect_err(line, 501, "5.1.7");
+	/* Quoted local parts count as written. */
+	char *q62 = rep('q', 62);
+	snprintf(line, sizeof(line), "RCPT TO:<\"%s\"@example.org>", q62);
+	expect_ok(line, &c);
+	snprintf(line, sizeof(line), "RCPT TO:<\"%sq\"@example.org>", q62);
+	expect_err(line, 501, "5.1.3");
+
+	/* Domain: 256 octets is over the domain limit, 255 is within it (and
+	 * then caught by the path limit, since <x@255> is 259 octets). */
+	char *d255 = domain_of(255), *d256 = domain_of(256);
+	snprintf(line, sizeof(line), "RCPT TO:<x@%s>", d256);
+	parse(line, &c);
+	assert_string_equal(c.err.text, "Domain too long");
+	snprintf(line, sizeof(line), "RCPT TO:<x@%s>", d255);
+	parse(line, &c);
+	assert_int_equal(c.err.code, 501);
+	assert_string_equal(c.err.text, "Path too long");
+
+	/* Path: 256 octets with the brackets allowed, 257 not. */
+	char *d189 = domain_of(189), *d190 = domain_of(190);
+	snprintf(line, sizeof(line), "RCPT TO:<%s@%s>", l64, d189); /* 1+64+1+189+1 = 256 */
+	expect_ok(line, &c);
+	assert_int_equal(strlen(c.path), 254);
+	snprintf(line, sizeof(line), "RCPT TO:<%s@%s>", l64, d190);
+	expect_err(line, 501, "5.1.3");
+	assert_string_equal(last.err.text, "Path too long");
+	/* A source route counts towards the path. */
+	snprintf(line, sizeof(line), "RCPT TO:<@r:%s@%s>", l64, d189);
+	expect_err(line, 501, "5.1.3");
+	snprintf(line, sizeof(line), "MAIL FROM:<%s@%s> SIZE=10", l64, d189);
+	expect_ok(line, &c);
+	snprintf(line, sizeof(line), "MAIL FROM:<%s@%s>", l64, d190);
+	expect_err(line, 501, "5.1.7");
+
+	free(l64);
+	free(l65);
+	free(q62);
+	free(d255);
+	free(d256);
+	free(d189);
+	free(d190);
+}
+
+static void test_mail_params(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("MAIL FROM:<a@example.org> SIZE=12345", &c);
+	assert_true(c.has_size);
+	assert_int_equal(c.size, 12345);
+	expect_ok("MAIL FROM:<a@example.org> size=0 body=8bitmime", &c);
+	assert_true(c.has_size);
+	assert_int_equal(c.size, 0);
+	assert_int_equal(c.body, MXF_SMTP_BODY_8BITMIME);
+	expect_ok("MAIL FROM:<> BODY=7BIT SIZE=99", &c);
+	assert_true(c.null_path);
+	assert_int_equal(c.body, MXF_SMTP_BODY_7BIT);
+	assert_int_equal(c.size, 99);
+	expect_ok("MAIL FROM:<a@example.org> SIZE=18446744073709551615", &c);
+	assert_true(c.size == UINT64_MAX);
+	/* 20 digits that overflow: saturate, so the size check refuses it. */
+	expect_ok("MAIL FROM:<a@example.org> SIZE=99999999999999999999", &c);
+	assert_true(c.size == UINT64_MAX);
+	expect_ok("MAIL FROM:<a@example.org>  SIZE=1", &c); /* extra spaces tolerated */
+
+	expect_err("MAIL FROM:<a@example.org> SIZE=123456789012345678901", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SIZE=", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SIZE", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SIZE=12k", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SIZE=-1", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SIZE=1 SIZE=2", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> BODY=7BIT BODY=7BIT", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> BODY", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> BODY=BINARYMIME", 555, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SMTPUTF8", 555, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> RET=HDRS", 555, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> X-FOO=bar", 555, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> =bar", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> A=b=c", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org>SIZE=1", 501, "5.5.4");
+	/* RCPT takes no parameters here (no DSN yet). */
+	expect_ok("RCPT TO:<b@example.org>", &c);
+	expect_err("RCPT TO:<b@example.org> NOTIFY=NEVER", 555, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> SIZE=1", 555, "5.5.4");
+}
+
+/* ---- DATA decoder ---- */
+
+struct dec {
+	struct mxf_smtp_data d;
+	char out[8192];
+	size_t outlen;
+	size_t consumed;
+};
+
+/* Feeds in pieces of chunk bytes (0: all at once). */
+static void decode(struct dec *x, const char *in, size_t len, size_t chunk)
+{
+	mxf_smtp_data_init(&x->d);
+	x->outlen = 0;
+	x->consumed = 0;
+	if (chunk == 0)
+		chunk = len;
+	while (x->consumed < len && !x->d.done) {
+		size_t n = len - x->consumed < chunk ? len - x->consumed : chunk;
+		size_t o;
+		size_t used = mxf_smtp_data_feed(&x->d, in + x->consumed, n, x->out + x->outlen,
+						 sizeof(x->out) - x->outlen, &o);
+		assert_true(used <= n);
+		assert_true(o <= used + 1);
+		x->consumed += used;
+		x->outlen += o;
+		if (used < n)
+			break; /* stopped at the end marker */
+	}
+	assert_int_equal(x->d.size, x->outlen);
+}
+
+static void test_data_simple(void **state)
+{
+	(void)state;
+	struct dec x;
+	const char *in = "Subject: hi\r\n\r\nbody\r\n.\r\n";
+	for (size_t chunk = 0; chunk <= 5; chunk++) {
+		decode(&x, in, strlen(in), chunk);
+		assert_true(x.d.done);
+		assert_int_equal(x.consumed, strlen(in));
+		assert_int_equal(x.outlen, strlen("Subject: hi\r\n\r\nbody\r\n"));
+		assert_memory_equal(x.out, "Subject: hi\r\n\r\nbody\r\n", x.outlen);
+		assert_false(x.d.bare_cr);
+		assert_false(x.d.bare_lf);
+		assert_int_equal(x.d.long_lines, 0);
+	}
+	/* An empty message: the DATA line's CRLF starts the end marker. */
+	decode(&x, ".\r\n", 3, 0);
+	assert_true(x.d.done);
+	assert_int_equal(x.outlen, 0);
+	/* Not finished yet. */
+	decode(&x, "abc\r\n.\r", 7, 0);
+	assert_false(x.d.done);
+	assert_int_equal(x.consumed, 7);
+}
+
+static void test_data_unstuff(void **state)
+{
+	(void)state;
+	struct dec x;
+	const char *in = "..leading\r\n.\r\n";
+	decode(&x, in, strlen(in), 0);
+	assert_true(x.d.done);
+	assert_int_equal(x.outlen, 10);
+	assert_memory_equal(x.out, ".leading\r\n", 10);
+
+	in = "a\r\n..\r\n...x\r\nmid.dle.\r\n. space\r\n.\r\n";
+	for (size_t chunk = 0; chunk <= 3; chunk++) {
+		decode(&x, in, strlen(in), chunk);
+		const char *want = "a\r\n.\r\n..x\r\nmid.dle.\r\n space\r\n";
+		assert_true(x.d.done);
+		assert_int_equal(x.outlen, strlen(want));
+		assert_memory_equal(x.out, want, x.outlen);
+	}
+}
+
+static void expect_not_end(const char *in, size_t len, bool cr, bool lf)
+{
+	struct dec x;
+	for (size_t chunk = 0; chunk <= 2; chunk++) {
+		decode(&x, in, len, chunk);
+		if (x.d.done)
+			fail_msg("smuggled end marker accepted (chunk %zu)", chunk);
+		assert_int_equal(x.consumed, len);
+		assert_int_equal(x.d.bare_cr, cr);
+		assert_int_equal(x.d.bare_lf, lf);
+	}
+}
+
+static void test_data_smuggling(void **state)
+{
+	(void)state;
+	/* None of these ends the data: only CRLF.CRLF does. */
+	expect_not_end("a\n.\nMAIL FROM:<x@y>\r\n", 21, false, true);
+	expect_not_end("a\r\n.\nMAIL FROM:<x@y>\r\n", 22, false, true);
+	expect_not_end("a\n.\r\nMAIL FROM:<x@y>\r\n", 22, false, true);
+	expect_not_end("a\r.\r\nMAIL FROM:<x@y>\r\n", 22, true, false);
+	expect_not_end("a\r\n.\rMAIL FROM:<x@y>\r\n", 22, true, false);
+	expect_not_end("a\r.\rMAIL FROM:<x@y>\r\n", 21, true, false);
+	expect_not_end("a\r\n.\r\rMAIL\r\n", 12, true, false);
+	expect_not_end("a\r\r\n.\r\r\n", 8, true, false);
+	expect_not_end("\n.\r\n", 4, false, true);
+	expect_not_end(".\n", 2, false, true);
+	expect_not_end("a\r\n\x00.\r\n", 7, false, false);
+
+	/* Mixed: the real end marker after smuggling attempts still ends it,
+	 * with the flags kept for the refusal. */
+	struct dec x;
+	const char *in = "a\n.\nb\r\n.\r\nRSET\r\n";
+	decode(&x, in, strlen(in), 0);
+	assert_true(x.d.done);
+	assert_true(x.d.bare_lf);
+	assert_int_equal(x.consumed, strlen(in) - 6);
+	/* Bare CR/LF are passed through untouched, never normalised. */
+	assert_int_equal(x.outlen, 7);
+	assert_memory_equal(x.out, "a\n.\nb\r\n", 7);
+
+	in = "x\ry\r\n.\r\n";
+	decode(&x, in, strlen(in), 1);
+	assert_true(x.d.done);
+	assert_true(x.d.bare_cr);
+	assert_false(x.d.bare_lf);
+	assert_memory_equal(x.out, "x\ry\r\n", 5);
+}
+
+static void test_data_pipelined_rest(void **state)
+{
+	(void)state;
+	struct dec x;
+	const char *in = "body\r\n.\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n";
+	decode(&x, in, strlen(in), 0);
+	assert_true(x.d.done);
+	assert_int_equal(x.consumed, 9);
+	assert_string_equal(in + x.consumed, "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+	assert_int_equal(x.outlen, 6);
+
+	/* Once done, the decoder consumes nothing more. */
+	size_t o;
+	char out[16];
+	assert_int_equal(mxf_smtp_data_feed(&x.d, "more", 4, out, sizeof(out), &o), 0);
+	assert_int_equal(o, 0);
+}
+
+static void test_data_outcap(void **state)
+{
+	(void)state;
+	struct mxf_smtp_data d;
+	char out[4];
+	size_t o;
+	mxf_smtp_data_init(&d);
+	/* A small output buffer limits consumption; nothing is lost. */
+	assert_int_equal(mxf_smtp_data_feed(&d, "abcdef", 6, out, 4, &o), 4);
+	assert_int_equal(o, 4);
+	assert_memory_equal(out, "abcd", 4);
+	/* A held-back CR needs room for two bytes. */
+	mxf_smtp_data_init(&d);
+	assert_int_equal(mxf_smtp_data_feed(&d, "\r\n.\r", 4, out, 4, &o), 4);
+	assert_int_equal(o, 2);
+	assert_int_equal(mxf_smtp_data_feed(&d, "X", 1, out, 1, &o), 0);
+	assert_int_equal(mxf_smtp_data_feed(&d, "X", 1, out, 2, &o), 1);
+	assert_int_equal(o, 2);
+	assert_memory_equal(out, "\rX", 2);
+	assert_true(d.bare_cr);
+	assert_int_equal(d.size, 4);
+}
+
+static void test_data_long_lines(void **state)
+{
+	(void)state;
+	struct dec x;
+	char in[4000];
+	size_t n = 0;
+	memset(in, 'a', 998); /* 998 + CRLF = 1000: fine */
+	n = 998;
+	memcpy(in + n, "\r\n", 2);
+	n += 2;
+	memset(in + n, 'b', 999); /* 1001: long */
+	n += 999;
+	memcpy(in + n, "\r\n", 2);
+	n += 2;
+	/* A stuffed dot does not count: 1 + 998 on the wire. */
+	in[n++] = '.';
+	memset(in + n, 'c', 998);
+	n += 998;
+	memcpy(in + n, "\r\n.\r\n", 5);
+	n += 5;
+	decode(&x, in, n, 0);
+	assert_true(x.d.done);
+	assert_int_equal(x.d.long_lines, 1);
+	assert_int_equal(x.outlen, 1000 + 1001 + 1000);
+	assert_false(x.d.bare_cr);
+}
+
+/* ---- replies ---- */
+
+static void test_reply(void **state)
+{
+	(void)state;
+	char buf[600];
+	assert_int_equal(mxf_smtp_reply_line(buf, sizeof(buf), 250, false, "2.1.0", "Ok"), 14);
+	assert_string_equal(buf, "250 2.1.0 Ok\r\n");
+	mxf_smtp_reply_line(buf, sizeof(buf), 250, true, NULL, "PIPELINING");
+	assert_string_equal(buf, "250-PIPELINING\r\n");
+	mxf_smtp_reply_line(buf, sizeof(buf), 354, false, "", "End data with <CR><LF>.<CR><LF>");
+	assert_string_equal(buf, "354 End data with <CR><LF>.<CR><LF>\r\n");
+	/* Text from elsewhere cannot inject a line. */
+	mxf_smtp_reply_line(buf, sizeof(buf), 550, false, "5.1.1", "no\r\n250 2.0.0 ok\x80");
+	assert_string_equal(buf, "550 5.1.1 no??250 2.0.0 ok?\r\n");
+	char *longtext = rep('t', 700);
+	int n = mxf_smtp_reply_line(buf, sizeof(buf), 550, false, "5.1.1", longtext);
+	assert_int_equal(n, MXF_SMTP_LINE_MAX);
+	assert_memory_equal(buf + n - 2, "\r\n", 2);
+	free(longtext);
+	assert_int_equal(mxf_smtp_reply_line(buf, 10, 250, false, "2.0.0", "Ok"), -ENOSPC);
+	assert_int_equal(mxf_smtp_reply_line(buf, sizeof(buf), 99, false, NULL, "x"), -EINVAL);
+
+	assert_true(mxf_smtp_reply_valid(250, "2.0.0"));
+	assert_true(mxf_smtp_reply_valid(550, "5.1.1"));
+	assert_true(mxf_smtp_reply_valid(451, "4.123.999"));
+	assert_false(mxf_smtp_reply_valid(250, "5.0.0"));
+	assert_false(mxf_smtp_reply_valid(550, "4.1.1"));
+	assert_false(mxf_smtp_reply_valid(354, "3.0.0"));
+	assert_false(mxf_smtp_reply_valid(600, "6.0.0"));
+	assert_false(mxf_smtp_reply_valid(199, "1.0.0"));
+	assert_false(mxf_smtp_reply_valid(250, "2.0"));
+	assert_false(mxf_smtp_reply_valid(250, "2.0.0 "));
+	assert_false(mxf_smtp_reply_valid(250, "2.1234.0"));
+	assert_false(mxf_smtp_reply_valid(250, "2..0"));
+	assert_false(mxf_smtp_reply_valid(250, NULL));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lines_basic),
+		cmocka_unit_test(test_lines_bare_lf),
+		cmocka_unit_test(test_lines_limit),
+		cmocka_unit_test(test_lines_long_fed_in_pieces),
+		cmocka_unit_test(test_verbs),
+		cmocka_unit_test(test_unknown_and_args),
+		cmocka_unit_test(test_bad_bytes),
+		cmocka_unit_test(test_helo),
+		cmocka_unit_test(test_mail_basic),
+		cmocka_unit_test(test_path_syntax),
+		cmocka_unit_test(test_source_route),
+		cmocka_unit_test(test_postmaster),
+		cmocka_unit_test(test_path_limits),
+		cmocka_unit_test(test_mail_params),
+		cmocka_unit_test(test_data_simple),
+		cmocka_unit_test(test_data_unstuff),
+		cmocka_unit_test(test_data_smuggling),
+		cmocka_unit_test(test_data_pipelined_rest),
+		cmocka_unit_test(test_data_outcap),
+		cmocka_unit_test(test_data_long_lines),
+		cmocka_unit_test(test_reply),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
