@@ -1,0 +1,120 @@
+/* activity.db: one row per recipient and outcome (DESIGN.md §4), written by
+ * the router alone. WAL so readers (mxferryctl, apid) never block it. */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "router.h"
+
+#define ACTIVITY_SCHEMA 1
+
+static sqlite3 *db;
+static sqlite3_stmt *ins;
+
+static const char schema_v1[] =
+	"CREATE TABLE activity ("
+	" id INTEGER PRIMARY KEY,"
+	" ts INTEGER NOT NULL,"
+	" queue_id TEXT, client_ip TEXT, helo TEXT, mail_from TEXT, rcpt TEXT, dest TEXT,"
+	" rule TEXT, action TEXT, spf TEXT, dkim TEXT, dmarc TEXT,"
+	" status TEXT NOT NULL CHECK(status IN ('forwarded','dropped','rejected','deferred',"
+	"'delivery_failed','bounced','error')),"
+	" remote_host TEXT, reply TEXT);"
+	"CREATE INDEX activity_ts ON activity(ts);"
+	"CREATE INDEX activity_qid ON activity(queue_id);"
+	"PRAGMA user_version = 1;";
+
+int activity_open(const char *path)
+{
+	char *err = NULL;
+	int version = -1;
+	sqlite3_stmt *st = NULL;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+					       SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_busy_timeout(db, 5000);
+	/* WAL + synchronous=NORMAL: an activity row is a record, not mail;
+	 * losing the last rows in a power cut is acceptable, an fsync per
+	 * recipient on the event loop is not. */
+	if (sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
+			 &err) != SQLITE_OK)
+		goto fail;
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW)
+		goto fail;
+	version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (version > ACTIVITY_SCHEMA) {
+		mxf_err("%s: schema version %d is newer than this router (%d)", path, version,
+			ACTIVITY_SCHEMA);
+		goto fail_quiet;
+	}
+	if (version == 0) {
+		if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &err) != SQLITE_OK ||
+		    sqlite3_exec(db, schema_v1, NULL, NULL, &err) != SQLITE_OK ||
+		    sqlite3_exec(db, "COMMIT", NULL, NULL, &err) != SQLITE_OK)
+			goto fail;
+	}
+	if (sqlite3_prepare_v2(db,
+			       "INSERT INTO activity (ts, queue_id, client_ip, helo, mail_from, "
+			       "rcpt, dest, rule, action, status, remote_host, reply) "
+			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+			       -1, &ins, NULL) != SQLITE_OK)
+		goto fail;
+	return 0;
+fail:
+	mxf_err("%s: %s", path, err ? err : db ? sqlite3_errmsg(db) : "cannot open");
+fail_quiet:
+	sqlite3_free(err);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	db = NULL;
+	return -1;
+}
+
+void activity_close(void)
+{
+	sqlite3_finalize(ins);
+	sqlite3_close(db);
+	ins = NULL;
+	db = NULL;
+}
+
+static void bind_opt(int idx, const char *s)
+{
+	if (s && *s)
+		sqlite3_bind_text(ins, idx, s, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(ins, idx);
+}
+
+void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const char *rcpt,
+		  const char *status, const char *remote_host, const char *reply)
+{
+	if (!ins)
+		return;
+	sqlite3_reset(ins);
+	sqlite3_clear_bindings(ins);
+	sqlite3_bind_int64(ins, 1, (sqlite3_int64)time(NULL));
+	bind_opt(2, e ? e->qid : NULL);
+	bind_opt(3, e ? e->client_ip : NULL);
+	bind_opt(4, e ? e->helo : NULL);
+	/* The null sender is "" (stored as such, not NULL) when there is a message. */
+	if (e)
+		sqlite3_bind_text(ins, 5, e->sender, -1, SQLITE_TRANSIENT);
+	bind_opt(6, r ? r->orig : rcpt);
+	bind_opt(7, r ? r->dest : NULL);
+	bind_opt(8, r ? r->rule : NULL);
+	bind_opt(9, r ? r->action : NULL);
+	sqlite3_bind_text(ins, 10, status, -1, SQLITE_STATIC);
+	bind_opt(11, remote_host);
+	bind_opt(12, reply);
+	if (sqlite3_step(ins) != SQLITE_DONE)
+		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
+	sqlite3_reset(ins);
+}

@@ -1,0 +1,149 @@
+/* router: the spool's single owner, the queue manager and the policy
+ * point (DESIGN.md §1). Started by mxferryd as "router -c CONFIG [-s]". */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+#include "privdrop.h"
+#include "router.h"
+#include "rulesdb.h"
+#include "spool.h"
+#include "srs.h"
+
+struct router R;
+static uv_signal_t sig_hup, sig_term, sig_int;
+
+void router_maybe_exit(void)
+{
+	if (!R.stopping || R.commits_running > 0)
+		return;
+	/* Nothing to flush: every acknowledged message is already on disk,
+	 * and the next start rebuilds the queue from the spool. */
+	activity_close();
+	mxf_info("stopped");
+	exit(0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	(void)h;
+	if (signum == SIGHUP) {
+		char err[512] = "";
+		queue_reload_rules(err, sizeof(err));
+		return;
+	}
+	if (R.stopping)
+		return;
+	mxf_info("stopping on signal %d", signum);
+	R.stopping = true;
+	uv_poll_stop(&R.listen_poll);
+	peer_close_all();
+	router_maybe_exit(); /* or when the last running commit returns */
+}
+
+/* Creates a directory when missing, only inside a directory we own. */
+static void ensure_dir(const char *parent, const char *path, mode_t mode)
+{
+	struct stat st;
+	if (stat(path, &st) == 0 || errno != ENOENT)
+		return;
+	if (stat(parent, &st) < 0 || st.st_uid != geteuid())
+		return;
+	/* chmod: the umask would take the search bit private/ needs. */
+	if ((mkdir(path, mode) < 0 && errno != EEXIST) || chmod(path, mode) < 0)
+		mxf_warn("cannot create %s: %s", path, strerror(errno));
+}
+
+int main(int argc, char **argv)
+{
+	char sock[PATH_MAX], path[PATH_MAX], err[512];
+	struct mxf_config *cfg = mxf_daemon_init(argc, argv, "router");
+	R.cfg = cfg;
+	R.dev = mxf_config_bool(cfg, "main", "run_as_invoking_user") || geteuid() != 0;
+	/* The uid of each role's user, looked up while /etc/passwd is still
+	 * what we think it is (before dropping privileges). */
+	if (!R.dev) {
+		const struct {
+			enum role role;
+			const char *section;
+		} roles[] = {{ROLE_SMTPD, "smtpd"}, {ROLE_DELIVERD, "deliverd"},
+			     {ROLE_BOUNCER, "bouncer"}};
+		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
+			gid_t gid;
+			const char *user = mxf_config_str(cfg, roles[i].section, "user");
+			if (mxf_privdrop_lookup(user, &R.role_uid[roles[i].role], &gid) == 0)
+				R.role_uid_known[roles[i].role] = true;
+			else
+				mxf_warn("no user %s: the %s role cannot connect", user,
+					 roles[i].section);
+		}
+	}
+	mxf_daemon_drop(cfg, "router", false, sock, sizeof(sock));
+	R.self_uid = geteuid();
+	signal(SIGPIPE, SIG_IGN);
+	umask(077);
+
+	const char *spool_dir = mxf_config_str(cfg, "main", "spool_dir");
+	const char *data_dir = mxf_config_str(cfg, "main", "data_dir");
+	R.hostname = mxf_config_str(cfg, "main", "hostname");
+	R.retry_min = mxf_config_int(cfg, "router", "retry_min");
+	R.retry_max = mxf_config_int(cfg, "router", "retry_max");
+	R.lifetime = mxf_config_int(cfg, "router", "max_queue_lifetime");
+
+	int r = mxf_spool_open(spool_dir, true, &R.spool);
+	if (r < 0)
+		mxf_fatal("spool %s: %s", spool_dir, strerror(-r));
+	snprintf(path, sizeof(path), "%s/private", spool_dir);
+	ensure_dir(spool_dir, path, 0711);
+
+	snprintf(path, sizeof(path), "%s/rules.db", data_dir);
+	if (mxf_rulesdb_open(path, true, &R.rdb, err, sizeof(err)) < 0)
+		mxf_fatal("rules database: %s", err);
+	if (mxf_ruleset_load(R.rdb, &R.rules, err, sizeof(err)) < 0)
+		mxf_fatal("rules: %s", err);
+
+	uint8_t secret[256];
+	size_t slen = 0;
+	snprintf(path, sizeof(path), "%s/srs.secret", data_dir);
+	if ((r = mxf_srs_load_secret(path, 1, secret, sizeof(secret), &slen)) < 0)
+		mxf_fatal("SRS secret %s: %s", path, strerror(-r));
+	r = mxf_srs_new(secret, slen, mxf_config_str(cfg, "router", "srs_domain"), &R.srs);
+	memset(secret, 0, sizeof(secret));
+	if (r < 0)
+		mxf_fatal("SRS: %s", strerror(-r));
+
+	snprintf(path, sizeof(path), "%s/activity.db", data_dir);
+	if (activity_open(path) < 0)
+		mxf_fatal("cannot open the activity log %s", path);
+
+	R.loop = uv_default_loop();
+	queue_init();
+	/* Recover before listening: nobody may commit into a spool that is
+	 * still being swept (tmp/ is emptied). */
+	queue_recover();
+	if ((r = peer_listen(sock)) < 0)
+		mxf_fatal("cannot listen on %s: %s", sock, strerror(-r));
+
+	uv_signal_init(R.loop, &sig_hup);
+	uv_signal_init(R.loop, &sig_term);
+	uv_signal_init(R.loop, &sig_int);
+	uv_signal_start(&sig_hup, on_signal, SIGHUP);
+	uv_signal_start(&sig_term, on_signal, SIGTERM);
+	uv_signal_start(&sig_int, on_signal, SIGINT);
+
+	if (R.dev)
+		mxf_warn("development mode: every role is accepted from uid %ld and root",
+			 (long)R.self_uid);
+	mxf_info("started: %zu rule(s), srs_domain=%s, listening on %s",
+		 mxf_ruleset_count(R.rules), mxf_config_str(cfg, "router", "srs_domain"), sock);
+	uv_run(R.loop, UV_RUN_DEFAULT);
+	return 0;
+}

@@ -1,0 +1,368 @@
+/* The router's end of the IPC sockets. Unlike mxf_ipcconn (where a malformed
+ * message is fatal to the receiver), the router closes only the offending
+ * connection: it is the spool's owner, and a compromised smtpd or deliverd
+ * must not be able to take it down by sending garbage. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "router.h"
+
+#define MAX_PEERS 256
+
+struct outmsg {
+	struct outmsg *next;
+	struct mxf_ipc_msg *m;
+	int fd;
+};
+
+static const char *const role_names[ROLE_N] = {"none", "smtpd", "deliverd", "bouncer", "ctl"};
+
+const char *role_name(enum role r)
+{
+	return (unsigned)r < ROLE_N ? role_names[r] : "?";
+}
+
+static void peer_freed(uv_handle_t *h)
+{
+	struct peer *p = h->data;
+	while (p->head) {
+		struct outmsg *o = p->head;
+		p->head = o->next;
+		if (o->fd >= 0)
+			close(o->fd);
+		mxf_ipc_msg_free(o->m);
+		free(o);
+	}
+	close(p->sock);
+	free(p->buf);
+	free(p);
+}
+
+void peer_close(struct peer *p)
+{
+	if (p->closing)
+		return;
+	p->closing = true;
+	/* Give back what the peer held: its uncommitted files, its delivery
+	 * jobs (re-sent to the next deliverd) and its pending bounce. */
+	recv_peer_gone(p);
+	queue_peer_gone(p);
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		R.peers = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	R.npeers--;
+	uv_poll_stop(&p->poll);
+	uv_close((uv_handle_t *)&p->poll, peer_freed);
+}
+
+void peer_close_all(void)
+{
+	while (R.peers)
+		peer_close(R.peers);
+}
+
+struct peer *peer_find_role(enum role role)
+{
+	struct peer *best = NULL;
+	for (struct peer *p = R.peers; p; p = p->next)
+		if (p->role == role && !p->closing && (!best || p->jobs < best->jobs))
+			best = p;
+	return best;
+}
+
+static void update_events(struct peer *p);
+
+static void flush_out(struct peer *p)
+{
+	while (p->head) {
+		struct outmsg *o = p->head;
+		int r = mxf_ipc_send(p->sock, o->m, o->fd);
+		if (r == -EAGAIN)
+			break;
+		if (r < 0) {
+			mxf_warn("%s[%ld]: send failed: %s; closing", role_name(p->role), (long)p->pid,
+				 strerror(-r));
+			peer_close(p);
+			return;
+		}
+		p->head = o->next;
+		if (!p->head)
+			p->tail = NULL;
+		if (o->fd >= 0)
+			close(o->fd);
+		mxf_ipc_msg_free(o->m);
+		free(o);
+	}
+	update_events(p);
+}
+
+int peer_send(struct peer *p, const struct mxf_ipc_msg *m, int fd)
+{
+	if (p->closing)
+		return -ENOTCONN;
+	if (!p->head) {
+		int r = mxf_ipc_send(p->sock, m, fd);
+		if (r == 0)
+			return 0;
+		if (r != -EAGAIN)
+			return r;
+	}
+	struct outmsg *o = calloc(1, sizeof(*o));
+	if (!o)
+		return -ENOMEM;
+	o->fd = -1;
+	o->m = mxf_ipc_msg_dup(m);
+	if (!o->m || (fd >= 0 && (o->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0)) {
+		int r = o->m ? -errno : -ENOMEM;
+		mxf_ipc_msg_free(o->m);
+		free(o);
+		return r;
+	}
+	if (p->tail)
+		p->tail->next = o;
+	else
+		p->head = o;
+	p->tail = o;
+	update_events(p);
+	return 0;
+}
+
+int peer_reply(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
+	       const char *text, const char *qid, int fd)
+{
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(type);
+	int r = -ENOMEM;
+	if (m && (r = mxf_ipc_put_u64(m, F_REQ, req)) == 0 &&
+	    (!qid || (r = mxf_ipc_put_str(m, F_QID, qid)) == 0) &&
+	    (r = mxf_ipc_put_u64(m, F_CODE, code)) == 0 &&
+	    (!esc || (r = mxf_ipc_put_str(m, F_ESC, esc)) == 0) &&
+	    (r = mxf_ipc_put_str(m, F_TEXT, text)) == 0)
+		r = peer_send(p, m, fd);
+	mxf_ipc_msg_free(m);
+	if (r < 0 && !p->closing) {
+		mxf_warn("%s[%ld]: cannot reply: %s; closing", role_name(p->role), (long)p->pid,
+			 strerror(-r));
+		peer_close(p);
+	}
+	return r;
+}
+
+/* ---- handshake and dispatch ---- */
+static bool role_allowed(const struct peer *p, enum role role)
+{
+	/* Development mode: every daemon runs as the invoking user. */
+	if (R.dev)
+		return p->uid == R.self_uid || p->uid == 0;
+	if (role == ROLE_CTL)
+		return p->uid == 0 || p->uid == R.self_uid;
+	return R.role_uid_known[role] && p->uid == R.role_uid[role];
+}
+
+static int on_hello(struct peer *p, const struct mxf_ipc_view *v)
+{
+	const char *role = mxf_ipc_str(v, F_ROLE, 0);
+	uint64_t ver = 0;
+	enum role r = ROLE_NONE;
+	if (role)
+		for (int i = 1; i < ROLE_N; i++)
+			if (strcmp(role, role_names[i]) == 0)
+				r = (enum role)i;
+	if (r == ROLE_NONE || mxf_ipc_u64(v, F_VERSION, 0, &ver) < 0) {
+		mxf_warn("peer pid=%ld uid=%ld: bad HELLO; closing", (long)p->pid, (long)p->uid);
+		return -2;
+	}
+	if (ver != MXF_IPC_VERSION) {
+		mxf_warn("%s[%ld]: protocol version %llu, want %d; closing", role, (long)p->pid,
+			 (unsigned long long)ver, MXF_IPC_VERSION);
+		return -2;
+	}
+	if (!role_allowed(p, r)) {
+		mxf_warn("refused %s HELLO from pid=%ld uid=%ld: not that role's user", role,
+			 (long)p->pid, (long)p->uid);
+		return -2;
+	}
+	p->role = r;
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO_OK);
+	int rc = m ? mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) : -ENOMEM;
+	if (rc == 0)
+		rc = peer_send(p, m, -1);
+	mxf_ipc_msg_free(m);
+	if (rc < 0)
+		return -2;
+	mxf_info("%s[%ld] connected (uid=%ld)", role, (long)p->pid, (long)p->uid);
+	if (r == ROLE_DELIVERD)
+		queue_deliverd_up(p);
+	else if (r == ROLE_BOUNCER)
+		queue_bouncer_up(p);
+	return 0;
+}
+
+static int on_reload(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req;
+	char err[512] = "";
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0)
+		return -1;
+	int r = queue_reload_rules(err, sizeof(err));
+	peer_reply(p, MXF_MSG_RELOAD_REPLY, req, r == 0 ? 250 : 451, NULL,
+		   r == 0 ? "Ok: rules reloaded" : err, NULL, -1);
+	return 0;
+}
+
+/* Which message types each role may send. */
+static bool type_allowed(enum role role, uint16_t t)
+{
+	switch (role) {
+	case ROLE_SMTPD:
+		return t == MXF_MSG_RCPT_CHECK || t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT ||
+		       t == MXF_MSG_ABORT;
+	case ROLE_BOUNCER:
+		return t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT ||
+		       t == MXF_MSG_BOUNCE_DONE;
+	case ROLE_DELIVERD:
+		return t == MXF_MSG_DELIVER_RESULT;
+	case ROLE_CTL:
+		return t == MXF_MSG_RELOAD;
+	default:
+		return false;
+	}
+}
+
+/* Returns <0 when the peer broke the protocol (-2: already logged). Consumes fd. */
+static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
+{
+	uint16_t t = mxf_ipc_type(v);
+	/* No message from a peer carries a descriptor. */
+	if (fd >= 0) {
+		close(fd);
+		return -1;
+	}
+	if (p->role == ROLE_NONE)
+		return t == MXF_MSG_HELLO ? on_hello(p, v) : -1;
+	if (!type_allowed(p->role, t))
+		return -1;
+	switch (t) {
+	case MXF_MSG_RCPT_CHECK: recv_rcpt_check(p, v); return 0;
+	case MXF_MSG_OPEN: recv_open(p, v); return 0;
+	case MXF_MSG_COMMIT: return recv_commit(p, v);
+	case MXF_MSG_ABORT: recv_abort(p, v); return 0;
+	case MXF_MSG_DELIVER_RESULT: return queue_deliver_result(p, v);
+	case MXF_MSG_BOUNCE_DONE: return queue_bounce_done(p, v);
+	case MXF_MSG_RELOAD: return on_reload(p, v);
+	default: return -1;
+	}
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+	struct peer *p = h->data;
+	if (status < 0) {
+		peer_close(p);
+		return;
+	}
+	if (events & UV_WRITABLE)
+		flush_out(p);
+	if (p->closing || !(events & (UV_READABLE | UV_DISCONNECT)))
+		return;
+	for (int i = 0; i < 64 && !p->closing; i++) {
+		int fd;
+		ssize_t n = mxf_ipc_recv(p->sock, p->buf, MXF_IPC_MAX, &fd);
+		if (n == -EAGAIN)
+			return;
+		if (n <= 0) {
+			if (n < 0 && n != -ECONNRESET)
+				mxf_warn("%s[%ld]: receive failed: %s", role_name(p->role),
+					 (long)p->pid, strerror((int)-n));
+			if (p->role != ROLE_NONE && p->role != ROLE_CTL)
+				mxf_info("%s[%ld] disconnected", role_name(p->role), (long)p->pid);
+			peer_close(p);
+			return;
+		}
+		struct mxf_ipc_view *v = NULL;
+		int r = mxf_ipc_decode(p->buf, (size_t)n, &v);
+		if (r == 0)
+			r = dispatch(p, v, fd);
+		else if (fd >= 0)
+			close(fd);
+		if (r == -2 && !p->closing) {
+			peer_close(p); /* refusal already logged */
+		} else if (r < 0 && !p->closing) {
+			mxf_warn("%s[%ld] uid=%ld: malformed or unexpected message (type %u); "
+				 "closing the connection",
+				 role_name(p->role), (long)p->pid, (long)p->uid,
+				 v ? mxf_ipc_type(v) : 0u);
+			peer_close(p);
+		}
+		mxf_ipc_view_free(v);
+	}
+}
+
+static void update_events(struct peer *p)
+{
+	if (p->closing)
+		return;
+	int ev = UV_READABLE | UV_DISCONNECT | (p->head ? UV_WRITABLE : 0);
+	uv_poll_start(&p->poll, ev, on_poll);
+}
+
+static void on_accept(uv_poll_t *h, int status, int events)
+{
+	(void)h;
+	(void)events;
+	if (status < 0 || R.stopping)
+		return;
+	for (;;) {
+		int s = accept4(R.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (s < 0) {
+			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				mxf_warn("accept: %s", strerror(errno));
+			return;
+		}
+		struct peer *p = calloc(1, sizeof(*p));
+		if (!p || !(p->buf = malloc(MXF_IPC_MAX)) || R.npeers >= MAX_PEERS ||
+		    mxf_ipc_peercred(s, &p->pid, &p->uid, NULL) < 0 ||
+		    uv_poll_init(R.loop, &p->poll, s) < 0) {
+			if (R.npeers >= MAX_PEERS)
+				mxf_warn("too many IPC connections; refusing one");
+			if (p)
+				free(p->buf);
+			free(p);
+			close(s);
+			continue;
+		}
+		p->sock = s;
+		p->poll.data = p;
+		p->next = R.peers;
+		if (R.peers)
+			R.peers->prev = p;
+		R.peers = p;
+		R.npeers++;
+		update_events(p);
+	}
+}
+
+int peer_listen(const char *path)
+{
+	int s = mxf_ipc_listen(path, 64);
+	if (s < 0)
+		return s;
+	/* Anyone may connect; who may do what is decided per role from
+	 * SO_PEERCRED at HELLO. */
+	if (chmod(path, 0666) < 0 || uv_poll_init(R.loop, &R.listen_poll, s) < 0) {
+		int r = -errno;
+		close(s);
+		return r ? r : -EIO;
+	}
+	R.listen_fd = s;
+	uv_poll_start(&R.listen_poll, UV_READABLE, on_accept);
+	return 0;
+}

@@ -1,0 +1,466 @@
+/* Receiving: RCPT checks, opening the file smtpd writes into, and the
+ * durable commit that must precede smtpd's 250 (DESIGN.md §2). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "address.h"
+#include "config.h"
+#include "log.h"
+#include "queueid.h"
+#include "router.h"
+#include "rulesdb.h"
+#include "spool.h"
+#include "srs.h"
+
+/* Files one connection may hold open at once: a compromised smtpd must not
+ * exhaust the router's descriptors. */
+#define MAX_OPENED 64
+
+struct commit {
+	uv_work_t work;
+	struct commit *next; /* in the peer's list while it runs */
+	struct peer *p;      /* NULL once the peer went away */
+	uint64_t req;
+	int fd;
+	struct mxf_env *e;
+	int result;
+	int moved; /* incoming -> active done in the worker */
+};
+
+void rfc5322_date(time_t t, char *out, size_t len)
+{
+	struct tm tm;
+	localtime_r(&t, &tm);
+	strftime(out, len, "%a, %d %b %Y %H:%M:%S %z", &tm);
+}
+
+/* Copies an untrusted token into a header: printable ASCII only, no
+ * comment delimiters, bounded (no header injection, no folding tricks). */
+static void hdr_token(char *dst, size_t cap, const char *src, const char *dflt)
+{
+	size_t o = 0;
+	if (!src || !*src)
+		src = dflt;
+	for (; *src && o + 1 < cap && o < 255; src++) {
+		unsigned char c = (unsigned char)*src;
+		dst[o++] = (c < 0x21 || c > 0x7e || c == '(' || c == ')' || c == '\\' || c == '<' ||
+			    c == '>' || c == ';')
+				   ? '?'
+				   : (char)c;
+	}
+	dst[o] = '\0';
+}
+
+/* An address from a peer: no control characters (they would reach SMTP
+ * command lines at delivery), bounded. "" is the null sender. */
+static bool addr_clean(const char *s)
+{
+	if (!s || strlen(s) >= MXF_ADDR_SIZE)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+/* The same syntax check deliverd applies before MAIL FROM. */
+static bool addr_parses(const char *a)
+{
+	char local[MXF_LOCAL_MAX * 4 + 8], dom[MXF_DOMAIN_MAX + 1];
+	return mxf_addr_parse(a, MXF_ADDR_UTF8, local, sizeof(local), dom, sizeof(dom)) == 0;
+}
+
+static char *esc(char *buf, size_t cap, const char *s)
+{
+	return mxf_log_escape(buf, cap, s, strlen(s));
+}
+
+/* ---- RCPT ---- */
+void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req;
+	const char *addr = mxf_ipc_str(v, F_ADDR, 0);
+	char norm[MXF_ADDR_SIZE], text[MXF_ADDR_SIZE + 64], e1[MXF_ADDR_SIZE * 4];
+	struct mxf_route rt;
+
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0) {
+		peer_close(p);
+		return;
+	}
+	if (!addr || !addr_clean(addr) || mxf_addr_normalize(addr, MXF_ADDR_UTF8, norm,
+							     sizeof(norm)) < 0) {
+		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 501, "5.1.3", "Bad recipient address syntax",
+			   NULL, -1);
+		return;
+	}
+	if (mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
+		rt.kind = MXF_ROUTE_NO_DOMAIN;
+	switch (rt.kind) {
+	case MXF_ROUTE_FORWARD:
+	case MXF_ROUTE_DROP:
+		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
+		return;
+	case MXF_ROUTE_NO_RULE:
+		snprintf(text, sizeof(text), "<%s>: Recipient address rejected: User unknown", norm);
+		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 550, "5.1.1", text, NULL, -1);
+		break;
+	default:
+		snprintf(text, sizeof(text), "<%s>: Relay access denied", norm);
+		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 550, "5.7.1", text, NULL, -1);
+		break;
+	}
+	char reply[sizeof(text) + 16];
+	snprintf(reply, sizeof(reply), "%s %s", rt.kind == MXF_ROUTE_NO_RULE ? "550 5.1.1" : "550 5.7.1",
+		 text);
+	mxf_info("NOQUEUE: reject: RCPT to=<%s>, reply=%s", esc(e1, sizeof(e1), norm),
+		 rt.kind == MXF_ROUTE_NO_RULE ? "550 5.1.1 user unknown" : "550 5.7.1 relay denied");
+	activity_add(NULL, NULL, norm, "rejected", NULL, reply);
+}
+
+/* ---- OPEN / ABORT ---- */
+static bool disk_full(int r)
+{
+	return r == -ENOSPC || r == -EDQUOT;
+}
+
+void recv_open(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req;
+	char qid[MXF_QID_SIZE];
+	int fd = -ENOMEM;
+
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0) {
+		peer_close(p);
+		return;
+	}
+	struct opened *o = NULL;
+	if (p->nopened >= MAX_OPENED) {
+		mxf_warn("%s[%ld]: too many open queue files", role_name(p->role), (long)p->pid);
+		fd = -EMFILE;
+	} else if (mxf_qid_new(qid) < 0) {
+		fd = -EIO;
+	} else if ((o = calloc(1, sizeof(*o))) && (fd = mxf_spool_create(R.spool, qid)) >= 0) {
+		memcpy(o->qid, qid, sizeof(qid));
+		o->fd = fd;
+		o->next = p->opened;
+		p->opened = o;
+		p->nopened++;
+		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 250, "2.0.0", "Ok", qid, fd);
+		return;
+	}
+	free(o);
+	mxf_err("cannot create queue file: %s", strerror(-fd));
+	if (disk_full(fd))
+		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 452, "4.3.1", "Insufficient system storage",
+			   NULL, -1);
+	else
+		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 451, "4.3.0", "Error: queue file write error",
+			   NULL, -1);
+}
+
+/* Unlinks the opened file from p's list and returns it (NULL: not ours). */
+static struct opened *take_opened(struct peer *p, const char *qid)
+{
+	for (struct opened **pp = &p->opened; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->qid, qid) == 0) {
+			struct opened *o = *pp;
+			*pp = o->next;
+			p->nopened--;
+			return o;
+		}
+	}
+	return NULL;
+}
+
+void recv_abort(struct peer *p, const struct mxf_ipc_view *v)
+{
+	const char *qid = mxf_ipc_str(v, F_QID, 0);
+	struct opened *o = qid ? take_opened(p, qid) : NULL;
+	if (!o)
+		return;
+	mxf_spool_discard(R.spool, o->qid);
+	close(o->fd);
+	free(o);
+}
+
+void recv_peer_gone(struct peer *p)
+{
+	while (p->opened) {
+		struct opened *o = p->opened;
+		p->opened = o->next;
+		mxf_spool_discard(R.spool, o->qid);
+		close(o->fd);
+		free(o);
+	}
+	p->nopened = 0;
+	/* Running commits finish (and are kept: a crash or a lost reply may
+	 * duplicate, never lose) but have nobody to answer. */
+	for (struct commit *c = p->commits; c; c = c->next)
+		c->p = NULL;
+	p->commits = NULL;
+}
+
+/* ---- COMMIT ---- */
+static void commit_work(uv_work_t *w)
+{
+	struct commit *c = w->data;
+	c->result = mxf_spool_commit(R.spool, c->fd, c->e);
+	/* Straight on to active/: the router is its own queue manager, and
+	 * doing the move here keeps its fsyncs off the event loop. */
+	if (c->result == 0)
+		c->moved = mxf_spool_move(R.spool, c->e->qid, MXF_SD_INCOMING, MXF_SD_ACTIVE) == 0;
+}
+
+static void commit_detach(struct commit *c)
+{
+	if (!c->p)
+		return;
+	for (struct commit **pp = &c->p->commits; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+}
+
+static void commit_done(uv_work_t *w, int status)
+{
+	struct commit *c = w->data;
+	struct peer *p = c->p;
+	char e1[MXF_ADDR_SIZE * 4];
+	(void)status;
+
+	commit_detach(c);
+	close(c->fd);
+	R.commits_running--;
+	if (c->result == 0) {
+		struct mxf_env *e = c->e;
+		char text[64];
+		snprintf(text, sizeof(text), "Ok: queued as %s", e->qid);
+		if (p)
+			peer_reply(p, MXF_MSG_COMMIT_REPLY, c->req, 250, "2.0.0", text, e->qid, -1);
+		else
+			mxf_warn("%s: committed, but the client went away before the reply", e->qid);
+		mxf_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", e->qid,
+			 esc(e1, sizeof(e1), e->sender), (unsigned long long)e->size, e->nrcpt);
+		queue_add(e, c->moved ? MXF_SD_ACTIVE : MXF_SD_INCOMING);
+	} else {
+		mxf_err("%s: queue file commit failed: %s", c->e->qid, strerror(-c->result));
+		if (p) {
+			if (disk_full(c->result))
+				peer_reply(p, MXF_MSG_COMMIT_REPLY, c->req, 452, "4.3.1",
+					   "Insufficient system storage", c->e->qid, -1);
+			else
+				peer_reply(p, MXF_MSG_COMMIT_REPLY, c->req, 451, "4.3.0",
+					   "Error: queue file write error", c->e->qid, -1);
+		}
+		mxf_env_free(c->e);
+	}
+	free(c);
+	router_maybe_exit();
+}
+
+/* Adds the recipients an smtpd RCPT resolves to. Returns 1 when it
+ * forwards, 0 when not, <0 when the address no longer routes. */
+static int add_routed(struct mxf_env *e, const char *rcpt)
+{
+	char norm[MXF_ADDR_SIZE];
+	struct mxf_route rt;
+	int fwd = 0;
+
+	if (mxf_addr_normalize(rcpt, MXF_ADDR_UTF8, norm, sizeof(norm)) < 0 ||
+	    mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
+		return -EINVAL;
+	if (rt.kind == MXF_ROUTE_DROP) {
+		int i = mxf_env_add_rcpt(e, norm, "", rt.tag, "drop");
+		if (i < 0)
+			return i;
+		e->rcpt[i].status = MXF_RS_DROPPED;
+		return 0;
+	}
+	if (rt.kind != MXF_ROUTE_FORWARD || rt.ndest == 0)
+		return -EINVAL;
+	for (size_t d = 0; d < rt.ndest; d++) {
+		/* One copy per destination per message, however many
+		 * recipients lead to it. */
+		bool dup = false;
+		for (size_t k = 0; k < e->nrcpt && !dup; k++)
+			dup = strcmp(e->rcpt[k].action, "forward") == 0 &&
+			      strcasecmp(e->rcpt[k].dest, rt.dests[d]) == 0;
+		if (dup)
+			continue;
+		int i = mxf_env_add_rcpt(e, norm, rt.dests[d], rt.tag, "forward");
+		if (i < 0)
+			return i;
+		fwd = 1;
+	}
+	return fwd;
+}
+
+static int build_headers(struct mxf_env *e, const char *single_rcpt, bool from_bouncer)
+{
+	char date[64], host[256], helo[256], name[256], ip[256], proto[64], rc[300], buf[2048];
+	hdr_token(host, sizeof(host), R.hostname, "localhost");
+	rfc5322_date((time_t)e->arrival, date, sizeof(date));
+	if (from_bouncer) {
+		snprintf(buf, sizeof(buf), "Received: by %s (mxferry) id %s; %s\r\n", host, e->qid,
+			 date);
+		return mxf_env_set(&e->headers, buf);
+	}
+	hdr_token(helo, sizeof(helo), e->helo, "unknown");
+	hdr_token(name, sizeof(name), e->client_name, "unknown");
+	hdr_token(ip, sizeof(ip), e->client_ip, "unknown");
+	hdr_token(proto, sizeof(proto), e->proto, "SMTP");
+	char forc[320] = "";
+	if (single_rcpt) {
+		hdr_token(rc, sizeof(rc), single_rcpt, "");
+		snprintf(forc, sizeof(forc), "\r\n\tfor <%s>", rc);
+	}
+	snprintf(buf, sizeof(buf),
+		 "Received: from %s (%s [%s])\r\n\tby %s (mxferry) with %s id %s%s; %s\r\n", helo,
+		 name, ip, host, proto, e->qid, forc, date);
+	return mxf_env_set(&e->headers, buf);
+}
+
+/* Returns <0 only for a protocol violation. */
+int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req, size;
+	const char *qid = mxf_ipc_str(v, F_QID, 0);
+	const char *sender = mxf_ipc_str(v, F_SENDER, 0);
+	size_t nrcpt = mxf_ipc_count(v, F_RCPT);
+	bool bouncer = p->role == ROLE_BOUNCER;
+
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || mxf_ipc_u64(v, F_SIZE, 0, &size) < 0 || !qid ||
+	    !sender || !addr_clean(sender) || nrcpt == 0)
+		return -1;
+	for (size_t i = 0; i < nrcpt; i++)
+		if (!addr_clean(mxf_ipc_str(v, F_RCPT, i)))
+			return -1;
+	struct opened *o = take_opened(p, qid);
+	if (!o) {
+		mxf_warn("%s[%ld]: COMMIT of a queue file it did not open", role_name(p->role),
+			 (long)p->pid);
+		return -1;
+	}
+	struct stat st = {0};
+	struct mxf_env *e = NULL;
+	unsigned code = 451;
+	const char *ecode = "4.3.0", *text = "Error: queue file write error";
+	int r;
+
+	if (fstat(o->fd, &st) < 0 || (uint64_t)st.st_size != size) {
+		mxf_err("%s: size mismatch (file %lld, client says %llu)", qid, (long long)st.st_size,
+			(unsigned long long)size);
+		goto refuse;
+	}
+	if (!(e = mxf_env_new(qid)))
+		goto refuse;
+	e->arrival = time(NULL);
+	e->size = size;
+	if (mxf_env_set(&e->sender, sender) < 0 ||
+	    mxf_env_set(&e->client_ip, mxf_ipc_str(v, F_CLIENT_IP, 0)) < 0 ||
+	    mxf_env_set(&e->client_name, mxf_ipc_str(v, F_CLIENT_NAME, 0)) < 0 ||
+	    mxf_env_set(&e->helo, mxf_ipc_str(v, F_HELO, 0)) < 0 ||
+	    mxf_env_set(&e->proto, mxf_ipc_str(v, F_PROTO, 0)) < 0 ||
+	    mxf_env_set(&e->origin, bouncer ? "bouncer" : "smtpd") < 0)
+		goto refuse;
+	bool forwards = false;
+	for (size_t i = 0; i < nrcpt; i++) {
+		const char *rcpt = mxf_ipc_str(v, F_RCPT, i);
+		if (bouncer) {
+			/* Mail the bouncer made goes out as is, to external
+			 * addresses: no rule applies. */
+			char norm[MXF_ADDR_SIZE];
+			if (mxf_addr_normalize(rcpt, MXF_ADDR_UTF8, norm, sizeof(norm)) < 0) {
+				code = 550, ecode = "5.1.3", text = "Bad recipient address syntax";
+				goto refuse;
+			}
+			if ((r = mxf_env_add_rcpt(e, norm, norm, "", "relay")) < 0)
+				goto refuse;
+			continue;
+		}
+		r = add_routed(e, rcpt);
+		if (r == -EINVAL) {
+			/* The rules changed between RCPT and end of DATA: a
+			 * temporary refusal lets the client retry and get a
+			 * fresh RCPT verdict; nothing is lost. */
+			char e1[MXF_ADDR_SIZE * 4];
+			mxf_warn("%s: recipient <%s> no longer routed; refusing the message", qid,
+				 esc(e1, sizeof(e1), rcpt));
+			code = 451, ecode = "4.3.0", text = "Recipient routing changed, try again later";
+			goto refuse;
+		}
+		if (r < 0)
+			goto refuse;
+		forwards |= r == 1;
+	}
+	if (*sender && !addr_parses(sender)) {
+		code = 550, ecode = "5.1.7", text = "Bad sender address syntax";
+		goto refuse;
+	}
+	if (forwards && *sender && R.srs) {
+		char srs[1024];
+		r = mxf_srs_forward(R.srs, sender, time(NULL), srs, sizeof(srs));
+		/* An SRS local part can outgrow 64 octets, or wrap a quoted local
+		 * part into something that is no longer an address: deliver
+		 * with the original sender rather than hand deliverd an
+		 * address it must refuse. */
+		if (r == 0 && !addr_parses(srs))
+			r = -EDOM;
+		if (r == 0) {
+			if (mxf_env_set(&e->srs_sender, srs) < 0)
+				goto refuse;
+		} else {
+			char e1[MXF_ADDR_SIZE * 4];
+			mxf_warn("%s: cannot SRS-rewrite <%s>: %s; keeping the sender", qid,
+				 esc(e1, sizeof(e1), sender),
+				 r == -EDOM ? "the SRS form is not a valid address (local part over "
+					      "64 octets?)"
+					    : strerror(-r));
+			if (mxf_env_set(&e->srs_sender, sender) < 0)
+				goto refuse;
+		}
+	} else if (mxf_env_set(&e->srs_sender, sender) < 0) {
+		goto refuse;
+	}
+	if (build_headers(e, nrcpt == 1 ? mxf_ipc_str(v, F_RCPT, 0) : NULL, bouncer) < 0)
+		goto refuse;
+
+	struct commit *c = calloc(1, sizeof(*c));
+	if (!c)
+		goto refuse;
+	c->work.data = c;
+	c->p = p;
+	c->req = req;
+	c->fd = o->fd;
+	c->e = e;
+	free(o);
+	if ((r = uv_queue_work(R.loop, &c->work, commit_work, commit_done)) < 0) {
+		mxf_err("%s: cannot queue the commit: %s", qid, uv_strerror(r));
+		mxf_spool_discard(R.spool, qid);
+		close(c->fd);
+		free(c);
+		mxf_env_free(e);
+		peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, qid, -1);
+		return 0;
+	}
+	c->next = p->commits;
+	p->commits = c;
+	R.commits_running++;
+	return 0;
+
+refuse:
+	mxf_env_free(e);
+	mxf_spool_discard(R.spool, o->qid);
+	close(o->fd);
+	free(o);
+	peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, qid, -1);
+	return 0;
+}

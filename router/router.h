@@ -1,0 +1,116 @@
+/* router: the spool's single owner (DESIGN.md §1-2). Internal interfaces
+ * between the router's own files; nothing here is used outside router/. */
+#ifndef MXF_ROUTER_H
+#define MXF_ROUTER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "envelope.h"
+#include "ipc.h"
+
+struct mxf_config;
+struct mxf_spool;
+struct mxf_rulesdb;
+struct mxf_ruleset;
+struct mxf_srs;
+
+enum role { ROLE_NONE, ROLE_SMTPD, ROLE_DELIVERD, ROLE_BOUNCER, ROLE_CTL, ROLE_N };
+
+/* A file opened for a client (OPEN) and not yet committed or aborted. */
+struct opened {
+	struct opened *next;
+	char qid[MXF_QID_SIZE];
+	int fd;
+};
+
+struct commit; /* a durable commit running on the thread pool */
+
+/* One connected daemon. */
+struct peer {
+	struct peer *next, *prev;
+	uv_poll_t poll;
+	int sock;
+	uint8_t *buf;
+	struct outmsg *head, *tail;
+	enum role role;
+	pid_t pid;
+	uid_t uid;
+	bool closing;
+	struct opened *opened;
+	unsigned nopened;
+	struct commit *commits; /* running commits that will answer on this peer */
+	unsigned jobs;          /* deliverd: delivery jobs in flight */
+};
+
+struct router {
+	uv_loop_t *loop;
+	struct mxf_config *cfg;
+	const char *hostname;
+	struct mxf_spool *spool;
+	struct mxf_rulesdb *rdb;
+	struct mxf_ruleset *rules;
+	struct mxf_srs *srs;
+	int64_t retry_min, retry_max, lifetime;
+	/* peer authentication */
+	bool dev;
+	uid_t self_uid;
+	bool role_uid_known[ROLE_N];
+	uid_t role_uid[ROLE_N];
+	/* listener */
+	int listen_fd;
+	uv_poll_t listen_poll;
+	bool stopping;
+	unsigned commits_running;
+	struct peer *peers;
+	unsigned npeers;
+	uint64_t next_req;
+};
+
+extern struct router R;
+
+/* peer.c */
+int peer_listen(const char *path);
+void peer_close(struct peer *p);
+void peer_close_all(void);
+int peer_send(struct peer *p, const struct mxf_ipc_msg *m, int fd);
+struct peer *peer_find_role(enum role role);
+const char *role_name(enum role r);
+/* A reply helper: F_REQ, F_CODE, F_ESC, F_TEXT (and optional F_QID). */
+int peer_reply(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
+	       const char *text, const char *qid, int fd);
+void router_maybe_exit(void);
+
+/* receive.c: smtpd and bouncer submissions */
+void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v);
+void recv_open(struct peer *p, const struct mxf_ipc_view *v);
+int recv_commit(struct peer *p, const struct mxf_ipc_view *v);
+void recv_abort(struct peer *p, const struct mxf_ipc_view *v);
+void recv_peer_gone(struct peer *p);
+
+/* queue.c: the in-memory index and the queue manager */
+void queue_init(void);
+void queue_recover(void);
+/* A committed message now sitting in dir (incoming or active). Takes e. */
+void queue_add(struct mxf_env *e, int dir);
+void queue_deliverd_up(struct peer *p);
+void queue_bouncer_up(struct peer *p);
+void queue_peer_gone(struct peer *p);
+/* Return <0 for a protocol violation (the caller closes the peer). */
+int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v);
+int queue_bounce_done(struct peer *p, const struct mxf_ipc_view *v);
+int queue_reload_rules(char *err, size_t errlen);
+
+/* activity.c */
+int activity_open(const char *path);
+void activity_close(void);
+/* One row. e and r may be NULL (a refused RCPT has neither). */
+void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const char *rcpt,
+		  const char *status, const char *remote_host, const char *reply);
+
+/* util */
+void rfc5322_date(time_t t, char *out, size_t len);
+
+#endif

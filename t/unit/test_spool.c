@@ -1,0 +1,279 @@
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "spool.h"
+
+struct fx {
+	char dir[64];
+	struct mxf_spool *sp;
+};
+
+static int rm_rf(const char *path)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+	return system(cmd);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/mxf-spool-XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	if (mxf_spool_open(f->dir, true, &f->sp) < 0)
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	for (int op = 0; op < MXF_FAULT_NOPS; op++)
+		mxf_spool_fault_set((enum mxf_spool_fault_op)op, 0, 0);
+	mxf_spool_close(f->sp);
+	rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+/* Number of entries in a spool subdirectory. */
+static int count(struct fx *f, enum mxf_spool_dir d)
+{
+	int fd = openat(mxf_spool_dirfd(f->sp, d), ".", O_RDONLY | O_DIRECTORY);
+	DIR *dir = fdopendir(fd);
+	int n = 0;
+	struct dirent *de;
+	while ((de = readdir(dir)))
+		n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+	closedir(dir);
+	return n;
+}
+
+static bool exists(struct fx *f, enum mxf_spool_dir d, const char *name)
+{
+	struct stat st;
+	return fstatat(mxf_spool_dirfd(f->sp, d), name, &st, 0) == 0;
+}
+
+static struct mxf_env *env_for(const char *qid)
+{
+	struct mxf_env *e = mxf_env_new(qid);
+	e->arrival = 1700000000;
+	e->size = 5;
+	mxf_env_set(&e->sender, "a@example.org");
+	mxf_env_set(&e->origin, "smtpd");
+	mxf_env_add_rcpt(e, "b@ours.example", "c@dest.example", "t", "forward");
+	return e;
+}
+
+/* Receives "hello" into tmp/QID and returns the router's fd. */
+static int receive(struct fx *f, char qid[MXF_QID_SIZE])
+{
+	assert_int_equal(mxf_qid_new(qid), 0);
+	int fd = mxf_spool_create(f->sp, qid);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "hello", 5), 5);
+	return fd;
+}
+
+static void test_open_layout(void **state)
+{
+	struct fx *f = *state;
+	const char *names[] = {"tmp", "incoming", "active", "deferred", "hold", "corrupt", "msg"};
+	for (size_t i = 0; i < 7; i++) {
+		char p[128];
+		struct stat st;
+		snprintf(p, sizeof(p), "%s/%s", f->dir, names[i]);
+		assert_int_equal(stat(p, &st), 0);
+		assert_true(S_ISDIR(st.st_mode));
+		assert_int_equal(st.st_mode & 0777, 0700);
+		assert_string_equal(mxf_spool_dir_name((enum mxf_spool_dir)i), names[i]);
+	}
+	struct mxf_spool *sp2;
+	assert_int_equal(mxf_spool_open("/nonexistent/spool", true, &sp2), -ENOENT);
+}
+
+static void test_commit_ok(void **state)
+{
+	struct fx *f = *state;
+	char qid[MXF_QID_SIZE];
+	int fd = receive(f, qid);
+	/* The same ID cannot be created twice. */
+	assert_int_equal(mxf_spool_create(f->sp, qid), -EEXIST);
+	struct stat st;
+	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_TMP), qid, &st, 0), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	struct mxf_env *e = env_for(qid);
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e), 0);
+	close(fd);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+	assert_true(exists(f, MXF_SD_MSG, qid));
+	assert_true(exists(f, MXF_SD_INCOMING, qid));
+	struct mxf_env *r = NULL;
+	assert_int_equal(mxf_env_read(mxf_spool_dirfd(f->sp, MXF_SD_INCOMING), qid, &r), 0);
+	assert_string_equal(r->sender, "a@example.org");
+	mxf_env_free(r);
+	/* Content readable through a read-only fd, never writable. */
+	int rfd = mxf_spool_open_content(f->sp, qid);
+	char buf[8];
+	assert_true(rfd >= 0);
+	assert_int_equal(read(rfd, buf, sizeof(buf)), 5);
+	assert_memory_equal(buf, "hello", 5);
+	assert_int_equal(write(rfd, "x", 1), -1);
+	assert_int_equal(errno, EBADF);
+	close(rfd);
+	mxf_env_free(e);
+}
+
+/* Every way a commit can fail leaves nothing behind and returns the error. */
+static void commit_fails(struct fx *f, enum mxf_spool_fault_op op, unsigned nth, int err)
+{
+	char qid[MXF_QID_SIZE];
+	int fd = receive(f, qid);
+	struct mxf_env *e = env_for(qid);
+	mxf_spool_fault_set(op, nth, err);
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e), -err);
+	mxf_spool_fault_set(op, 0, 0);
+	close(fd);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+	assert_int_equal(count(f, MXF_SD_INCOMING), 0);
+	assert_int_equal(count(f, MXF_SD_MSG), 0);
+	mxf_env_free(e);
+}
+
+static void test_commit_faults(void **state)
+{
+	struct fx *f = *state;
+	/* fsync #1 content, #2 envelope, #3 msg/ dir, #4 incoming/ dir */
+	for (unsigned n = 1; n <= 4; n++)
+		commit_fails(f, MXF_FAULT_FSYNC, n, EIO);
+	/* A full disk is told apart from other errors. */
+	commit_fails(f, MXF_FAULT_WRITE, 1, ENOSPC);
+	commit_fails(f, MXF_FAULT_WRITE, 1, EDQUOT);
+	commit_fails(f, MXF_FAULT_FSYNC, 2, ENOSPC);
+	/* rename #1 content, #2 envelope */
+	commit_fails(f, MXF_FAULT_RENAME, 1, EIO);
+	commit_fails(f, MXF_FAULT_RENAME, 2, EXDEV);
+	/* A fault past the commit's last fsync does not fire. */
+	char qid[MXF_QID_SIZE];
+	int fd = receive(f, qid);
+	struct mxf_env *e = env_for(qid);
+	mxf_spool_fault_set(MXF_FAULT_FSYNC, 5, EIO);
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e), 0);
+	mxf_spool_fault_set(MXF_FAULT_FSYNC, 0, 0);
+	close(fd);
+	assert_true(exists(f, MXF_SD_INCOMING, qid));
+	mxf_env_free(e);
+}
+
+static void test_rewrite_move_remove(void **state)
+{
+	struct fx *f = *state;
+	char qid[MXF_QID_SIZE];
+	int fd = receive(f, qid);
+	struct mxf_env *e = env_for(qid), *r = NULL;
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e), 0);
+	close(fd);
+
+	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_INCOMING, MXF_SD_ACTIVE), 0);
+	assert_false(exists(f, MXF_SD_INCOMING, qid));
+	assert_true(exists(f, MXF_SD_ACTIVE, qid));
+	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_INCOMING, MXF_SD_ACTIVE), -ENOENT);
+
+	e->rcpt[0].status = MXF_RS_DEFERRED;
+	e->rcpt[0].attempts = 1;
+	assert_int_equal(mxf_spool_env_write(f->sp, MXF_SD_ACTIVE, e), 0);
+	assert_int_equal(mxf_env_read(mxf_spool_dirfd(f->sp, MXF_SD_ACTIVE), qid, &r), 0);
+	assert_int_equal(r->rcpt[0].status, MXF_RS_DEFERRED);
+	mxf_env_free(r);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+
+	/* A failed rewrite reports the error and keeps the old envelope. */
+	e->rcpt[0].status = MXF_RS_SENT;
+	mxf_spool_fault_set(MXF_FAULT_FSYNC, 1, EIO);
+	assert_int_equal(mxf_spool_env_write(f->sp, MXF_SD_ACTIVE, e), -EIO);
+	assert_int_equal(mxf_env_read(mxf_spool_dirfd(f->sp, MXF_SD_ACTIVE), qid, &r), 0);
+	assert_int_equal(r->rcpt[0].status, MXF_RS_DEFERRED);
+	mxf_env_free(r);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+
+	/* A move never overwrites, and a failed directory fsync is reported. */
+	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_ACTIVE, MXF_SD_DEFERRED), 0);
+	int x = openat(mxf_spool_dirfd(f->sp, MXF_SD_ACTIVE), qid, O_WRONLY | O_CREAT, 0600);
+	close(x);
+	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_DEFERRED, MXF_SD_ACTIVE), -EEXIST);
+	unlinkat(mxf_spool_dirfd(f->sp, MXF_SD_ACTIVE), qid, 0);
+	mxf_spool_fault_set(MXF_FAULT_FSYNC, 1, EIO);
+	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_DEFERRED, MXF_SD_ACTIVE), -EIO);
+	assert_true(exists(f, MXF_SD_ACTIVE, qid));
+
+	/* Path tricks are refused. */
+	assert_int_equal(mxf_spool_move(f->sp, "../x", MXF_SD_ACTIVE, MXF_SD_DEFERRED), -EINVAL);
+	assert_int_equal(mxf_spool_create(f->sp, "../../etc/x"), -EINVAL);
+	assert_int_equal(mxf_spool_open_content(f->sp, "x/y"), -EINVAL);
+	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_ACTIVE, MXF_SD_MSG), -EINVAL);
+
+	assert_int_equal(mxf_spool_remove(f->sp, qid, MXF_SD_ACTIVE), 0);
+	assert_false(exists(f, MXF_SD_ACTIVE, qid));
+	assert_false(exists(f, MXF_SD_MSG, qid));
+	assert_int_equal(mxf_spool_remove(f->sp, qid, MXF_SD_ACTIVE), -ENOENT);
+	mxf_env_free(e);
+}
+
+static void test_corrupt_and_tmp(void **state)
+{
+	struct fx *f = *state;
+	int afd = mxf_spool_dirfd(f->sp, MXF_SD_ACTIVE);
+	for (int i = 0; i < 3; i++) {
+		int x = openat(afd, "junk", O_WRONLY | O_CREAT, 0600);
+		assert_true(x >= 0);
+		close(x);
+		assert_int_equal(mxf_spool_to_corrupt(f->sp, MXF_SD_ACTIVE, "junk"), 0);
+	}
+	assert_true(exists(f, MXF_SD_CORRUPT, "junk"));
+	assert_true(exists(f, MXF_SD_CORRUPT, "junk.1"));
+	assert_true(exists(f, MXF_SD_CORRUPT, "junk.2"));
+	assert_int_equal(count(f, MXF_SD_ACTIVE), 0);
+	assert_int_equal(mxf_spool_to_corrupt(f->sp, MXF_SD_ACTIVE, "../x"), -EINVAL);
+	assert_int_equal(mxf_spool_to_corrupt(f->sp, MXF_SD_ACTIVE, "gone"), -ENOENT);
+
+	char qid[MXF_QID_SIZE];
+	int fd = receive(f, qid);
+	close(fd);
+	int t = openat(mxf_spool_dirfd(f->sp, MXF_SD_TMP), "other.env", O_WRONLY | O_CREAT, 0600);
+	close(t);
+	assert_int_equal(count(f, MXF_SD_TMP), 2);
+	assert_int_equal(mxf_spool_clean_tmp(f->sp), 0);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+
+	fd = receive(f, qid);
+	close(fd);
+	mxf_spool_discard(f->sp, qid);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_open_layout, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_ok, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_faults, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rewrite_move_remove, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_and_tmp, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
