@@ -1,52 +1,11 @@
 #include "dsn.h"
 
+#include "strbuf.h"
+
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	int err;
-};
-
-static void sb_add(struct sbuf *b, const char *s, size_t n)
-{
-	if (b->err)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t ncap = b->cap ? b->cap : 4096;
-		while (ncap < b->len + n + 1)
-			ncap *= 2;
-		char *np = realloc(b->p, ncap);
-		if (!np) {
-			b->err = -ENOMEM;
-			return;
-		}
-		b->p = np;
-		b->cap = ncap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-	char tmp[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		b->err = -EINVAL;
-		return;
-	}
-	sb_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
 
 /* Printable ASCII on one line, at most cap-1 bytes. */
 static const char *clean(const char *in, char *out, size_t cap)
@@ -85,7 +44,7 @@ size_t mxf_dsn_header_len(const char *msg, size_t len, size_t max)
 
 int mxf_dsn_build(const struct mxf_dsn *d, char **out, size_t *outlen)
 {
-	struct sbuf b = {0};
+	struct mxf_strbuf b = {0};
 	char date[64], arr[64], host[256], qid[64], boundary[400];
 	char c1[1024], c2[1024], c3[1024];
 
@@ -95,52 +54,52 @@ int mxf_dsn_build(const struct mxf_dsn *d, char **out, size_t *outlen)
 	clean(d->qid, qid, sizeof(qid));
 	snprintf(boundary, sizeof(boundary), "%s.%ld/%s", qid, (long)d->now, host);
 
-	sb_printf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", host);
-	sb_printf(&b, "To: <%s>\r\n", clean(d->sender, c1, sizeof(c1)));
-	sb_printf(&b, "Subject: Undelivered Mail Returned to Sender\r\n");
-	sb_printf(&b, "Date: %s\r\n", date);
-	sb_printf(&b, "Message-ID: <%s.bounce@%s>\r\n", qid, host);
-	sb_printf(&b, "Auto-Submitted: auto-replied\r\n");
-	sb_printf(&b, "MIME-Version: 1.0\r\n");
-	sb_printf(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+	mxf_sb_printf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", host);
+	mxf_sb_printf(&b, "To: <%s>\r\n", clean(d->sender, c1, sizeof(c1)));
+	mxf_sb_printf(&b, "Subject: Undelivered Mail Returned to Sender\r\n");
+	mxf_sb_printf(&b, "Date: %s\r\n", date);
+	mxf_sb_printf(&b, "Message-ID: <%s.bounce@%s>\r\n", qid, host);
+	mxf_sb_printf(&b, "Auto-Submitted: auto-replied\r\n");
+	mxf_sb_printf(&b, "MIME-Version: 1.0\r\n");
+	mxf_sb_printf(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
 		      "\tboundary=\"%s\"\r\n\r\n",
 		  boundary);
-	sb_printf(&b, "This is a MIME-encapsulated message.\r\n\r\n");
+	mxf_sb_printf(&b, "This is a MIME-encapsulated message.\r\n\r\n");
 
-	sb_printf(&b, "--%s\r\nContent-Description: Notification\r\n"
+	mxf_sb_printf(&b, "--%s\r\nContent-Description: Notification\r\n"
 		      "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
 		  boundary);
-	sb_printf(&b, "This is the mail system at host %s.\r\n\r\n", host);
-	sb_printf(&b, "I'm sorry to have to inform you that your message could not\r\n"
+	mxf_sb_printf(&b, "This is the mail system at host %s.\r\n\r\n", host);
+	mxf_sb_printf(&b, "I'm sorry to have to inform you that your message could not\r\n"
 		      "be delivered to one or more recipients. It's attached below.\r\n\r\n");
 	for (size_t i = 0; i < d->nrcpt; i++) {
 		const struct mxf_dsn_rcpt *r = &d->rcpt[i];
 		if (r->remote_mta && r->remote_mta[0])
-			sb_printf(&b, "<%s>: host %s said: %s\r\n\r\n", clean(r->rcpt, c1, sizeof(c1)),
+			mxf_sb_printf(&b, "<%s>: host %s said: %s\r\n\r\n", clean(r->rcpt, c1, sizeof(c1)),
 				  clean(r->remote_mta, c2, sizeof(c2)),
 				  clean(r->diagnostic, c3, sizeof(c3)));
 		else
-			sb_printf(&b, "<%s>: %s\r\n\r\n", clean(r->rcpt, c1, sizeof(c1)),
+			mxf_sb_printf(&b, "<%s>: %s\r\n\r\n", clean(r->rcpt, c1, sizeof(c1)),
 				  clean(r->diagnostic, c3, sizeof(c3)));
 	}
 
-	sb_printf(&b, "--%s\r\nContent-Description: Delivery report\r\n"
+	mxf_sb_printf(&b, "--%s\r\nContent-Description: Delivery report\r\n"
 		      "Content-Type: message/delivery-status\r\n\r\n",
 		  boundary);
-	sb_printf(&b, "Reporting-MTA: dns; %s\r\nX-Mxferry-Queue-ID: %s\r\nArrival-Date: %s\r\n",
+	mxf_sb_printf(&b, "Reporting-MTA: dns; %s\r\nX-Mxferry-Queue-ID: %s\r\nArrival-Date: %s\r\n",
 		  host, qid, arr);
 	for (size_t i = 0; i < d->nrcpt; i++) {
 		const struct mxf_dsn_rcpt *r = &d->rcpt[i];
-		sb_printf(&b, "\r\nFinal-Recipient: rfc822; %s\r\n", clean(r->rcpt, c1, sizeof(c1)));
+		mxf_sb_printf(&b, "\r\nFinal-Recipient: rfc822; %s\r\n", clean(r->rcpt, c1, sizeof(c1)));
 		if (r->orig_rcpt && r->orig_rcpt[0])
-			sb_printf(&b, "Original-Recipient: rfc822; %s\r\n",
+			mxf_sb_printf(&b, "Original-Recipient: rfc822; %s\r\n",
 				  clean(r->orig_rcpt, c1, sizeof(c1)));
-		sb_printf(&b, "Action: failed\r\nStatus: %s\r\n", clean(r->status, c1, sizeof(c1)));
+		mxf_sb_printf(&b, "Action: failed\r\nStatus: %s\r\n", clean(r->status, c1, sizeof(c1)));
 		if (r->remote_mta && r->remote_mta[0])
-			sb_printf(&b, "Remote-MTA: dns; %s\r\n", clean(r->remote_mta, c2, sizeof(c2)));
-		sb_printf(&b, "Diagnostic-Code: smtp; %s\r\n", clean(r->diagnostic, c3, sizeof(c3)));
+			mxf_sb_printf(&b, "Remote-MTA: dns; %s\r\n", clean(r->remote_mta, c2, sizeof(c2)));
+		mxf_sb_printf(&b, "Diagnostic-Code: smtp; %s\r\n", clean(r->diagnostic, c3, sizeof(c3)));
 	}
-	sb_printf(&b, "\r\n--%s\r\nContent-Description: Undelivered Message Headers\r\n"
+	mxf_sb_printf(&b, "\r\n--%s\r\nContent-Description: Undelivered Message Headers\r\n"
 		      "Content-Type: text/rfc822-headers\r\n\r\n",
 		  boundary);
 	/* The original header block, with bare LFs made CRLF and no empty line
@@ -152,14 +111,14 @@ int mxf_dsn_build(const struct mxf_dsn *d, char **out, size_t *outlen)
 		if (ch == '\n') {
 			if (b.len >= 2 && b.p[b.len - 1] == '\n' && b.p[b.len - 2] == '\r')
 				continue;
-			sb_add(&b, "\r\n", 2);
+			mxf_sb_add(&b, "\r\n", 2);
 		} else {
-			sb_add(&b, &ch, 1);
+			mxf_sb_add(&b, &ch, 1);
 		}
 	}
 	if (b.len < 2 || b.p[b.len - 1] != '\n')
-		sb_add(&b, "\r\n", 2);
-	sb_printf(&b, "\r\n--%s--\r\n", boundary);
+		mxf_sb_add(&b, "\r\n", 2);
+	mxf_sb_printf(&b, "\r\n--%s--\r\n", boundary);
 	if (b.err) {
 		free(b.p);
 		return b.err;

@@ -1,5 +1,7 @@
 #include "envelope.h"
 
+#include "strbuf.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -122,37 +124,6 @@ int mxf_env_add_rcpt(struct mxf_env *e, const char *orig, const char *dest, cons
 }
 
 /* ---- formatting ---- */
-struct obuf {
-	char *p;
-	size_t len, cap;
-	int err;
-};
-
-static void ob_put(struct obuf *o, const char *s, size_t n)
-{
-	if (o->err)
-		return;
-	if (o->len + n + 1 > o->cap) {
-		size_t nc = o->cap ? o->cap : 1024;
-		while (nc < o->len + n + 1)
-			nc *= 2;
-		char *np = realloc(o->p, nc);
-		if (!np) {
-			o->err = -ENOMEM;
-			return;
-		}
-		o->p = np;
-		o->cap = nc;
-	}
-	memcpy(o->p + o->len, s, n);
-	o->len += n;
-	o->p[o->len] = '\0';
-}
-
-static void ob_str(struct obuf *o, const char *s)
-{
-	ob_put(o, s, strlen(s));
-}
 
 static bool needs_escape(unsigned char c)
 {
@@ -162,57 +133,57 @@ static bool needs_escape(unsigned char c)
 /* One value: "-" is the empty string, a lone "-" is written "%2D", and every
  * byte outside 0x21..0x7e (or '%') is %XX with upper-case hex. The encoding
  * is canonical (exactly one spelling per value), which the parser enforces. */
-static void ob_val(struct obuf *o, const char *v)
+static void ob_val(struct mxf_strbuf *o, const char *v)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	if (!v || !*v) {
-		ob_put(o, "-", 1);
+		mxf_sb_add(o, "-", 1);
 		return;
 	}
 	if (strcmp(v, "-") == 0) {
-		ob_put(o, "%2D", 3);
+		mxf_sb_add(o, "%2D", 3);
 		return;
 	}
 	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
 		if (needs_escape(*p)) {
 			char t[3] = {'%', hex[*p >> 4], hex[*p & 15]};
-			ob_put(o, t, 3);
+			mxf_sb_add(o, t, 3);
 		} else {
-			ob_put(o, (const char *)p, 1);
+			mxf_sb_add(o, (const char *)p, 1);
 		}
 	}
 }
 
-static void ob_num(struct obuf *o, uint64_t v)
+static void ob_num(struct mxf_strbuf *o, uint64_t v)
 {
 	char t[24];
 	int n = snprintf(t, sizeof(t), "%llu", (unsigned long long)v);
-	ob_put(o, t, (size_t)n);
+	mxf_sb_add(o, t, (size_t)n);
 }
 
-static void ob_kv(struct obuf *o, const char *key, const char *v)
+static void ob_kv(struct mxf_strbuf *o, const char *key, const char *v)
 {
-	ob_str(o, key);
-	ob_put(o, " ", 1);
+	mxf_sb_str(o, key);
+	mxf_sb_add(o, " ", 1);
 	ob_val(o, v);
-	ob_put(o, "\n", 1);
+	mxf_sb_add(o, "\n", 1);
 }
 
-static void ob_kn(struct obuf *o, const char *key, uint64_t v)
+static void ob_kn(struct mxf_strbuf *o, const char *key, uint64_t v)
 {
-	ob_str(o, key);
-	ob_put(o, " ", 1);
+	mxf_sb_str(o, key);
+	mxf_sb_add(o, " ", 1);
 	ob_num(o, v);
-	ob_put(o, "\n", 1);
+	mxf_sb_add(o, "\n", 1);
 }
 
 int mxf_env_format(const struct mxf_env *e, char **buf, size_t *len)
 {
-	struct obuf o = {0};
+	struct mxf_strbuf o = {0};
 
 	if (!mxf_qid_valid(e->qid) || e->arrival < 0)
 		return -EINVAL;
-	ob_str(&o, "V 1\n");
+	mxf_sb_str(&o, "V 1\n");
 	ob_kv(&o, "qid", e->qid);
 	ob_kn(&o, "arrival", (uint64_t)e->arrival);
 	ob_kn(&o, "size", e->size);
@@ -230,25 +201,25 @@ int mxf_env_format(const struct mxf_env *e, char **buf, size_t *len)
 			free(o.p);
 			return -EINVAL;
 		}
-		ob_str(&o, "rcpt ");
+		mxf_sb_str(&o, "rcpt ");
 		ob_val(&o, r->orig);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
 		ob_val(&o, r->dest);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
 		ob_val(&o, r->rule);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
 		ob_val(&o, r->action);
-		ob_put(&o, " ", 1);
-		ob_str(&o, status_names[r->status]);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
+		mxf_sb_str(&o, status_names[r->status]);
+		mxf_sb_add(&o, " ", 1);
 		ob_num(&o, r->attempts);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
 		ob_num(&o, (uint64_t)r->next_try);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
 		ob_val(&o, r->reply);
-		ob_put(&o, " ", 1);
+		mxf_sb_add(&o, " ", 1);
 		ob_val(&o, r->relay);
-		ob_put(&o, "\n", 1);
+		mxf_sb_add(&o, "\n", 1);
 	}
 	if (o.err) {
 		free(o.p);
@@ -256,7 +227,7 @@ int mxf_env_format(const struct mxf_env *e, char **buf, size_t *len)
 	}
 	char end[16];
 	int n = snprintf(end, sizeof(end), "E %08x\n", crc32_ieee(o.p, o.len));
-	ob_put(&o, end, (size_t)n);
+	mxf_sb_add(&o, end, (size_t)n);
 	if (o.err) {
 		free(o.p);
 		return o.err;

@@ -20,6 +20,7 @@ struct mxf_ipcconn {
 	mxf_ipcconn_msg_cb on_msg;
 	mxf_ipcconn_close_cb on_close;
 	void *arg;
+	unsigned flags;
 	struct outmsg *head, *tail;
 	uint8_t *buf;
 	bool closing;
@@ -108,10 +109,19 @@ static void on_poll(uv_poll_t *h, int status, int events)
 			return;
 		}
 		struct mxf_ipc_view *v;
-		if (mxf_ipc_decode(c->buf, (size_t)n, &v) < 0)
-			mxf_fatal("malformed internal message from peer; exiting");
-		c->on_msg(c, v, fd, c->arg);
+		if (mxf_ipc_decode(c->buf, (size_t)n, &v) < 0) {
+			if (!(c->flags & MXF_IPCCONN_TOLERANT))
+				mxf_fatal("malformed internal message from peer; exiting");
+			if (fd >= 0)
+				close(fd);
+			mxf_warn("malformed internal message from peer; closing the connection");
+			conn_fail(c);
+			return;
+		}
+		int r = c->on_msg(c, v, fd, c->arg);
 		mxf_ipc_view_free(v);
+		if (r < 0)
+			conn_fail(c);
 	}
 }
 
@@ -123,7 +133,7 @@ static void update_events(struct mxf_ipcconn *c)
 	uv_poll_start(&c->poll, ev, on_poll);
 }
 
-int mxf_ipcconn_new(uv_loop_t *loop, int sock, mxf_ipcconn_msg_cb on_msg,
+int mxf_ipcconn_new(uv_loop_t *loop, int sock, unsigned flags, mxf_ipcconn_msg_cb on_msg,
 		    mxf_ipcconn_close_cb on_close, void *arg, struct mxf_ipcconn **out)
 {
 	struct mxf_ipcconn *c = calloc(1, sizeof(*c));
@@ -148,6 +158,7 @@ int mxf_ipcconn_new(uv_loop_t *loop, int sock, mxf_ipcconn_msg_cb on_msg,
 	c->on_msg = on_msg;
 	c->on_close = on_close;
 	c->arg = arg;
+	c->flags = flags;
 	update_events(c);
 	*out = c;
 	return 0;
@@ -212,7 +223,7 @@ struct mxf_routerlink {
 
 static void link_retry(struct mxf_routerlink *l);
 
-static void link_on_msg(struct mxf_ipcconn *c, const struct mxf_ipc_view *v, int fd, void *arg)
+static int link_on_msg(struct mxf_ipcconn *c, const struct mxf_ipc_view *v, int fd, void *arg)
 {
 	struct mxf_routerlink *l = arg;
 	(void)c;
@@ -229,9 +240,10 @@ static void link_on_msg(struct mxf_ipcconn *c, const struct mxf_ipc_view *v, int
 		mxf_info("connected to router");
 		if (l->on_state)
 			l->on_state(true, l->arg);
-		return;
+		return 0;
 	}
 	l->on_msg(v, fd, l->arg);
+	return 0;
 }
 
 static void link_on_close(struct mxf_ipcconn *c, void *arg)
@@ -272,7 +284,7 @@ static void link_connect(uv_timer_t *t)
 		return;
 	}
 	mxf_ipc_msg_free(m);
-	if (mxf_ipcconn_new(l->loop, s, link_on_msg, link_on_close, l, &l->conn) < 0) {
+	if (mxf_ipcconn_new(l->loop, s, 0, link_on_msg, link_on_close, l, &l->conn) < 0) {
 		close(s);
 		link_retry(l);
 	}

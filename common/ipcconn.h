@@ -14,14 +14,20 @@
 #include "ipc.h"
 
 struct mxf_ipcconn;
-/* fd is a received descriptor or -1; the callback owns it (must close). */
-typedef void (*mxf_ipcconn_msg_cb)(struct mxf_ipcconn *c, const struct mxf_ipc_view *v, int fd,
-				   void *arg);
-/* Called once when the peer closes or errors; the conn is freed after it returns. */
+/* fd is a received descriptor or -1; the callback owns it (must close).
+ * Returning a negative value closes the connection (on_close is called). */
+typedef int (*mxf_ipcconn_msg_cb)(struct mxf_ipcconn *c, const struct mxf_ipc_view *v, int fd,
+				  void *arg);
+/* Called once when the peer closes, errors or is refused; the conn is freed
+ * after it returns. */
 typedef void (*mxf_ipcconn_close_cb)(struct mxf_ipcconn *c, void *arg);
 
+/* A malformed message closes this connection instead of exiting the
+ * process: for the router, which must outlive a compromised peer. */
+#define MXF_IPCCONN_TOLERANT 1u
+
 /* Takes ownership of sock (made non-blocking). */
-int mxf_ipcconn_new(uv_loop_t *loop, int sock, mxf_ipcconn_msg_cb on_msg,
+int mxf_ipcconn_new(uv_loop_t *loop, int sock, unsigned flags, mxf_ipcconn_msg_cb on_msg,
 		    mxf_ipcconn_close_cb on_close, void *arg, struct mxf_ipcconn **out);
 /* Queues m (copied) and a dup of fd (-1: none); the caller keeps its fd. */
 int mxf_ipcconn_send(struct mxf_ipcconn *c, const struct mxf_ipc_msg *m, int fd);

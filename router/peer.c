@@ -1,7 +1,8 @@
-/* The router's end of the IPC sockets. Unlike mxf_ipcconn (where a malformed
- * message is fatal to the receiver), the router closes only the offending
- * connection: it is the spool's owner, and a compromised smtpd or deliverd
- * must not be able to take it down by sending garbage. */
+/* The router's end of the IPC sockets. The connections are tolerant
+ * mxf_ipcconns: where other daemons exit on a malformed message, the router
+ * closes only the offending connection: it is the spool's owner, and a
+ * compromised smtpd or deliverd must not be able to take it down by sending
+ * garbage. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -15,12 +16,6 @@
 
 #define MAX_PEERS 256
 
-struct outmsg {
-	struct outmsg *next;
-	struct mxf_ipc_msg *m;
-	int fd;
-};
-
 static const char *const role_names[ROLE_N] = {"none", "smtpd", "deliverd", "bouncer", "ctl"};
 
 const char *role_name(enum role r)
@@ -28,23 +23,22 @@ const char *role_name(enum role r)
 	return (unsigned)r < ROLE_N ? role_names[r] : "?";
 }
 
-static void peer_freed(uv_handle_t *h)
+static struct peer *dead_peers;
+static uv_check_t reaper;
+
+static void reap_dead(uv_check_t *h)
 {
-	struct peer *p = h->data;
-	while (p->head) {
-		struct outmsg *o = p->head;
-		p->head = o->next;
-		if (o->fd >= 0)
-			close(o->fd);
-		mxf_ipc_msg_free(o->m);
-		free(o);
+	while (dead_peers) {
+		struct peer *p = dead_peers;
+		dead_peers = p->next;
+		free(p);
 	}
-	close(p->sock);
-	free(p->buf);
-	free(p);
+	uv_check_stop(h);
 }
 
-void peer_close(struct peer *p)
+/* Forgets the peer; the connection itself is closed by the caller or is
+ * already closing (peer_gone). */
+static void peer_release(struct peer *p)
 {
 	if (p->closing)
 		return;
@@ -60,8 +54,20 @@ void peer_close(struct peer *p)
 	if (p->next)
 		p->next->prev = p->prev;
 	R.npeers--;
-	uv_poll_stop(&p->poll);
-	uv_close((uv_handle_t *)&p->poll, peer_freed);
+	/* Callers up the stack (a dispatch in progress) may still hold p: free
+	 * it after this loop iteration. */
+	p->next = dead_peers;
+	dead_peers = p;
+	uv_check_start(&reaper, reap_dead);
+}
+
+void peer_close(struct peer *p)
+{
+	if (p->closing)
+		return;
+	struct mxf_ipcconn *c = p->conn;
+	peer_release(p);
+	mxf_ipcconn_close(c);
 }
 
 void peer_close_all(void)
@@ -79,61 +85,11 @@ struct peer *peer_find_role(enum role role)
 	return best;
 }
 
-static void update_events(struct peer *p);
-
-static void flush_out(struct peer *p)
-{
-	while (p->head) {
-		struct outmsg *o = p->head;
-		int r = mxf_ipc_send(p->sock, o->m, o->fd);
-		if (r == -EAGAIN)
-			break;
-		if (r < 0) {
-			mxf_warn("%s[%ld]: send failed: %s; closing", role_name(p->role), (long)p->pid,
-				 strerror(-r));
-			peer_close(p);
-			return;
-		}
-		p->head = o->next;
-		if (!p->head)
-			p->tail = NULL;
-		if (o->fd >= 0)
-			close(o->fd);
-		mxf_ipc_msg_free(o->m);
-		free(o);
-	}
-	update_events(p);
-}
-
 int peer_send(struct peer *p, const struct mxf_ipc_msg *m, int fd)
 {
 	if (p->closing)
 		return -ENOTCONN;
-	if (!p->head) {
-		int r = mxf_ipc_send(p->sock, m, fd);
-		if (r == 0)
-			return 0;
-		if (r != -EAGAIN)
-			return r;
-	}
-	struct outmsg *o = calloc(1, sizeof(*o));
-	if (!o)
-		return -ENOMEM;
-	o->fd = -1;
-	o->m = mxf_ipc_msg_dup(m);
-	if (!o->m || (fd >= 0 && (o->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0)) {
-		int r = o->m ? -errno : -ENOMEM;
-		mxf_ipc_msg_free(o->m);
-		free(o);
-		return r;
-	}
-	if (p->tail)
-		p->tail->next = o;
-	else
-		p->head = o;
-	p->tail = o;
-	update_events(p);
-	return 0;
+	return mxf_ipcconn_send(p->conn, m, fd);
 }
 
 int peer_reply(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
@@ -262,56 +218,26 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	}
 }
 
-static void on_poll(uv_poll_t *h, int status, int events)
+static int on_msg(struct mxf_ipcconn *c, const struct mxf_ipc_view *v, int fd, void *arg)
 {
-	struct peer *p = h->data;
-	if (status < 0) {
-		peer_close(p);
-		return;
-	}
-	if (events & UV_WRITABLE)
-		flush_out(p);
-	if (p->closing || !(events & (UV_READABLE | UV_DISCONNECT)))
-		return;
-	for (int i = 0; i < 64 && !p->closing; i++) {
-		int fd;
-		ssize_t n = mxf_ipc_recv(p->sock, p->buf, MXF_IPC_MAX, &fd);
-		if (n == -EAGAIN)
-			return;
-		if (n <= 0) {
-			if (n < 0 && n != -ECONNRESET)
-				mxf_warn("%s[%ld]: receive failed: %s", role_name(p->role),
-					 (long)p->pid, strerror((int)-n));
-			if (p->role != ROLE_NONE && p->role != ROLE_CTL)
-				mxf_info("%s[%ld] disconnected", role_name(p->role), (long)p->pid);
-			peer_close(p);
-			return;
-		}
-		struct mxf_ipc_view *v = NULL;
-		int r = mxf_ipc_decode(p->buf, (size_t)n, &v);
-		if (r == 0)
-			r = dispatch(p, v, fd);
-		else if (fd >= 0)
-			close(fd);
-		if (r == -2 && !p->closing) {
-			peer_close(p); /* refusal already logged */
-		} else if (r < 0 && !p->closing) {
-			mxf_warn("%s[%ld] uid=%ld: malformed or unexpected message (type %u); "
-				 "closing the connection",
-				 role_name(p->role), (long)p->pid, (long)p->uid,
-				 v ? mxf_ipc_type(v) : 0u);
-			peer_close(p);
-		}
-		mxf_ipc_view_free(v);
-	}
+	struct peer *p = arg;
+	(void)c;
+	int r = dispatch(p, v, fd);
+	if (r == -1)
+		mxf_warn("%s[%ld] uid=%ld: malformed or unexpected message (type %u); "
+			 "closing the connection",
+			 role_name(p->role), (long)p->pid, (long)p->uid, mxf_ipc_type(v));
+	/* -2: the refusal is logged already. Closing goes through on_gone. */
+	return r < 0 ? -1 : 0;
 }
 
-static void update_events(struct peer *p)
+static void on_gone(struct mxf_ipcconn *c, void *arg)
 {
-	if (p->closing)
-		return;
-	int ev = UV_READABLE | UV_DISCONNECT | (p->head ? UV_WRITABLE : 0);
-	uv_poll_start(&p->poll, ev, on_poll);
+	struct peer *p = arg;
+	(void)c;
+	if (p->role != ROLE_NONE && p->role != ROLE_CTL)
+		mxf_info("%s[%ld] disconnected", role_name(p->role), (long)p->pid);
+	peer_release(p);
 }
 
 static void on_accept(uv_poll_t *h, int status, int events)
@@ -328,25 +254,19 @@ static void on_accept(uv_poll_t *h, int status, int events)
 			return;
 		}
 		struct peer *p = calloc(1, sizeof(*p));
-		if (!p || !(p->buf = malloc(MXF_IPC_MAX)) || R.npeers >= MAX_PEERS ||
-		    mxf_ipc_peercred(s, &p->pid, &p->uid, NULL) < 0 ||
-		    uv_poll_init(R.loop, &p->poll, s) < 0) {
+		if (!p || R.npeers >= MAX_PEERS || mxf_ipc_peercred(s, &p->pid, &p->uid, NULL) < 0 ||
+		    mxf_ipcconn_new(R.loop, s, MXF_IPCCONN_TOLERANT, on_msg, on_gone, p, &p->conn) < 0) {
 			if (R.npeers >= MAX_PEERS)
 				mxf_warn("too many IPC connections; refusing one");
-			if (p)
-				free(p->buf);
 			free(p);
 			close(s);
 			continue;
 		}
-		p->sock = s;
-		p->poll.data = p;
 		p->next = R.peers;
 		if (R.peers)
 			R.peers->prev = p;
 		R.peers = p;
 		R.npeers++;
-		update_events(p);
 	}
 }
 
@@ -363,6 +283,8 @@ int peer_listen(const char *path)
 		return r ? r : -EIO;
 	}
 	R.listen_fd = s;
+	uv_check_init(R.loop, &reaper);
+	uv_unref((uv_handle_t *)&reaper);
 	uv_poll_start(&R.listen_poll, UV_READABLE, on_accept);
 	return 0;
 }

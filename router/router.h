@@ -10,6 +10,7 @@
 
 #include "envelope.h"
 #include "ipc.h"
+#include "ipcconn.h"
 
 struct mxf_config;
 struct mxf_spool;
@@ -31,10 +32,7 @@ struct commit; /* a durable commit running on the thread pool */
 /* One connected daemon. */
 struct peer {
 	struct peer *next, *prev;
-	uv_poll_t poll;
-	int sock;
-	uint8_t *buf;
-	struct outmsg *head, *tail;
+	struct mxf_ipcconn *conn;
 	enum role role;
 	pid_t pid;
 	uid_t uid;
