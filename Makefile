@@ -16,8 +16,10 @@ test-deps:
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD)
 
+PROGRAMS = mxferryd smtpd router deliverd bouncer mxferryctl
+
 build: deps $(BUILD)/CMakeCache.txt
-	cmake --build $(BUILD) -j $(JOBS)
+	cmake --build $(BUILD) -j $(JOBS) --target $(PROGRAMS)
 
 run: build
 	./scripts/dev-run.sh $(CONF)

@@ -88,6 +88,22 @@ static void make_dir(const char *path, mode_t mode, uid_t uid, gid_t gid)
 		mxf_fatal("cannot chmod %s: %s", path, strerror(errno));
 }
 
+/* mkdir -p for the parents of a configured directory (root-owned 0755, as
+ * any directory above the spool should be). */
+static void make_parents(const char *path)
+{
+	char buf[PATH_MAX];
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			mxf_fatal("cannot create %s: %s", buf, strerror(errno));
+		*p = '/';
+	}
+}
+
 static void make_dirs(void)
 {
 	const char *spool = mxf_config_str(cfg, "main", "spool_dir");
@@ -109,6 +125,8 @@ static void make_dirs(void)
 		if (!same_user && mxf_privdrop_lookup(name, &u, &g) < 0)
 			mxf_fatal("no such user %s ([%s] user)", name, children[i].section);
 	}
+	make_parents(spool);
+	make_parents(data);
 	make_dir(spool, 0755, geteuid(), getegid());
 	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", spool, states[i]);
