@@ -3,7 +3,7 @@ BUILD ?= build
 CONF ?= etc/dev.conf
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps test-deps build run test clean
+.PHONY: all deps test-deps build run test clean deb
 
 all: build
 
@@ -27,6 +27,12 @@ run: build
 test: test-deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 	cd $(BUILD) && ctest --output-on-failure
+
+# The Debian package (mxferry and mxferry-dbgsym), built out of the tree.
+DEBDIR ?= $(BUILD)/deb
+deb:
+	@./scripts/install-deps.sh --pkg
+	./scripts/build-deb.sh $(DEBDIR)
 
 clean:
 	rm -rf $(BUILD)

@@ -35,15 +35,49 @@ static const struct key keys[] = {
 	{"smtpd", "max_message_size", T_INT, "26214400", 1024, 1LL << 34, true},
 	{"smtpd", "max_recipients", T_INT, "50", 1, 100000, true},
 	{"smtpd", "command_timeout", T_DURATION, "300", 1, 3600, true},
+	/* STARTTLS (PEM files, read before the chroot); empty: not offered. */
+	{"smtpd", "tls_cert", T_PATH, "", 0, 0, false},
+	{"smtpd", "tls_key", T_PATH, "", 0, 0, false},
+	/* Milliseconds before the 220; a client talking earlier gets 554. */
+	{"smtpd", "greet_delay", T_INT, "1000", 0, 60000, true},
+	/* Per client IP: concurrent sessions, new sessions per minute (0: no limit). */
+	{"smtpd", "max_conn_per_ip", T_INT, "50", 0, 1000000, true},
+	{"smtpd", "max_conn_rate", T_INT, "0", 0, 1000000, true},
+	/* On SIGTERM, how long messages already in DATA may take to finish. */
+	{"smtpd", "shutdown_timeout", T_DURATION, "3", 0, 60, true},
 	{"router", "user", T_STR, "mxferry-router", 0, 0, false},
 	{"router", "srs_domain", T_STR, "", 0, 0, true},
 	{"router", "retry_min", T_DURATION, "300", 1, 86400, true},
-	{"router", "retry_max", T_DURATION, "14400", 1, 7 * 86400, true},
+	/* Retry after retry_min·2^(n-1), capped at retry_max: 5m 10m 20m 40m, then hourly. */
+	{"router", "retry_max", T_DURATION, "3600", 1, 7 * 86400, true},
 	{"router", "max_queue_lifetime", T_DURATION, "432000", 1, 60 * 86400, true},
+	/* Issue 4. An explicit schedule ("5m,10m,20m,40m,1h", the last repeats)
+	 * overrides retry_min/retry_max when set. */
+	{"router", "retry_schedule", T_STR, "", 0, 0, true},
+	/* Characters that start a subaddress (user+tag@) on domains that enable it. */
+	{"router", "subaddress_separator", T_STR, "+", 0, 0, true},
+	{"router", "local_part_case_insensitive", T_BOOL, "yes", 0, 0, true},
+	/* Per destination domain: delivery jobs in flight, new jobs per minute (0: no limit). */
+	{"router", "domain_concurrency", T_INT, "20", 1, 10000, true},
+	{"router", "domain_rate", T_INT, "0", 0, 1000000, true},
 	{"deliverd", "user", T_STR, "mxferry-deliver", 0, 0, false},
 	{"deliverd", "smtp_port", T_INT, "25", 1, 65535, false},
 	{"deliverd", "connect_timeout", T_DURATION, "30", 1, 3600, true},
 	{"deliverd", "command_timeout", T_DURATION, "300", 1, 3600, true},
+	/* Issue 5: RFC 5321 §4.5.3.2 timeouts, host choice, TLS, connection reuse. */
+	{"deliverd", "greeting_timeout", T_DURATION, "300", 1, 3600, true},
+	{"deliverd", "data_init_timeout", T_DURATION, "120", 1, 3600, true},
+	{"deliverd", "data_block_timeout", T_DURATION, "180", 1, 3600, true},
+	{"deliverd", "data_done_timeout", T_DURATION, "600", 1, 3600, true},
+	{"deliverd", "prefer_ipv6", T_BOOL, "yes", 0, 0, true},
+	{"deliverd", "relayhost", T_STR, "", 0, 0, true},
+	{"deliverd", "starttls", T_BOOL, "yes", 0, 0, true},
+	{"deliverd", "tls_ca_file", T_PATH, "/etc/ssl/certs/ca-certificates.crt", 0, 0, false},
+	{"deliverd", "max_sessions", T_INT, "32", 1, 1024, false},
+	{"deliverd", "dest_concurrency", T_INT, "20", 1, 1024, true},
+	{"deliverd", "conn_cache_time", T_DURATION, "10", 0, 3600, true},
+	{"deliverd", "conn_cache_per_dest", T_INT, "10", 0, 10000, true},
+	{"deliverd", "conn_cache_total", T_INT, "100", 0, 100000, true},
 	{"bouncer", "user", T_STR, "mxferry-bounce", 0, 0, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

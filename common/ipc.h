@@ -38,7 +38,8 @@ enum mxf_ipc_type {
 	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
 	MXF_MSG_COMMIT,           /* c->r: F_REQ, F_QID, F_SENDER, F_RCPT*, F_SIZE, F_CLIENT_IP,
-	                             F_CLIENT_NAME, F_HELO, F_PROTO */
+	                             F_CLIENT_NAME, F_HELO, F_PROTO [, F_RET, F_ENVID, F_DSN_NOTIFY*,
+	                             F_ORCPT*, F_TLS] */
 	MXF_MSG_COMMIT_REPLY,     /* r->c: F_REQ, F_QID, F_CODE, F_ESC, F_TEXT.
 	                             F_CODE 250: durably queued; 4xx/5xx: nothing kept */
 	MXF_MSG_ABORT,            /* c->r: F_QID (discard an opened, uncommitted file) */
@@ -53,6 +54,8 @@ enum mxf_ipc_type {
 	                             F_BOUNCE_QID; 4xx: try again later; 5xx: give up, log) */
 	MXF_MSG_RELOAD,           /* ctl->r: F_REQ */
 	MXF_MSG_RELOAD_REPLY,     /* r->ctl: F_REQ, F_CODE, F_TEXT */
+	MXF_MSG_QUEUE_CTL,        /* ctl->r: F_REQ, F_TEXT (hold|release|delete|retry|flush), F_QID* */
+	MXF_MSG_QUEUE_CTL_REPLY,  /* r->ctl: F_REQ, F_CODE, F_TEXT, F_COUNT (messages acted on) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -60,6 +63,12 @@ enum mxf_ipc_tag {
 	F_ROLE = 1, F_VERSION, F_PID, F_REQ, F_ADDR, F_CODE, F_ESC, F_TEXT, F_QID,
 	F_SENDER, F_RCPT, F_SIZE, F_CLIENT_IP, F_CLIENT_NAME, F_HELO, F_PROTO,
 	F_DOMAIN, F_RIDX, F_HEADERS, F_RELAY, F_BOUNCE_QID,
+	F_NEXTHOP, /* DELIVER: optional transport override "host:port" or "[addr]:port" */
+	/* COMMIT from smtpd (DSN, RFC 3461): F_RET and F_ENVID once, F_DSN_NOTIFY and
+	 * F_ORCPT once per F_RCPT (parallel lists; "" when the client gave none);
+	 * F_TLS "version=V cipher=C bits=N" or "" (F_PROTO is the RFC 3848 keyword). */
+	F_RET, F_ENVID, F_DSN_NOTIFY, F_ORCPT, F_TLS, /* F_NOTIFY is a fcntl.h macro */
+	F_COUNT, /* QUEUE_CTL_REPLY: u64 */
 	F_TAG_MAX
 };
 
