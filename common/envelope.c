@@ -62,7 +62,8 @@ struct mxf_env *mxf_env_new(const char *qid)
 		return NULL;
 	snprintf(e->qid, sizeof(e->qid), "%s", qid ? qid : "");
 	char **f[] = {&e->sender, &e->srs_sender, &e->client_ip, &e->client_name,
-		      &e->helo,   &e->proto,      &e->origin,    &e->headers};
+		      &e->helo,   &e->proto,      &e->origin,    &e->headers,
+		      &e->ret,    &e->envid};
 	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
 		if (!(*f[i] = strdup(""))) {
 			mxf_env_free(e);
@@ -80,6 +81,8 @@ static void rcpt_free(struct mxf_env_rcpt *r)
 	free(r->action);
 	free(r->reply);
 	free(r->relay);
+	free(r->notify);
+	free(r->orcpt);
 }
 
 void mxf_env_free(struct mxf_env *e)
@@ -94,6 +97,8 @@ void mxf_env_free(struct mxf_env *e)
 	free(e->proto);
 	free(e->origin);
 	free(e->headers);
+	free(e->ret);
+	free(e->envid);
 	for (size_t i = 0; i < e->nrcpt; i++)
 		rcpt_free(&e->rcpt[i]);
 	free(e->rcpt);
@@ -116,7 +121,10 @@ int mxf_env_add_rcpt(struct mxf_env *e, const char *orig, const char *dest, cons
 	r->action = xstrdup(action);
 	r->reply = xstrdup("");
 	r->relay = xstrdup("");
-	if (!r->orig || !r->dest || !r->rule || !r->action || !r->reply || !r->relay) {
+	r->notify = xstrdup("");
+	r->orcpt = xstrdup("");
+	if (!r->orig || !r->dest || !r->rule || !r->action || !r->reply || !r->relay ||
+	    !r->notify || !r->orcpt) {
 		rcpt_free(r);
 		return -ENOMEM;
 	}
@@ -195,6 +203,12 @@ int mxf_env_format(const struct mxf_env *e, char **buf, size_t *len)
 	ob_kv(&o, "proto", e->proto);
 	ob_kv(&o, "origin", e->origin);
 	ob_kv(&o, "headers", e->headers);
+	/* Optional keys: absent when empty, so files from before they existed
+	 * stay canonical. */
+	if (e->ret && *e->ret)
+		ob_kv(&o, "ret", e->ret);
+	if (e->envid && *e->envid)
+		ob_kv(&o, "envid", e->envid);
 	for (size_t i = 0; i < e->nrcpt; i++) {
 		const struct mxf_env_rcpt *r = &e->rcpt[i];
 		if ((size_t)r->status >= NSTATUS || r->next_try < 0) {
@@ -219,6 +233,12 @@ int mxf_env_format(const struct mxf_env *e, char **buf, size_t *len)
 		ob_val(&o, r->reply);
 		mxf_sb_add(&o, " ", 1);
 		ob_val(&o, r->relay);
+		if ((r->notify && *r->notify) || (r->orcpt && *r->orcpt)) {
+			mxf_sb_add(&o, " ", 1);
+			ob_val(&o, r->notify);
+			mxf_sb_add(&o, " ", 1);
+			ob_val(&o, r->orcpt);
+		}
 		mxf_sb_add(&o, "\n", 1);
 	}
 	if (o.err) {
@@ -308,7 +328,7 @@ static int dec_num(const char *p, size_t n, uint64_t max, uint64_t *out)
 	return 0;
 }
 
-#define MAXTOK 10
+#define MAXTOK 12
 struct tok {
 	const char *p;
 	size_t n;
@@ -339,16 +359,19 @@ static bool tok_is(const struct tok *t, const char *s)
 }
 
 enum { K_QID, K_ARRIVAL, K_SIZE, K_SENDER, K_SRS, K_CIP, K_CNAME, K_HELO, K_PROTO, K_ORIGIN,
-       K_HEADERS, K_N };
+       K_HEADERS, K_RET, K_ENVID, K_N };
+/* Keys from K_RET on are optional. */
+#define K_REQUIRED K_RET
 static const char *const keynames[K_N] = {
 	"qid", "arrival", "size", "sender", "srs_sender", "client_ip", "client_name", "helo",
-	"proto", "origin", "headers"};
+	"proto", "origin", "headers", "ret", "envid"};
 
 static int parse_rcpt(struct mxf_env *e, const struct tok *t, size_t nt)
 {
-	if (nt != 10)
+	if (nt != 10 && nt != 12)
 		return -EBADMSG;
 	char *orig = NULL, *dest = NULL, *rule = NULL, *action = NULL, *reply = NULL, *relay = NULL;
+	char *notify = NULL, *orcpt = NULL;
 	uint64_t att, next;
 	int r = -EBADMSG;
 	size_t st;
@@ -363,6 +386,17 @@ static int parse_rcpt(struct mxf_env *e, const struct tok *t, size_t nt)
 	    (r = dec_val(t[3].p, t[3].n, &rule)) < 0 || (r = dec_val(t[4].p, t[4].n, &action)) < 0 ||
 	    (r = dec_val(t[8].p, t[8].n, &reply)) < 0 || (r = dec_val(t[9].p, t[9].n, &relay)) < 0)
 		goto out;
+	if (nt == 12) {
+		if ((r = dec_val(t[10].p, t[10].n, &notify)) < 0 ||
+		    (r = dec_val(t[11].p, t[11].n, &orcpt)) < 0)
+			goto out;
+		r = -EBADMSG;
+		if (!*notify && !*orcpt) /* canonical: the pair only when needed */
+			goto out;
+	} else if (!(notify = strdup("")) || !(orcpt = strdup(""))) {
+		r = -ENOMEM;
+		goto out;
+	}
 	r = -EBADMSG;
 	if (!*orig || (strcmp(action, "forward") && strcmp(action, "drop") && strcmp(action, "relay")))
 		goto out;
@@ -375,7 +409,8 @@ static int parse_rcpt(struct mxf_env *e, const struct tok *t, size_t nt)
 	n[e->nrcpt] = (struct mxf_env_rcpt){.orig = orig, .dest = dest, .rule = rule,
 					    .action = action, .status = (enum mxf_rcpt_status)st,
 					    .attempts = (unsigned)att, .next_try = (int64_t)next,
-					    .reply = reply, .relay = relay};
+					    .reply = reply, .relay = relay, .notify = notify,
+					    .orcpt = orcpt};
 	e->nrcpt++;
 	return 0;
 out:
@@ -385,6 +420,8 @@ out:
 	free(action);
 	free(reply);
 	free(relay);
+	free(notify);
+	free(orcpt);
 	return r;
 }
 
@@ -431,6 +468,15 @@ static int parse_field(struct mxf_env *e, int k, const struct tok *v)
 		dst = &e->origin;
 		break;
 	case K_HEADERS: dst = &e->headers; break;
+	case K_RET:
+	case K_ENVID:
+		/* Written only when not empty (canonical). */
+		if (!*s || (k == K_RET && strcmp(s, "FULL") && strcmp(s, "HDRS"))) {
+			free(s);
+			return -EBADMSG;
+		}
+		dst = k == K_RET ? &e->ret : &e->envid;
+		break;
 	default:
 		free(s);
 		return -EBADMSG;
@@ -492,7 +538,7 @@ int mxf_env_parse(const char *buf, size_t len, struct mxf_env **out)
 	}
 	if (!ended || e->nrcpt == 0)
 		goto fail;
-	for (int k = 0; k < K_N; k++)
+	for (int k = 0; k < K_REQUIRED; k++)
 		if (!seen[k])
 			goto fail;
 	*out = e;

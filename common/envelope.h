@@ -12,7 +12,11 @@
  *   qid QID | arrival N | size N | sender V | srs_sender V | client_ip V
  *   client_name V | helo V | proto V | origin smtpd|bouncer | headers V
  *                                  (each exactly once, any order)
- *   rcpt ORIG DEST RULE ACTION STATUS ATTEMPTS NEXT_TRY REPLY RELAY  (1 or more)
+ *   ret V | envid V                (DSN, RFC 3461: at most once each, only
+ *                                  when not empty; older files have none)
+ *   rcpt ORIG DEST RULE ACTION STATUS ATTEMPTS NEXT_TRY REPLY RELAY [NOTIFY ORCPT]
+ *                                  (1 or more; the DSN pair is written when
+ *                                  either is not empty, and only then)
  *   E xxxxxxxx                     (CRC-32/IEEE, 8 lower-case hex digits)
  *
  * Values (V): bytes 0x21..0x7e other than '%' stand for themselves; every
@@ -48,6 +52,9 @@ struct mxf_env_rcpt {
 	int64_t next_try; /* unix seconds */
 	char *reply;   /* last reply "CODE ESC text" or "" */
 	char *relay;   /* last remote host "name[addr]:port" or "" */
+	/* DSN (RFC 3461), "" when not given: NOTIFY "NEVER" or a subset of
+	 * "SUCCESS,FAILURE,DELAY"; ORCPT "addr-type;xtext". */
+	char *notify, *orcpt;
 };
 
 struct mxf_env {
@@ -59,6 +66,7 @@ struct mxf_env {
 	char *client_ip, *client_name, *helo, *proto;
 	char *origin;         /* "smtpd" or "bouncer" */
 	char *headers;        /* block prepended at delivery: CRLF-terminated lines */
+	char *ret, *envid;    /* DSN: RET "FULL"/"HDRS", ENVID xtext; "" when not given */
 	size_t nrcpt;
 	struct mxf_env_rcpt *rcpt;
 };

@@ -114,7 +114,8 @@ bool mxf_smtp_reply_valid(long long code, const char *esc)
 /* ---- command parser --------------------------------------------------- */
 
 static const char *const verb_names[MXF_SMTP_NVERBS] = {
-	"UNKNOWN", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP",
+	"UNKNOWN", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET",
+	"NOOP",    "QUIT", "VRFY", "HELP", "STARTTLS", "BDAT",
 };
 
 const char *mxf_smtp_verb_name(enum mxf_smtp_verb v)
@@ -130,15 +131,59 @@ static int fail(struct mxf_smtp_cmd *cmd, int code, const char *esc, const char 
 	return -EINVAL;
 }
 
+/* 8-bit bytes reach the path scanners only as well-formed UTF-8 (checked
+ * for the whole line first): RFC 6531 adds UTF8-non-ascii to atext, qtext
+ * and sub-domains (U-labels). */
 static bool is_atext(unsigned char c)
 {
-	return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
+	return isalnum(c) || c >= 0x80 || (c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 }
 
-/* qtextSMTP: %d32-33 / %d35-91 / %d93-126 */
+/* qtextSMTP: %d32-33 / %d35-91 / %d93-126 / UTF8-non-ascii */
 static bool is_qtext(unsigned char c)
 {
-	return c == 32 || c == 33 || (c >= 35 && c <= 91) || (c >= 93 && c <= 126);
+	return c == 32 || c == 33 || (c >= 35 && c <= 91) || (c >= 93 && c <= 126) || c >= 0x80;
+}
+
+static bool is_ldh8(unsigned char c)
+{
+	return isalnum(c) || c >= 0x80;
+}
+
+/* Well-formed UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing
+ * past U+10FFFF, and no C1 controls (U+0080..U+009F). */
+static bool utf8_valid(const unsigned char *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned char c = p[i];
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		size_t len;
+		uint32_t cp;
+		if (c >= 0xc2 && c <= 0xdf)
+			len = 2, cp = c & 0x1f;
+		else if (c >= 0xe0 && c <= 0xef)
+			len = 3, cp = c & 0x0f;
+		else if (c >= 0xf0 && c <= 0xf4)
+			len = 4, cp = c & 0x07;
+		else
+			return false;
+		if (n - i < len)
+			return false;
+		for (size_t k = 1; k < len; k++) {
+			if ((p[i + k] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (p[i + k] & 0x3f);
+		}
+		if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+		    (cp >= 0xd800 && cp <= 0xdfff) || cp < 0xa0)
+			return false;
+		i += len;
+	}
+	return true;
 }
 
 /* dcontent: %d33-90 / %d94-126 */
@@ -186,9 +231,9 @@ static const char *scan_domain(const char *p)
 	if (*p == '[')
 		return scan_literal(p);
 	for (;;) {
-		if (!isalnum((unsigned char)*p))
+		if (!is_ldh8((unsigned char)*p))
 			return NULL;
-		while (isalnum((unsigned char)*p) || *p == '-')
+		while (is_ldh8((unsigned char)*p) || *p == '-')
 			p++;
 		if (p[-1] == '-')
 			return NULL;
@@ -306,16 +351,132 @@ static int parse_path(const char *p, bool is_mail, struct mxf_smtp_cmd *cmd, con
 	size_t mlen = (size_t)(p - 1 - mb); /* <= MXF_PATH_MAX - 2 */
 	memcpy(cmd->path, mb, mlen);
 	cmd->path[mlen] = '\0';
+	for (const char *q = start; q < p; q++)
+		cmd->utf8_path |= (unsigned char)*q >= 0x80;
 	*end = p;
 	return 0;
+}
+
+/* xtext (RFC 3461 4): xchar (33..126 but '+' and '=') or "+" 2HEXDIG with
+ * upper-case hex. */
+static bool xtext_valid(const char *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)v[i];
+		if (c == '+') {
+			if (n - i < 3 || !strchr("0123456789ABCDEF", v[i + 1]) || !v[i + 1] ||
+			    !strchr("0123456789ABCDEF", v[i + 2]) || !v[i + 2])
+				return false;
+			i += 2;
+		} else if (c < 33 || c > 126 || c == '=') {
+			return false;
+		}
+	}
+	return true;
+}
+
+int mxf_xtext_encode(const char *s, char *out, size_t cap)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		bool plain = *p >= 33 && *p <= 126 && *p != '+' && *p != '=';
+		if (o + (plain ? 1 : 3) + 1 > cap)
+			return -ENOSPC;
+		if (plain) {
+			out[o++] = (char)*p;
+		} else {
+			out[o++] = '+';
+			out[o++] = hex[*p >> 4];
+			out[o++] = hex[*p & 15];
+		}
+	}
+	if (o + 1 > cap)
+		return -ENOSPC;
+	out[o] = '\0';
+	return (int)o;
+}
+
+static bool kw_is(const char *kw, size_t n, const char *name)
+{
+	return n == strlen(name) && strncasecmp(kw, name, n) == 0;
+}
+
+/* NOTIFY="NEVER" / 1#("SUCCESS" / "FAILURE" / "DELAY"), case-insensitive;
+ * written back in a canonical order. */
+static bool parse_notify(const char *v, size_t n, char *out, size_t cap)
+{
+	static const char *const names[] = {"SUCCESS", "FAILURE", "DELAY"};
+	unsigned seen = 0;
+	bool never = false;
+	size_t i = 0;
+	while (i <= n) {
+		size_t j = i;
+		while (j < n && v[j] != ',')
+			j++;
+		bool ok = false;
+		if (kw_is(v + i, j - i, "NEVER") && !never && !seen) {
+			never = ok = true;
+		} else {
+			for (unsigned k = 0; k < 3 && !never; k++) {
+				if (kw_is(v + i, j - i, names[k]) && !(seen & (1u << k))) {
+					seen |= 1u << k;
+					ok = true;
+				}
+			}
+		}
+		if (!ok)
+			return false;
+		i = j + 1;
+	}
+	out[0] = '\0';
+	if (never) {
+		snprintf(out, cap, "NEVER");
+		return true;
+	}
+	for (unsigned k = 0; k < 3; k++) {
+		if (!(seen & (1u << k)))
+			continue;
+		if (out[0])
+			strncat(out, ",", cap - strlen(out) - 1);
+		strncat(out, names[k], cap - strlen(out) - 1);
+	}
+	return true;
+}
+
+/* ORCPT=addr-type ";" xtext (RFC 3461 4.2); utf-8 addresses (RFC 6533) may
+ * carry UTF-8, which the line check already found well-formed. */
+static bool parse_orcpt(const char *v, size_t n, char *out, size_t cap)
+{
+	const char *semi = memchr(v, ';', n);
+	if (!semi || semi == v || n > MXF_SMTP_ORCPT_MAX || n + 1 > cap)
+		return false;
+	size_t tl = (size_t)(semi - v), xl = n - tl - 1;
+	for (size_t i = 0; i < tl; i++)
+		if (!is_atext((unsigned char)v[i]) || (unsigned char)v[i] >= 0x80)
+			return false;
+	if (xl == 0)
+		return false;
+	if (kw_is(v, tl, "utf-8")) {
+		for (size_t i = tl + 1; i < n; i++)
+			if (v[i] == '=' || (unsigned char)v[i] < 33 || v[i] == 127)
+				return false;
+	} else if (!xtext_valid(semi + 1, xl)) {
+		return false;
+	}
+	for (size_t i = 0; i < tl; i++)
+		out[i] = (char)tolower((unsigned char)v[i]);
+	memcpy(out + tl, semi, xl + 1);
+	out[n] = '\0';
+	return true;
 }
 
 /* ESMTP parameters after the path: *( SP esmtp-keyword ["=" esmtp-value] ). */
 static int parse_params(const char *p, bool is_mail, struct mxf_smtp_cmd *cmd)
 {
 	const char *syntax = is_mail ? "Syntax: MAIL FROM:<address> [parameters]"
-				     : "Syntax: RCPT TO:<address>";
-	bool seen_body = false;
+				     : "Syntax: RCPT TO:<address> [parameters]";
+	bool seen_body = false, seen_notify = false;
 
 	while (*p) {
 		if (*p != ' ')
@@ -332,8 +493,9 @@ static int parse_params(const char *p, bool is_mail, struct mxf_smtp_cmd *cmd)
 		size_t vlen = 0;
 		if (*p == '=') {
 			val = ++p;
-			/* esmtp-value: %d33-60 / %d62-126 */
-			while ((unsigned char)*p >= 33 && (unsigned char)*p <= 126 && *p != '=')
+			/* esmtp-value: %d33-60 / %d62-126 / UTF8-non-ascii */
+			while (((unsigned char)*p >= 33 && (unsigned char)*p <= 126 && *p != '=') ||
+			       (unsigned char)*p >= 0x80)
 				p++;
 			vlen = (size_t)(p - val);
 			if (vlen == 0)
@@ -341,9 +503,25 @@ static int parse_params(const char *p, bool is_mail, struct mxf_smtp_cmd *cmd)
 		}
 		if (*p && *p != ' ')
 			return fail(cmd, 501, "5.5.4", syntax);
-		if (!is_mail)
-			return fail(cmd, 555, "5.5.4", "Unsupported parameter");
-		if (kwlen == 4 && strncasecmp(kw, "SIZE", 4) == 0) {
+		if (!is_mail) {
+			if (kw_is(kw, kwlen, "NOTIFY")) {
+				if (seen_notify || !val ||
+				    !parse_notify(val, vlen, cmd->notify, sizeof(cmd->notify)))
+					return fail(cmd, 501, "5.5.4", "Bad NOTIFY parameter");
+				seen_notify = true;
+			} else if (kw_is(kw, kwlen, "ORCPT")) {
+				if (cmd->orcpt[0] || !val ||
+				    !parse_orcpt(val, vlen, cmd->orcpt, sizeof(cmd->orcpt)))
+					return fail(cmd, 501, "5.5.4", "Bad ORCPT parameter");
+			} else {
+				return fail(cmd, 555, "5.5.4", "Unsupported parameter");
+			}
+			continue;
+		}
+		for (size_t i = 0; val && i < vlen; i++)
+			if ((unsigned char)val[i] >= 0x80)
+				return fail(cmd, 501, "5.5.4", syntax);
+		if (kw_is(kw, kwlen, "SIZE")) {
 			if (cmd->has_size || !val || vlen > 20)
 				return fail(cmd, 501, "5.5.4", "Bad SIZE parameter");
 			uint64_t n = 0;
@@ -355,7 +533,7 @@ static int parse_params(const char *p, bool is_mail, struct mxf_smtp_cmd *cmd)
 			}
 			cmd->has_size = true;
 			cmd->size = n;
-		} else if (kwlen == 4 && strncasecmp(kw, "BODY", 4) == 0) {
+		} else if (kw_is(kw, kwlen, "BODY")) {
 			if (seen_body || !val)
 				return fail(cmd, 501, "5.5.4", "Bad BODY parameter");
 			seen_body = true;
@@ -365,6 +543,25 @@ static int parse_params(const char *p, bool is_mail, struct mxf_smtp_cmd *cmd)
 				cmd->body = MXF_SMTP_BODY_8BITMIME;
 			else
 				return fail(cmd, 555, "5.5.4", "Unsupported BODY type");
+		} else if (kw_is(kw, kwlen, "SMTPUTF8")) {
+			if (cmd->smtputf8 || val)
+				return fail(cmd, 501, "5.5.4", "Bad SMTPUTF8 parameter");
+			cmd->smtputf8 = true;
+		} else if (kw_is(kw, kwlen, "RET")) {
+			if (cmd->ret[0] || !val)
+				return fail(cmd, 501, "5.5.4", "Bad RET parameter");
+			if (kw_is(val, vlen, "FULL"))
+				strcpy(cmd->ret, "FULL");
+			else if (kw_is(val, vlen, "HDRS"))
+				strcpy(cmd->ret, "HDRS");
+			else
+				return fail(cmd, 501, "5.5.4", "Bad RET parameter");
+		} else if (kw_is(kw, kwlen, "ENVID")) {
+			if (cmd->envid[0] || !val || vlen > MXF_SMTP_ENVID_MAX ||
+			    !xtext_valid(val, vlen))
+				return fail(cmd, 501, "5.5.4", "Bad ENVID parameter");
+			memcpy(cmd->envid, val, vlen);
+			cmd->envid[vlen] = '\0';
 		} else {
 			return fail(cmd, 555, "5.5.4", "Unsupported parameter");
 		}
@@ -396,27 +593,35 @@ int mxf_smtp_parse_cmd(const char *line, size_t len, struct mxf_smtp_cmd *cmd)
 	char l[MXF_SMTP_LINE_MAX + 1];
 
 	memset(cmd, 0, sizeof(*cmd));
-	if (len >= 4 && (len == 4 || line[4] == ' ')) {
-		for (int v = 1; v < MXF_SMTP_NVERBS; v++)
-			if (strncasecmp(line, verb_names[v], 4) == 0)
-				cmd->verb = (enum mxf_smtp_verb)v;
-	}
+	/* The verb: the first word, matched whole. */
+	size_t vl = 0;
+	while (vl < len && line[vl] != ' ')
+		vl++;
+	for (int v = 1; v < MXF_SMTP_NVERBS; v++)
+		if (vl == strlen(verb_names[v]) && strncasecmp(line, verb_names[v], vl) == 0)
+			cmd->verb = (enum mxf_smtp_verb)v;
 	if (len > MXF_SMTP_LINE_MAX - 2)
 		return fail(cmd, 500, "5.5.2", "Error: line too long");
 	/* Commands are ASCII without controls that could smuggle a second
-	 * line: no NUL, no CR or LF left inside, no 8-bit (no SMTPUTF8). */
+	 * line: no NUL, no CR or LF left inside; 8-bit only as UTF-8 in MAIL
+	 * and RCPT (SMTPUTF8, whose use the session checks). */
+	bool eight = false;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)line[i];
-		if (c == 0 || c == '\r' || c == '\n' || c >= 0x80)
+		if (c == 0 || c == '\r' || c == '\n')
 			return fail(cmd, 500, "5.5.2", "Error: invalid character in command");
+		eight |= c >= 0x80;
 	}
+	if (eight && ((cmd->verb != MXF_SMTP_MAIL && cmd->verb != MXF_SMTP_RCPT) ||
+		      !utf8_valid((const unsigned char *)line, len)))
+		return fail(cmd, 500, "5.5.2", "Error: invalid character in command");
 	while (len > 0 && line[len - 1] == ' ')
 		len--;
 	memcpy(l, line, len);
 	l[len] = '\0';
-	if (cmd->verb == MXF_SMTP_UNKNOWN || (len != 4 && (len < 4 || l[4] != ' ')))
+	if (cmd->verb == MXF_SMTP_UNKNOWN)
 		return fail(cmd, 500, "5.5.2", "Error: command not recognized");
-	const char *arg = len > 4 ? l + 5 : NULL;
+	const char *arg = len > vl ? l + vl + 1 : NULL;
 
 	switch (cmd->verb) {
 	case MXF_SMTP_EHLO:
@@ -434,12 +639,33 @@ int mxf_smtp_parse_cmd(const char *line, size_t len, struct mxf_smtp_cmd *cmd)
 	case MXF_SMTP_DATA:
 	case MXF_SMTP_RSET:
 	case MXF_SMTP_QUIT:
+	case MXF_SMTP_STARTTLS:
 		if (arg)
 			return fail(cmd, 501, "5.5.4",
 				    cmd->verb == MXF_SMTP_DATA   ? "Syntax: DATA"
 				    : cmd->verb == MXF_SMTP_RSET ? "Syntax: RSET"
-								 : "Syntax: QUIT");
+				    : cmd->verb == MXF_SMTP_QUIT ? "Syntax: QUIT"
+								 : "Syntax: STARTTLS");
 		return 0;
+	case MXF_SMTP_BDAT: {
+		/* "BDAT" SP chunk-size [SP "LAST"], chunk-size 1*DIGIT. */
+		const char *p = arg;
+		uint64_t n = 0;
+		size_t nd = 0;
+		while (p && isdigit((unsigned char)*p)) {
+			unsigned d = (unsigned)(*p++ - '0');
+			n = n > (UINT64_MAX - d) / 10 ? UINT64_MAX : n * 10 + d;
+			nd++;
+		}
+		if (!p || nd == 0 || nd > 20 || n == UINT64_MAX)
+			return fail(cmd, 501, "5.5.4", "Syntax: BDAT chunk-size [LAST]");
+		cmd->bdat_size = n;
+		if (*p == ' ' && strcasecmp(p + 1, "LAST") == 0)
+			cmd->bdat_last = true;
+		else if (*p)
+			return fail(cmd, 501, "5.5.4", "Syntax: BDAT chunk-size [LAST]");
+		return 0;
+	}
 	case MXF_SMTP_VRFY:
 		if (!arg)
 			return fail(cmd, 501, "5.5.4", "Syntax: VRFY address");
@@ -528,6 +754,7 @@ size_t mxf_smtp_data_feed(struct mxf_smtp_data *d, const char *in, size_t inlen,
 			d->line_len = 0;
 		} else {
 			out[o++] = c;
+			d->nul |= c == '\0';
 			/* 998 octets + CRLF is the longest allowed line. */
 			if (++d->line_len == MXF_SMTP_TEXT_LINE_MAX - 1)
 				d->long_lines++;
@@ -536,4 +763,37 @@ size_t mxf_smtp_data_feed(struct mxf_smtp_data *d, const char *in, size_t inlen,
 	d->size += o;
 	*outlen = o;
 	return i;
+}
+
+void mxf_smtp_chunk_scan(struct mxf_smtp_data *d, const char *in, size_t inlen)
+{
+	for (size_t i = 0; i < inlen; i++) {
+		char c = in[i];
+		if (d->state == D_CR && c != '\n') {
+			d->bare_cr = true;
+			if (++d->line_len == MXF_SMTP_TEXT_LINE_MAX - 1)
+				d->long_lines++;
+		}
+		if (c == '\n') {
+			d->bare_lf |= d->state != D_CR;
+			d->line_len = 0;
+			d->state = D_TEXT;
+			continue;
+		}
+		d->state = c == '\r' ? D_CR : D_TEXT;
+		if (c == '\r')
+			continue;
+		d->nul |= c == '\0';
+		if (++d->line_len == MXF_SMTP_TEXT_LINE_MAX - 1)
+			d->long_lines++;
+	}
+	d->size += inlen;
+}
+
+void mxf_smtp_chunk_end(struct mxf_smtp_data *d)
+{
+	if (d->state == D_CR)
+		d->bare_cr = true;
+	d->state = D_DONE;
+	d->done = true;
 }

@@ -65,6 +65,9 @@ bool mxf_smtp_reply_valid(long long code, const char *esc);
 
 /* ---- command parser --------------------------------------------------- */
 
+#define MXF_SMTP_ENVID_MAX 100 /* RFC 3461 4.4 */
+#define MXF_SMTP_ORCPT_MAX 500 /* RFC 3461 4.2 */
+
 enum mxf_smtp_verb {
 	MXF_SMTP_UNKNOWN = 0,
 	MXF_SMTP_EHLO,
@@ -77,6 +80,8 @@ enum mxf_smtp_verb {
 	MXF_SMTP_QUIT,
 	MXF_SMTP_VRFY,
 	MXF_SMTP_HELP,
+	MXF_SMTP_STARTTLS, /* RFC 3207 */
+	MXF_SMTP_BDAT,     /* RFC 3030 */
 	MXF_SMTP_NVERBS
 };
 
@@ -95,6 +100,21 @@ struct mxf_smtp_cmd {
 	bool has_size;
 	uint64_t size;   /* SIZE=; UINT64_MAX when it does not fit */
 	enum mxf_smtp_body body;
+	/* The path holds UTF-8 (RFC 6531): allowed only in an SMTPUTF8
+	 * transaction, which the session checks. */
+	bool utf8_path;
+	bool smtputf8;   /* MAIL ... SMTPUTF8 */
+	/* DSN (RFC 3461), canonical forms, "" when absent:
+	 * MAIL RET= "FULL"|"HDRS", ENVID= the xtext as given (<= 100 chars);
+	 * RCPT NOTIFY= "NEVER" or a subset of "SUCCESS,FAILURE,DELAY" in that
+	 * order, ORCPT= "addr-type;xtext" (addr-type lower-cased). */
+	char ret[8];
+	char envid[MXF_SMTP_ENVID_MAX + 1];
+	char notify[32];
+	char orcpt[MXF_SMTP_ORCPT_MAX + 1];
+	/* BDAT chunk-size [LAST] */
+	uint64_t bdat_size;
+	bool bdat_last;
 	struct mxf_smtp_reply err; /* the reply to send when the parse fails */
 };
 
@@ -102,7 +122,11 @@ struct mxf_smtp_cmd {
  * verbs and FROM:/TO: are case-insensitive (as the RFC says), one space after
  * "FROM:"/"TO:" is tolerated (as Postfix does), trailing spaces are ignored,
  * and source routes (<@a,@b:user@d>) are accepted and dropped (4.1.1.3).
- * NUL, CR, LF and 8-bit bytes anywhere make the line invalid.
+ * NUL, CR and LF anywhere make the line invalid; 8-bit bytes are allowed
+ * only as well-formed UTF-8 in a MAIL/RCPT line (RFC 6531: in the path, as
+ * UTF-8 local parts and U-label domains, and in parameter values).
+ * MAIL parameters: SIZE, BODY=7BIT|8BITMIME, SMTPUTF8, RET, ENVID; RCPT
+ * parameters: NOTIFY, ORCPT; each at most once.
  * Returns 0, or -EINVAL with cmd->err set:
  *   500 5.5.2 unknown verb or invalid bytes; 501 5.5.4 syntax;
  *   501 5.1.7 (MAIL) / 5.1.3 (RCPT) bad path or path/local part/domain over
@@ -122,6 +146,7 @@ struct mxf_smtp_data {
 	uint64_t long_lines; /* lines over MXF_SMTP_TEXT_LINE_MAX octets (allowed, counted) */
 	bool bare_cr;        /* a CR not followed by LF */
 	bool bare_lf;        /* an LF not preceded by CR */
+	bool nul;            /* a NUL byte (refused: RFC 5321 2.3.8 / 4.1.1.4) */
 	bool done;           /* the end marker CRLF.CRLF was consumed */
 };
 
@@ -139,5 +164,19 @@ void mxf_smtp_data_init(struct mxf_smtp_data *d);
  * sets *outlen. */
 size_t mxf_smtp_data_feed(struct mxf_smtp_data *d, const char *in, size_t inlen, char *out,
 			  size_t outcap, size_t *outlen);
+
+/* BDAT (RFC 3030): chunk octets are the message as is (no dot-stuffing, no
+ * end marker), but the same refusals apply: chunk_scan looks at the octets
+ * (size, bare CR / bare LF across chunk boundaries, NUL, line lengths)
+ * without changing them; chunk_end, after the LAST chunk, flags a CR the
+ * message ended with. Start with mxf_smtp_data_init. */
+void mxf_smtp_chunk_scan(struct mxf_smtp_data *d, const char *in, size_t inlen);
+void mxf_smtp_chunk_end(struct mxf_smtp_data *d);
+
+/* ---- xtext (RFC 3461 4) ------------------------------------------------ */
+
+/* Encodes s as xtext ('+', '=' and bytes outside 33..126 as "+XX"). Returns
+ * the length, or -ENOSPC. */
+int mxf_xtext_encode(const char *s, char *out, size_t cap);
 
 #endif

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "log.h"
 #include "queueid.h"
 #include "smtpd.h"
+#include "tls.h"
 
 #define MAX_LISTEN 64
 
@@ -23,6 +25,9 @@ struct smtpd smtpd;
 static uv_tcp_t listeners[MAX_LISTEN];
 static int nlisten;
 static uv_signal_t sigterm, sigint;
+static uv_timer_t stop_timer;
+static bool stop_timer_on, done;
+static uint64_t shutdown_ms;
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -76,6 +81,31 @@ static void on_closed_noop(uv_handle_t *h)
 	(void)h;
 }
 
+/* The last session is gone (or the deadline passed): release what keeps
+ * the loop running. The router link stays up until then, so messages
+ * already in DATA can still be committed. */
+void smtpd_check_done(void)
+{
+	if (!smtpd.stopping || smtpd.nsessions > 0 || done)
+		return;
+	done = true;
+	if (stop_timer_on)
+		uv_close((uv_handle_t *)&stop_timer, on_closed_noop);
+	uv_close((uv_handle_t *)&sigterm, on_closed_noop);
+	uv_close((uv_handle_t *)&sigint, on_closed_noop);
+	mxf_routerlink_stop(smtpd.link);
+	smtpd.link = NULL;
+}
+
+static void on_stop_deadline(uv_timer_t *t)
+{
+	(void)t;
+	mxf_warn("shutdown: %zu session%s still busy after %llu ms; closing them", smtpd.nsessions,
+		 smtpd.nsessions == 1 ? "" : "s", (unsigned long long)shutdown_ms);
+	session_kill_all();
+	smtpd_check_done();
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
 	(void)h;
@@ -86,10 +116,37 @@ static void on_signal(uv_signal_t *h, int signum)
 	for (int i = 0; i < nlisten; i++)
 		uv_close((uv_handle_t *)&listeners[i], on_closed_noop);
 	session_close_all();
-	uv_close((uv_handle_t *)&sigterm, on_closed_noop);
-	uv_close((uv_handle_t *)&sigint, on_closed_noop);
-	mxf_routerlink_stop(smtpd.link);
-	smtpd.link = NULL;
+	if (smtpd.nsessions > 0) {
+		mxf_info("shutdown: waiting up to %llu ms for %zu message%s in progress",
+			 (unsigned long long)shutdown_ms, smtpd.nsessions,
+			 smtpd.nsessions == 1 ? "" : "s");
+		uv_timer_init(smtpd.loop, &stop_timer);
+		stop_timer_on = true;
+		uv_timer_start(&stop_timer, on_stop_deadline, shutdown_ms, 0);
+	}
+	smtpd_check_done();
+}
+
+/* Every session is a descriptor: take the hard limit (raised first while
+ * still root), so 10,000 sessions fit. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (geteuid() == 0 && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 65536) {
+		struct rlimit want = {65536, 65536};
+		if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+			rl = want;
+		}
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			mxf_warn("cannot raise the descriptor limit: %s", strerror(errno));
+	}
+	getrlimit(RLIMIT_NOFILE, &rl);
+	mxf_info("descriptor limit %llu", (unsigned long long)rl.rlim_cur);
 }
 
 static int listen_fds(void)
@@ -117,6 +174,23 @@ int main(int argc, char **argv)
 	smtpd.max_size = (uint64_t)mxf_config_int(cfg, "smtpd", "max_message_size");
 	smtpd.max_rcpt = (size_t)mxf_config_int(cfg, "smtpd", "max_recipients");
 	smtpd.timeout_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "command_timeout") * 1000;
+	smtpd.greet_delay_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "greet_delay");
+	smtpd.max_conn_per_ip = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_per_ip");
+	smtpd.max_conn_rate = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_rate");
+	shutdown_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "shutdown_timeout") * 1000;
+
+	/* The certificate and key are read now: after the drop smtpd is
+	 * chrooted where neither exists. */
+	const char *cert = mxf_config_str(cfg, "smtpd", "tls_cert");
+	const char *key = mxf_config_str(cfg, "smtpd", "tls_key");
+	if (cert[0] || key[0]) {
+		char err[512];
+		if (!cert[0] || !key[0])
+			mxf_fatal("[smtpd] tls_cert and tls_key must be set together");
+		if (!(smtpd.tls = mxf_tls_server_ctx(cert, key, err, sizeof(err))))
+			mxf_fatal("TLS: %s", err);
+	}
+	raise_nofile();
 
 	nlisten = listen_fds();
 	for (int i = 0; i < nlisten; i++) {
@@ -128,7 +202,7 @@ int main(int argc, char **argv)
 		if (r == 0)
 			r = uv_tcp_open(&listeners[i], fd);
 		if (r == 0)
-			r = uv_listen((uv_stream_t *)&listeners[i], 511, on_connection);
+			r = uv_listen((uv_stream_t *)&listeners[i], 4096, on_connection);
 		if (r < 0)
 			mxf_fatal("cannot listen on fd %d: %s", fd, uv_strerror(r));
 	}
@@ -144,11 +218,12 @@ int main(int argc, char **argv)
 	uv_signal_init(smtpd.loop, &sigint);
 	uv_signal_start(&sigint, on_signal, SIGINT);
 
-	mxf_info("ready: %d listener%s, hostname %s, max size %llu, max recipients %zu", nlisten,
-		 nlisten == 1 ? "" : "s", smtpd.hostname, (unsigned long long)smtpd.max_size,
-		 smtpd.max_rcpt);
+	mxf_info("ready: %d listener%s, hostname %s, max size %llu, max recipients %zu, STARTTLS %s",
+		 nlisten, nlisten == 1 ? "" : "s", smtpd.hostname,
+		 (unsigned long long)smtpd.max_size, smtpd.max_rcpt, smtpd.tls ? "on" : "off");
 	uv_run(smtpd.loop, UV_RUN_DEFAULT);
 	uv_loop_close(smtpd.loop);
+	SSL_CTX_free(smtpd.tls);
 	mxf_config_free(cfg);
 	mxf_info("stopped");
 	return 0;

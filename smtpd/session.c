@@ -2,16 +2,21 @@
  * parsers in common/smtp.c.
  *
  * Ordering: commands are handled strictly one after the other. While a
- * command waits for the router (RCPT, DATA, end of DATA) or for a write into
- * the queue file, no further input is looked at; it stays buffered (and
- * reading pauses once too much is buffered), so pipelined commands can never
- * overtake an answer. */
+ * command waits for the router (RCPT, DATA/BDAT, end of message) or for a
+ * write into the queue file, no further input is looked at; it stays
+ * buffered (and reading pauses once too much is buffered), so pipelined
+ * commands can never overtake an answer.
+ *
+ * Memory: an idle session holds its struct and its libuv handles only; the
+ * input buffer, reply buffer and queue-file buffer exist while in use, so
+ * 10,000 idle sessions fit in a few tens of MiB. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "address.h"
@@ -19,17 +24,35 @@
 #include "queueid.h"
 #include "smtp.h"
 #include "smtpd.h"
+#include "tls.h"
 
 #define READ_CHUNK 65536
 #define IN_MAX (256 * 1024) /* buffered unprocessed input before reading pauses */
-#define WBUF_CAP 65536      /* decoded content collected before a file write */
+#define WBUF_CAP 65536      /* message content collected before a file write */
 #define OUT_FLUSH 65536     /* replies collected before a socket write */
 #define OUT_MAX (256 * 1024) /* unsent replies before input processing pauses */
 #define MAX_ERRORS 10
 #define CLOSE_GRACE_MS 10000
 #define TEMPFAIL_TEXT "Error: temporary failure, try again later"
+#define IP_BUCKETS 4096
+#define RATE_WINDOW_MS 60000
 
 enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE };
+
+struct rcpt {
+	char *addr, *orcpt;
+	char notify[32];
+};
+
+/* Per client IP: concurrent sessions and sessions begun in the current
+ * one-minute window. */
+struct ipent {
+	struct ipent *next;
+	unsigned conns, rate;
+	uint64_t window;
+	char ip[INET6_ADDRSTRLEN];
+};
+static struct ipent *ip_table[IP_BUCKETS];
 
 struct session {
 	struct session *prev, *next;
@@ -40,16 +63,19 @@ struct session {
 	int refs; /* open handles + an in-flight file write */
 	bool closing;
 	bool reading;
+	bool greeted;
 	bool out_blocked; /* a client that pipelines but does not read */
 	char ip[INET6_ADDRSTRLEN];
+	struct ipent *ipent;
 
-	/* input: in[inoff..inlen) is not yet processed */
+	/* input: in[inoff..inlen) is not yet processed (plaintext) */
 	char *in;
 	size_t inoff, inlen, incap;
 	struct mxf_smtp_lines lines;
-	/* replies collected for one write */
+	/* replies collected for one write (plaintext) */
 	char *out;
 	size_t outlen, outcap;
+	struct mxf_tls *tls; /* after STARTTLS */
 
 	enum wait_kind wait;
 	uint64_t req;
@@ -57,14 +83,24 @@ struct session {
 
 	bool helo_done, esmtp;
 	char helo[MXF_SMTP_LINE_MAX];
-	bool mail_done;
+	/* the transaction */
+	bool mail_done, smtputf8;
 	char sender[MXF_ADDR_SIZE];
-	char **rcpt;
+	char ret[8], envid[MXF_SMTP_ENVID_MAX + 1];
+	struct rcpt *rcpt;
 	size_t nrcpt;
 	char pending_rcpt[MXF_ADDR_SIZE];
+	char pending_notify[32];
+	char *pending_orcpt;
 
-	/* DATA */
-	bool in_data;
+	/* message content (DATA or BDAT) */
+	bool in_data;   /* DATA: decoding up to the end marker */
+	bool bdat;      /* this transaction uses BDAT */
+	bool bdat_failed; /* a chunk was refused: later chunks are skipped */
+	bool in_chunk;  /* reading a BDAT chunk into the file */
+	bool chunk_last, open_for_bdat;
+	uint64_t chunk_size, chunk_left;
+	uint64_t skip_left; /* octets of a refused BDAT chunk still to discard */
 	struct mxf_smtp_data data;
 	char qid[MXF_QID_SIZE];
 	bool open;    /* qid opened by the router, neither committed nor aborted */
@@ -74,6 +110,7 @@ struct session {
 	size_t wlen;
 	uint64_t written;
 	bool write_error, too_big;
+	bool disk_full; /* the write error was ENOSPC/EDQUOT */
 
 	unsigned errors;
 	unsigned cnt[MXF_SMTP_NVERBS], ok[MXF_SMTP_NVERBS];
@@ -82,6 +119,7 @@ struct session {
 static void process(struct session *s);
 static void session_close(struct session *s, bool graceful);
 static void read_toggle(struct session *s, bool on);
+static void flush(struct session *s);
 
 /* ---- small helpers ---- */
 
@@ -90,18 +128,99 @@ static char *esc(char *buf, size_t cap, const char *s)
 	return mxf_log_escape(buf, cap, s, strlen(s));
 }
 
+static uint64_t now_ms(void)
+{
+	return uv_now(smtpd.loop);
+}
+
+static unsigned ip_hash(const char *ip)
+{
+	unsigned h = 2166136261u;
+	for (; *ip; ip++)
+		h = (h ^ (unsigned char)*ip) * 16777619u;
+	return h % IP_BUCKETS;
+}
+
+/* Drops entries that count nothing any more. */
+static void ip_sweep(struct ipent **pp, uint64_t now)
+{
+	while (*pp) {
+		struct ipent *e = *pp;
+		if (e->conns == 0 && (smtpd.max_conn_rate == 0 || now - e->window >= RATE_WINDOW_MS)) {
+			*pp = e->next;
+			free(e);
+		} else {
+			pp = &e->next;
+		}
+	}
+}
+
+static void ip_release(struct session *s)
+{
+	if (!s->ipent)
+		return;
+	s->ipent->conns--;
+	s->ipent = NULL;
+	ip_sweep(&ip_table[ip_hash(s->ip)], now_ms());
+}
+
+/* Counts a new session of s->ip; false when it is past a limit. */
+static bool ip_admit(struct session *s, const char **why)
+{
+	uint64_t now = now_ms();
+	struct ipent **head = &ip_table[ip_hash(s->ip)];
+	ip_sweep(head, now);
+	struct ipent *e = *head;
+	while (e && strcmp(e->ip, s->ip) != 0)
+		e = e->next;
+	if (!e) {
+		if (!(e = calloc(1, sizeof(*e))))
+			return true; /* no memory for bookkeeping: do not refuse */
+		snprintf(e->ip, sizeof(e->ip), "%s", s->ip);
+		e->window = now;
+		e->next = *head;
+		*head = e;
+	}
+	if (now - e->window >= RATE_WINDOW_MS) {
+		e->window = now;
+		e->rate = 0;
+	}
+	e->rate++;
+	e->conns++;
+	s->ipent = e;
+	if (smtpd.max_conn_per_ip && e->conns > smtpd.max_conn_per_ip) {
+		*why = "concurrency";
+		return false;
+	}
+	if (smtpd.max_conn_rate && e->rate > smtpd.max_conn_rate) {
+		*why = "rate";
+		return false;
+	}
+	return true;
+}
+
+static void rcpts_clear(struct session *s)
+{
+	for (size_t i = 0; i < s->nrcpt; i++) {
+		free(s->rcpt[i].addr);
+		free(s->rcpt[i].orcpt);
+	}
+	s->nrcpt = 0;
+}
+
 static void maybe_free(struct session *s)
 {
 	if (s->refs > 0)
 		return;
 	if (s->fd >= 0)
 		close(s->fd);
-	for (size_t i = 0; i < s->nrcpt; i++)
-		free(s->rcpt[i]);
+	rcpts_clear(s);
 	free(s->rcpt);
+	free(s->pending_orcpt);
 	free(s->in);
 	free(s->out);
 	free(s->wbuf);
+	mxf_tls_free(s->tls);
 	free(s);
 }
 
@@ -122,28 +241,41 @@ static void close_handles(struct session *s)
 
 static void reset_transaction(struct session *s)
 {
-	s->mail_done = false;
+	s->mail_done = s->smtputf8 = false;
 	s->sender[0] = '\0';
-	for (size_t i = 0; i < s->nrcpt; i++)
-		free(s->rcpt[i]);
-	s->nrcpt = 0;
+	s->ret[0] = s->envid[0] = '\0';
+	rcpts_clear(s);
 	s->qid[0] = '\0';
 	s->open = false;
-	s->in_data = false;
+	s->in_data = s->bdat = s->bdat_failed = s->in_chunk = false;
+	s->chunk_last = s->open_for_bdat = false;
+	s->chunk_left = s->chunk_size = 0;
 	if (s->fd >= 0 && s->wait != W_WRITE) {
 		close(s->fd);
 		s->fd = -1;
 	}
+	if (s->wait != W_WRITE) {
+		free(s->wbuf);
+		s->wbuf = NULL;
+	}
 	s->wlen = 0;
 	s->written = 0;
-	s->write_error = s->too_big = false;
+	s->write_error = s->too_big = s->disk_full = false;
+}
+
+/* A message in progress (its content being read, written or committed):
+ * on shutdown it may finish. */
+static bool mid_message(const struct session *s)
+{
+	return s->in_data || s->in_chunk || s->open || s->wait == W_OPEN ||
+	       s->wait == W_COMMIT || s->wait == W_WRITE;
 }
 
 /* ---- output ---- */
 
 struct wreq {
 	uv_write_t req;
-	char data[];
+	char *buf;
 };
 
 static bool out_full(const struct session *s)
@@ -153,31 +285,74 @@ static bool out_full(const struct session *s)
 
 static void on_written(uv_write_t *req, int status)
 {
+	struct wreq *w = (struct wreq *)req;
 	struct session *s = req->handle->data;
 	(void)status; /* a failed write shows up as a read error/EOF too */
-	free(req);
+	free(w->buf);
+	free(w);
 	if (!s->closing && s->out_blocked && !out_full(s)) {
 		s->out_blocked = false;
 		process(s);
 	}
 }
 
-static void flush(struct session *s)
+static void send_raw(struct session *s, char *buf, size_t len)
 {
-	if (s->outlen == 0 || uv_is_closing((uv_handle_t *)&s->tcp))
-		return;
-	struct wreq *w = malloc(sizeof(*w) + s->outlen);
+	struct wreq *w = malloc(sizeof(*w));
 	if (!w) {
+		free(buf);
 		session_close(s, false);
 		return;
 	}
-	memcpy(w->data, s->out, s->outlen);
-	uv_buf_t b = uv_buf_init(w->data, (unsigned)s->outlen);
-	s->outlen = 0;
+	w->buf = buf;
+	uv_buf_t b = uv_buf_init(buf, (unsigned)len);
 	if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_written) < 0) {
+		free(buf);
 		free(w);
 		session_close(s, false);
 	}
+}
+
+/* Sends the ciphertext OpenSSL produced (handshake records, encrypted replies). */
+static void flush_tls(struct session *s)
+{
+	size_t n;
+	while (s->tls && (n = mxf_tls_pending_out(s->tls)) > 0) {
+		char *buf = malloc(n);
+		if (!buf) {
+			session_close(s, false);
+			return;
+		}
+		n = mxf_tls_take_out(s->tls, buf, n);
+		send_raw(s, buf, n);
+		if (uv_is_closing((uv_handle_t *)&s->tcp))
+			return;
+	}
+}
+
+static void flush(struct session *s)
+{
+	if (uv_is_closing((uv_handle_t *)&s->tcp))
+		return;
+	if (s->outlen > 0) {
+		if (s->tls) {
+			if (mxf_tls_write(s->tls, s->out, s->outlen) < 0) {
+				s->outlen = 0;
+				session_close(s, false);
+				return;
+			}
+			s->outlen = 0;
+		} else {
+			/* The reply buffer itself goes to the write request. */
+			char *buf = s->out;
+			size_t len = s->outlen;
+			s->out = NULL;
+			s->outlen = s->outcap = 0;
+			send_raw(s, buf, len);
+		}
+	}
+	if (s->tls)
+		flush_tls(s);
 }
 
 static void put_line(struct session *s, int code, bool more, const char *escode, const char *text)
@@ -187,7 +362,7 @@ static void put_line(struct session *s, int code, bool more, const char *escode,
 	if (n < 0)
 		abort(); /* our own codes: a bug */
 	if (s->outlen + (size_t)n > s->outcap) {
-		size_t ncap = s->outcap ? s->outcap * 2 : 4096;
+		size_t ncap = s->outcap ? s->outcap * 2 : 1024;
 		while (ncap < s->outlen + (size_t)n)
 			ncap *= 2;
 		char *nb = realloc(s->out, ncap);
@@ -218,7 +393,7 @@ static void reply_err(struct session *s, int code, const char *escode, const cha
 	if (++s->errors > MAX_ERRORS) {
 		mxf_info("too many errors after %s from unknown[%s]",
 			 mxf_smtp_verb_name(s->last_verb), s->ip);
-		put_line(s, 421, false, "4.7.0", "Too many errors");
+		put_line(s, 421, false, "4.7.0", "Error: too many errors");
 		session_close(s, true);
 		return;
 	}
@@ -257,7 +432,29 @@ static int send_request(struct session *s, struct mxf_ipc_msg *m, enum wait_kind
 	return 0;
 }
 
+static int request_open(struct session *s)
+{
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_OPEN);
+	s->req = ++smtpd.next_req;
+	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0) {
+		mxf_ipc_msg_free(m);
+		return -ENOMEM;
+	}
+	return send_request(s, m, W_OPEN);
+}
+
 /* ---- commands ---- */
+
+static void log_reject(struct session *s, const char *stage, int code, const char *escode,
+		       const char *text, const char *to)
+{
+	char h[600], t[600], f[1400], r[1400];
+	mxf_info("%s: reject: %s from unknown[%s]: %d %s %s; from=<%s>%s%s%s proto=%s helo=<%s>",
+		 s->qid[0] ? s->qid : "NOQUEUE", stage, s->ip, code, escode,
+		 esc(t, sizeof(t), text), esc(f, sizeof(f), s->sender), to ? " to=<" : "",
+		 to ? esc(r, sizeof(r), to) : "", to ? ">" : "", s->esmtp ? "ESMTP" : "SMTP",
+		 esc(h, sizeof(h), s->helo));
+}
 
 static void do_helo(struct session *s, const struct mxf_smtp_cmd *c)
 {
@@ -276,6 +473,11 @@ static void do_helo(struct session *s, const struct mxf_smtp_cmd *c)
 	put_line(s, 250, true, NULL, "PIPELINING");
 	put_line(s, 250, true, NULL, size);
 	put_line(s, 250, true, NULL, "8BITMIME");
+	put_line(s, 250, true, NULL, "SMTPUTF8");
+	if (smtpd.tls && !s->tls)
+		put_line(s, 250, true, NULL, "STARTTLS");
+	put_line(s, 250, true, NULL, "CHUNKING");
+	put_line(s, 250, true, NULL, "DSN");
 	put_line(s, 250, false, NULL, "ENHANCEDSTATUSCODES");
 }
 
@@ -289,18 +491,30 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 		reply_err(s, 503, "5.5.1", "Error: nested MAIL command");
 		return;
 	}
+	if ((c->smtputf8 || c->ret[0] || c->envid[0]) && !s->esmtp) {
+		reply_err(s, 555, "5.5.4", "Error: ESMTP parameters need EHLO");
+		return;
+	}
+	if (c->utf8_path && !c->smtputf8) {
+		reply_err(s, 553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8");
+		return;
+	}
 	if (c->has_size && c->size > smtpd.max_size) {
 		reply_err(s, 552, "5.3.4", "Message size exceeds fixed limit");
 		return;
 	}
 	if (c->null_path) {
 		s->sender[0] = '\0';
-	} else if (mxf_addr_normalize(c->path, 0, s->sender, sizeof(s->sender)) < 0) {
+	} else if (mxf_addr_normalize(c->path, c->smtputf8 ? MXF_ADDR_UTF8 : 0, s->sender,
+				      sizeof(s->sender)) < 0) {
 		s->sender[0] = '\0';
 		reply_err(s, 501, "5.1.7", "Bad sender address syntax");
 		return;
 	}
 	s->mail_done = true;
+	s->smtputf8 = c->smtputf8;
+	snprintf(s->ret, sizeof(s->ret), "%s", c->ret);
+	snprintf(s->envid, sizeof(s->envid), "%s", c->envid);
 	s->ok[MXF_SMTP_MAIL]++;
 	reply(s, 250, "2.1.0", "Ok");
 }
@@ -315,13 +529,25 @@ static void do_rcpt(struct session *s, const struct mxf_smtp_cmd *c)
 		reply_err(s, 452, "4.5.3", "Error: too many recipients");
 		return;
 	}
+	if (c->utf8_path && !s->smtputf8) {
+		reply_err(s, 553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8");
+		return;
+	}
 	char addr[MXF_ADDR_SIZE];
 	if (c->postmaster) /* RFC 5321 4.5.1: the postmaster of this host */
 		snprintf(addr, sizeof(addr), "postmaster@%s", smtpd.hostname);
 	else
 		snprintf(addr, sizeof(addr), "%s", c->path);
-	if (mxf_addr_normalize(addr, 0, s->pending_rcpt, sizeof(s->pending_rcpt)) < 0) {
+	/* U-label domains become A-labels here: one spelling everywhere. */
+	if (mxf_addr_normalize(addr, s->smtputf8 ? MXF_ADDR_UTF8 : 0, s->pending_rcpt,
+			       sizeof(s->pending_rcpt)) < 0) {
 		reply_err(s, 501, "5.1.3", "Bad recipient address syntax");
+		return;
+	}
+	snprintf(s->pending_notify, sizeof(s->pending_notify), "%s", c->notify);
+	free(s->pending_orcpt);
+	if (!(s->pending_orcpt = strdup(c->orcpt))) {
+		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 		return;
 	}
 
@@ -344,19 +570,102 @@ static void do_data(struct session *s)
 		reply_err(s, 503, "5.5.1", "Error: need MAIL command");
 		return;
 	}
+	if (s->bdat) {
+		reply_err(s, 503, "5.5.1", "Error: DATA and BDAT cannot be mixed");
+		return;
+	}
 	if (s->nrcpt == 0) {
 		reply_err(s, 554, "5.5.1", "Error: no valid recipients");
 		return;
 	}
-	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_OPEN);
-	s->req = ++smtpd.next_req;
-	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0) {
-		mxf_ipc_msg_free(m);
+	s->open_for_bdat = false;
+	if (request_open(s) < 0)
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
+}
+
+static void chunk_begin(struct session *s, const struct mxf_smtp_cmd *c)
+{
+	s->in_chunk = true;
+	s->chunk_size = s->chunk_left = c->bdat_size;
+	s->chunk_last = c->bdat_last;
+}
+
+static void do_bdat(struct session *s, const struct mxf_smtp_cmd *c)
+{
+	/* Whatever the answer, the chunk's octets follow the command and must
+	 * be read past, or they would be taken for commands (RFC 3030 2). */
+	const char *err = NULL, *escode = "5.5.1";
+	int code = 503;
+	if (!s->mail_done)
+		err = "Error: need MAIL command";
+	else if (s->nrcpt == 0)
+		code = 554, err = "Error: no valid recipients";
+	else if (s->bdat_failed)
+		err = "Error: message already refused, send RSET";
+	if (err) {
+		s->skip_left = c->bdat_size;
+		if (s->bdat_failed) {
+			reply(s, code, escode, err); /* counted once, when it failed */
+			if (c->bdat_last)
+				reset_transaction(s);
+		} else {
+			reply_err(s, code, escode, err);
+		}
 		return;
 	}
-	if (send_request(s, m, W_OPEN) < 0)
+	s->bdat = true;
+	s->chunk_size = c->bdat_size;
+	s->chunk_last = c->bdat_last;
+	if (s->open) {
+		chunk_begin(s, c);
+		return;
+	}
+	/* First chunk: the router opens the queue file. */
+	s->open_for_bdat = true;
+	if (request_open(s) < 0) {
+		s->skip_left = c->bdat_size;
+		s->bdat_failed = true;
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
+		if (c->bdat_last)
+			reset_transaction(s);
+	}
+}
+
+static void do_starttls(struct session *s)
+{
+	if (!smtpd.tls) {
+		reply_err(s, 502, "5.5.1", "Error: command not implemented");
+		return;
+	}
+	if (s->tls) {
+		reply_err(s, 503, "5.5.1", "Error: TLS already active");
+		return;
+	}
+	if (s->mail_done) {
+		reply_err(s, 503, "5.5.1", "Error: STARTTLS in a mail transaction");
+		return;
+	}
+	s->ok[MXF_SMTP_STARTTLS]++;
+	reply(s, 220, "2.0.0", "Ready to start TLS");
+	flush(s);
+	if (s->closing)
+		return;
+	/* Anything the client sent after STARTTLS arrived in the clear and
+	 * must not be taken as if it came through TLS (CVE-2011-0411). */
+	if (s->inlen > s->inoff)
+		mxf_info("discarding %zu bytes pipelined after STARTTLS from unknown[%s]",
+			 s->inlen - s->inoff, s->ip);
+	s->inoff = s->inlen = 0;
+	mxf_smtp_lines_init(&s->lines);
+	/* RFC 3207 4.2: forget everything learnt before the handshake. */
+	reset_transaction(s);
+	s->helo_done = s->esmtp = false;
+	s->helo[0] = '\0';
+	s->tls = mxf_tls_new(smtpd.tls, true);
+	if (!s->tls) {
+		mxf_err("out of memory starting TLS");
+		session_close(s, false);
+	}
 }
 
 static void handle_command(struct session *s, const char *line, size_t len)
@@ -366,7 +675,16 @@ static void handle_command(struct session *s, const char *line, size_t len)
 
 	s->cnt[c.verb]++;
 	s->last_verb = c.verb;
+	/* Shutting down: only the chunks of a message under way. */
+	if (smtpd.stopping && !(c.verb == MXF_SMTP_BDAT && s->open && r == 0)) {
+		put_line(s, 421, false, "4.3.2", "Service shutting down, closing connection");
+		session_close(s, true);
+		return;
+	}
 	if (r < 0) {
+		/* A refused BDAT whose size is known still brings its octets. */
+		if (c.verb == MXF_SMTP_BDAT && c.bdat_size)
+			s->skip_left = c.bdat_size;
 		reply_err(s, c.err.code, c.err.esc, c.err.text);
 		return;
 	}
@@ -384,7 +702,14 @@ static void handle_command(struct session *s, const char *line, size_t len)
 	case MXF_SMTP_DATA:
 		do_data(s);
 		return;
+	case MXF_SMTP_BDAT:
+		do_bdat(s, &c);
+		return;
+	case MXF_SMTP_STARTTLS:
+		do_starttls(s);
+		return;
 	case MXF_SMTP_RSET:
+		abort_open(s);
 		reset_transaction(s);
 		s->ok[c.verb]++;
 		reply(s, 250, "2.0.0", "Ok");
@@ -399,7 +724,8 @@ static void handle_command(struct session *s, const char *line, size_t len)
 		return;
 	case MXF_SMTP_HELP:
 		s->ok[c.verb]++;
-		reply(s, 214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+		reply(s, 214, "2.0.0",
+		      "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS");
 		return;
 	case MXF_SMTP_QUIT:
 		s->ok[c.verb]++;
@@ -412,26 +738,42 @@ static void handle_command(struct session *s, const char *line, size_t len)
 	}
 }
 
-/* ---- DATA ---- */
+/* ---- message content ---- */
 
-static void log_reject(struct session *s, const char *stage, int code, const char *escode,
-		       const char *text, const char *to)
-{
-	char h[600], t[600], f[1400], r[1400];
-	mxf_info("%s: reject: %s from unknown[%s]: %d %s %s; from=<%s>%s%s%s proto=%s helo=<%s>",
-		 s->qid[0] ? s->qid : "NOQUEUE", stage, s->ip, code, escode,
-		 esc(t, sizeof(t), text), esc(f, sizeof(f), s->sender), to ? " to=<" : "",
-		 to ? esc(r, sizeof(r), to) : "", to ? ">" : "", s->esmtp ? "ESMTP" : "SMTP",
-		 esc(h, sizeof(h), s->helo));
-}
-
-/* An end-of-data refusal: nothing was committed; the transaction ends. */
+/* A refusal at the end of the message: nothing was committed; the
+ * transaction ends. */
 static void data_refuse(struct session *s, int code, const char *escode, const char *text)
 {
 	abort_open(s);
 	log_reject(s, "END-OF-MESSAGE", code, escode, text, NULL);
 	reset_transaction(s);
 	reply_err(s, code, escode, text);
+}
+
+static bool refused(const struct session *s)
+{
+	return s->too_big || s->write_error || s->data.bare_cr || s->data.bare_lf ||
+	       s->data.nul;
+}
+
+/* The reply for a message that cannot be accepted, or false. */
+static bool refusal(const struct session *s, int *code, const char **escode, const char **text)
+{
+	/* A full disk is 452 4.3.1 wherever the space ran out (DESIGN.md §2). */
+	if (s->write_error && s->disk_full)
+		*code = 452, *escode = "4.3.1", *text = "Error: insufficient system storage";
+	else if (s->write_error)
+		*code = 451, *escode = "4.3.0", *text = "Error: queue file write error";
+	else if (s->too_big)
+		*code = 552, *escode = "5.3.4", *text = "Error: message file too big";
+	else if (s->data.bare_cr || s->data.bare_lf)
+		*code = 554, *escode = "5.6.0",
+		*text = "Error: bare CR or LF in message (only CRLF ends a line)";
+	else if (s->data.nul)
+		*code = 554, *escode = "5.6.0", *text = "Error: NUL byte in message";
+	else
+		return false;
+	return true;
 }
 
 static void on_file_written(uv_fs_t *req);
@@ -464,28 +806,38 @@ static void on_file_written(uv_fs_t *req)
 		mxf_warn("%s: queue file write error: %s", s->qid,
 			 n < 0 ? uv_strerror((int)n) : "nothing written");
 		s->write_error = true;
+		s->disk_full = n == UV_ENOSPC || n == -EDQUOT;
 		s->wlen = 0;
 	} else {
 		s->written += (uint64_t)n;
 		memmove(s->wbuf, s->wbuf + n, s->wlen - (size_t)n);
 		s->wlen -= (size_t)n;
 	}
+	if (!s->in_data && !s->in_chunk && s->fd >= 0 && !s->open) {
+		/* The transaction ended (RSET, refusal) while this write ran. */
+		close(s->fd);
+		s->fd = -1;
+	}
 	process(s);
 }
 
-static void finish_data(struct session *s)
+static const char *proto_name(const struct session *s)
 {
-	s->in_data = false;
-	if (s->write_error) {
-		data_refuse(s, 451, "4.3.0", "Error: queue file write error");
-		return;
-	}
-	if (s->too_big) {
-		data_refuse(s, 552, "5.3.4", "Error: message file too big");
-		return;
-	}
-	if (s->data.bare_cr || s->data.bare_lf) {
-		data_refuse(s, 554, "5.6.0", "Message contains bare CR or LF");
+	/* RFC 3848 / RFC 6531 "with" keywords. */
+	if (s->smtputf8)
+		return s->tls ? "UTF8SMTPS" : "UTF8SMTP";
+	if (!s->esmtp)
+		return "SMTP";
+	return s->tls ? "ESMTPS" : "ESMTP";
+}
+
+static void finish_message(struct session *s)
+{
+	int code;
+	const char *escode, *text;
+	s->in_data = s->in_chunk = false;
+	if (refusal(s, &code, &escode, &text)) {
+		data_refuse(s, code, escode, text);
 		return;
 	}
 	if (!smtpd.link || s->gen != smtpd.link_gen || !mxf_routerlink_up(smtpd.link)) {
@@ -503,7 +855,17 @@ static void finish_data(struct session *s)
 	}
 	if (s->written != s->data.size)
 		abort(); /* every decoded byte went to the file or we refused above */
+	free(s->wbuf);
+	s->wbuf = NULL;
 
+	/* RFC 5321 4.5.3.1.6 sets what we must accept, not a ceiling: longer
+	 * lines are kept (deliverd folds or encodes them), and counted. */
+	if (s->data.long_lines)
+		mxf_info("%s: %llu line%s longer than 998 octets", s->qid,
+			 (unsigned long long)s->data.long_lines, s->data.long_lines == 1 ? "" : "s");
+	char tls[256] = "";
+	if (s->tls)
+		mxf_tls_describe(s->tls, tls, sizeof(tls));
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_COMMIT);
 	s->req = ++smtpd.next_req;
 	int r = m ? 0 : -ENOMEM;
@@ -513,8 +875,13 @@ static void finish_data(struct session *s)
 		r = mxf_ipc_put_str(m, F_QID, s->qid);
 	if (r == 0)
 		r = mxf_ipc_put_str(m, F_SENDER, s->sender);
-	for (size_t i = 0; r == 0 && i < s->nrcpt; i++)
-		r = mxf_ipc_put_str(m, F_RCPT, s->rcpt[i]);
+	for (size_t i = 0; r == 0 && i < s->nrcpt; i++) {
+		r = mxf_ipc_put_str(m, F_RCPT, s->rcpt[i].addr);
+		if (r == 0)
+			r = mxf_ipc_put_str(m, F_DSN_NOTIFY, s->rcpt[i].notify);
+		if (r == 0)
+			r = mxf_ipc_put_str(m, F_ORCPT, s->rcpt[i].orcpt);
+	}
 	if (r == 0)
 		r = mxf_ipc_put_u64(m, F_SIZE, s->written);
 	if (r == 0)
@@ -524,7 +891,13 @@ static void finish_data(struct session *s)
 	if (r == 0)
 		r = mxf_ipc_put_str(m, F_HELO, s->helo);
 	if (r == 0)
-		r = mxf_ipc_put_str(m, F_PROTO, s->esmtp ? "ESMTP" : "SMTP");
+		r = mxf_ipc_put_str(m, F_PROTO, proto_name(s));
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_RET, s->ret);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_ENVID, s->envid);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_TLS, tls);
 	if (r < 0) {
 		mxf_ipc_msg_free(m);
 		mxf_err("%s: cannot build COMMIT: %s", s->qid, strerror(-r));
@@ -537,6 +910,35 @@ static void finish_data(struct session *s)
 	}
 	/* From here the router owns the outcome: no ABORT any more. */
 	s->open = false;
+}
+
+/* The end of a BDAT chunk (its octets are in the file). */
+static void chunk_done(struct session *s)
+{
+	s->in_chunk = false;
+	if (s->chunk_last) {
+		mxf_smtp_chunk_end(&s->data);
+		finish_message(s);
+		return;
+	}
+	int code;
+	const char *escode, *text;
+	if (refusal(s, &code, &escode, &text)) {
+		/* Refused now; the chunks the client pipelined after this one
+		 * are read past until LAST or RSET. */
+		abort_open(s);
+		log_reject(s, "BDAT", code, escode, text, NULL);
+		if (s->fd >= 0 && s->wait != W_WRITE) {
+			close(s->fd);
+			s->fd = -1;
+		}
+		s->bdat_failed = true;
+		reply_err(s, code, escode, text);
+		return;
+	}
+	char t[64];
+	snprintf(t, sizeof(t), "Ok: %llu octets received", (unsigned long long)s->chunk_size);
+	reply(s, 250, "2.0.0", t);
 }
 
 /* One step of DATA; false when it must wait for input or a write. */
@@ -556,8 +958,7 @@ static bool data_step(struct session *s)
 				s->too_big = true;
 			/* Content of a message that will be refused is read
 			 * to the end marker and dropped. */
-			if (!s->too_big && !s->write_error && !s->data.bare_cr &&
-			    !s->data.bare_lf)
+			if (!refused(s))
 				s->wlen += o;
 			else
 				s->wlen = 0;
@@ -570,7 +971,40 @@ static bool data_step(struct session *s)
 		return s->wait == W_NONE;
 	}
 	if (s->data.done) {
-		finish_data(s);
+		finish_message(s);
+		return true;
+	}
+	return progress;
+}
+
+/* One step of a BDAT chunk; false when it must wait for input or a write. */
+static bool chunk_step(struct session *s)
+{
+	bool progress = false;
+	size_t avail = s->inlen - s->inoff, space = WBUF_CAP - s->wlen;
+	size_t n = avail < space ? avail : space;
+	if (n > s->chunk_left)
+		n = (size_t)s->chunk_left;
+	if (n > 0) {
+		mxf_smtp_chunk_scan(&s->data, s->in + s->inoff, n);
+		if (s->data.size > smtpd.max_size)
+			s->too_big = true;
+		if (!refused(s) && s->fd >= 0) {
+			memcpy(s->wbuf + s->wlen, s->in + s->inoff, n);
+			s->wlen += n;
+		} else {
+			s->wlen = 0;
+		}
+		s->inoff += n;
+		s->chunk_left -= n;
+		progress = true;
+	}
+	if (s->wlen > 0 && (s->chunk_left == 0 || s->wlen == WBUF_CAP)) {
+		start_write(s);
+		return s->wait == W_NONE;
+	}
+	if (s->chunk_left == 0) {
+		chunk_done(s);
 		return true;
 	}
 	return progress;
@@ -590,13 +1024,35 @@ static void process(struct session *s)
 			s->out_blocked = true;
 			break;
 		}
+		if (s->skip_left > 0) {
+			size_t avail = s->inlen - s->inoff;
+			size_t n = avail < s->skip_left ? avail : (size_t)s->skip_left;
+			s->inoff += n;
+			s->skip_left -= n;
+			if (s->skip_left > 0)
+				break;
+			continue;
+		}
+		if (s->in_chunk) {
+			if (!chunk_step(s))
+				break;
+			continue;
+		}
 		if (s->in_data) {
 			if (!data_step(s))
 				break;
 			continue;
 		}
+		/* Shutting down and the message under way is answered. */
+		if (smtpd.stopping && !mid_message(s)) {
+			put_line(s, 421, false, "4.3.2", "Service shutting down, closing connection");
+			session_close(s, true);
+			return;
+		}
 		const char *p = s->in + s->inoff, *line;
 		size_t n = s->inlen - s->inoff, ll;
+		if (n == 0)
+			break;
 		enum mxf_smtp_line_result r = mxf_smtp_lines_next(&s->lines, &p, &n, &line, &ll);
 		s->inoff = (size_t)(p - s->in);
 		if (r == MXF_SMTP_LINE_MORE)
@@ -604,14 +1060,22 @@ static void process(struct session *s)
 		if (r == MXF_SMTP_LINE_TOO_LONG)
 			reply_err(s, 500, "5.5.2", "Error: line too long");
 		else if (r == MXF_SMTP_LINE_BARE_LF)
-			reply_err(s, 500, "5.5.2", "Error: bare LF received");
+			/* The line is refused; what follows is the next line. */
+			reply_err(s, 500, "5.5.2", "Error: bare LF received (only CRLF ends a line)");
+		else if (memchr(line, '\r', ll))
+			/* A bare CR inside a command line: never a line end. */
+			reply_err(s, 500, "5.5.2", "Error: bare CR received (only CRLF ends a line)");
 		else
 			handle_command(s, line, ll);
 	}
 	if (s->closing)
 		return;
-	if (s->inoff == s->inlen)
-		s->inoff = s->inlen = 0;
+	if (s->inoff == s->inlen) {
+		/* Idle sessions keep no input buffer. */
+		free(s->in);
+		s->in = NULL;
+		s->inoff = s->inlen = s->incap = 0;
+	}
 	flush(s);
 	if (s->closing)
 		return;
@@ -651,17 +1115,27 @@ static void on_rcpt_reply(struct session *s, const struct mxf_ipc_view *v)
 	}
 	bool dup = false;
 	for (size_t i = 0; i < s->nrcpt; i++)
-		dup = dup || strcmp(s->rcpt[i], s->pending_rcpt) == 0;
+		dup = dup || strcmp(s->rcpt[i].addr, s->pending_rcpt) == 0;
 	if (!dup) {
 		char *copy = strdup(s->pending_rcpt);
-		char **nr = copy ? realloc(s->rcpt, (s->nrcpt + 1) * sizeof(*nr)) : NULL;
+		struct rcpt *nr = copy ? realloc(s->rcpt, (s->nrcpt + 1) * sizeof(*nr)) : NULL;
 		if (!nr) {
 			free(copy);
 			reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 			return;
 		}
 		s->rcpt = nr;
-		s->rcpt[s->nrcpt++] = copy;
+		struct rcpt *r = &s->rcpt[s->nrcpt++];
+		r->addr = copy;
+		r->orcpt = s->pending_orcpt;
+		s->pending_orcpt = NULL;
+		snprintf(r->notify, sizeof(r->notify), "%s", s->pending_notify);
+		if (!r->orcpt && !(r->orcpt = strdup(""))) {
+			s->nrcpt--;
+			free(copy);
+			reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
+			return;
+		}
 	}
 	s->ok[MXF_SMTP_RCPT]++;
 	reply(s, (int)code, escode, text);
@@ -673,6 +1147,7 @@ static void on_open_reply(struct session *s, const struct mxf_ipc_view *v, int f
 	const char *escode, *text;
 	const char *qid = mxf_ipc_str(v, F_QID, 0);
 	router_text(v, &code, &escode, &text);
+	bool bdat = s->open_for_bdat;
 	if (code == 250) {
 		if (fd < 0 || !qid || !mxf_qid_valid(qid)) {
 			mxf_err("router OPEN_REPLY 250 without a descriptor or a valid queue id");
@@ -680,32 +1155,49 @@ static void on_open_reply(struct session *s, const struct mxf_ipc_view *v, int f
 				smtpd_abort_qid(qid);
 			if (fd >= 0)
 				close(fd);
-			reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
-			return;
+			code = 451, escode = "4.3.0", text = TEMPFAIL_TEXT;
+			goto fail;
+		}
+		if (!s->wbuf && !(s->wbuf = malloc(WBUF_CAP))) {
+			smtpd_abort_qid(qid);
+			close(fd);
+			code = 451, escode = "4.3.0", text = TEMPFAIL_TEXT;
+			goto fail;
 		}
 		char h[600];
 		snprintf(s->qid, sizeof(s->qid), "%s", qid);
 		s->open = true;
 		s->gen = smtpd.link_gen;
 		s->fd = fd;
-		s->in_data = true;
 		s->wlen = 0;
 		s->written = 0;
-		s->write_error = s->too_big = false;
+		s->write_error = s->too_big = s->disk_full = false;
 		mxf_smtp_data_init(&s->data);
 		mxf_info("%s: client=unknown[%s], helo=%s", s->qid, s->ip,
 			 esc(h, sizeof(h), s->helo));
-		reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+		if (bdat) {
+			s->in_chunk = true;
+			s->chunk_left = s->chunk_size;
+		} else {
+			s->in_data = true;
+			reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+		}
 		return;
 	}
 	if (fd >= 0)
 		close(fd);
 	if (code < 400 || !mxf_smtp_reply_valid((long long)code, escode)) {
 		mxf_warn("unusable OPEN reply from router: %llu", (unsigned long long)code);
-		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
-		return;
+		code = 451, escode = "4.3.0", text = TEMPFAIL_TEXT;
 	}
-	log_reject(s, "DATA", (int)code, escode, text, NULL);
+fail:
+	log_reject(s, bdat ? "BDAT" : "DATA", (int)code, escode, text, NULL);
+	if (bdat) {
+		s->skip_left = s->chunk_size;
+		s->bdat_failed = true;
+		if (s->chunk_last)
+			reset_transaction(s);
+	}
 	reply_err(s, (int)code, escode, text);
 }
 
@@ -723,7 +1215,7 @@ static void on_commit_reply(struct session *s, const struct mxf_ipc_view *v)
 			snprintf(t, sizeof(t), "Ok: queued as %s", s->qid);
 			text = t;
 		}
-		s->ok[MXF_SMTP_DATA]++;
+		s->ok[s->bdat ? MXF_SMTP_BDAT : MXF_SMTP_DATA]++;
 		reply(s, 250, escode, text);
 		reset_transaction(s);
 		return;
@@ -790,6 +1282,12 @@ void session_link_down(void)
 			 * client retry: at worst a duplicate, never a loss. */
 			mxf_warn("%s: router connection lost before commit reply", s->qid);
 			data_refuse(s, 451, "4.3.0", TEMPFAIL_TEXT);
+		} else if (w == W_OPEN && s->open_for_bdat) {
+			s->skip_left = s->chunk_size;
+			s->bdat_failed = true;
+			if (s->chunk_last)
+				reset_transaction(s);
+			reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 		} else {
 			reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 		}
@@ -799,6 +1297,22 @@ void session_link_down(void)
 
 /* ---- connection ---- */
 
+static void greet(struct session *s)
+{
+	char greeting[MXF_SMTP_LINE_MAX];
+	s->greeted = true;
+	snprintf(greeting, sizeof(greeting), "%s ESMTP mxferry", smtpd.hostname);
+	reply(s, 220, NULL, greeting);
+	flush(s);
+}
+
+static void on_timeout(uv_timer_t *t);
+
+static void arm_timeout(struct session *s)
+{
+	uv_timer_start(&s->timer, on_timeout, smtpd.timeout_ms, 0);
+}
+
 static void on_timeout(uv_timer_t *t)
 {
 	struct session *s = t->data;
@@ -807,36 +1321,87 @@ static void on_timeout(uv_timer_t *t)
 		close_handles(s);
 		return;
 	}
+	if (!s->greeted) {
+		greet(s);
+		if (!s->closing)
+			arm_timeout(s);
+		return;
+	}
 	mxf_info("timeout after %s from unknown[%s]", mxf_smtp_verb_name(s->last_verb), s->ip);
 	put_line(s, 421, false, "4.4.2", "Error: timeout exceeded");
 	session_close(s, true);
 }
 
+static char rbuf[READ_CHUNK];
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-	struct session *s = h->data;
+	(void)h;
 	(void)suggested;
-	if (s->inoff > 0) {
-		memmove(s->in, s->in + s->inoff, s->inlen - s->inoff);
-		s->inlen -= s->inoff;
-		s->inoff = 0;
-	}
-	if (s->incap - s->inlen < READ_CHUNK) {
-		char *nb = realloc(s->in, s->inlen + READ_CHUNK);
-		if (!nb) {
-			*buf = uv_buf_init(NULL, 0);
-			return;
+	/* One loop, one read at a time: a shared buffer, copied into the
+	 * session only when it must wait. */
+	*buf = uv_buf_init(rbuf, sizeof(rbuf));
+}
+
+static int append_in(struct session *s, const char *p, size_t n)
+{
+	if (s->inoff > 0 && s->inoff == s->inlen)
+		s->inoff = s->inlen = 0;
+	if (s->incap - s->inlen < n) {
+		if (s->inoff > 0) {
+			memmove(s->in, s->in + s->inoff, s->inlen - s->inoff);
+			s->inlen -= s->inoff;
+			s->inoff = 0;
 		}
+		size_t ncap = s->incap ? s->incap : 512;
+		while (ncap - s->inlen < n)
+			ncap *= 2;
+		char *nb = realloc(s->in, ncap);
+		if (!nb)
+			return -ENOMEM;
 		s->in = nb;
-		s->incap = s->inlen + READ_CHUNK;
+		s->incap = ncap;
 	}
-	*buf = uv_buf_init(s->in + s->inlen, READ_CHUNK);
+	memcpy(s->in + s->inlen, p, n);
+	s->inlen += n;
+	return 0;
+}
+
+/* Ciphertext in: handshake, then plaintext into the input buffer. */
+static int tls_input(struct session *s, const char *p, size_t n)
+{
+	static char plain[16384];
+	char err[300];
+	bool was = mxf_tls_established(s->tls);
+	if (mxf_tls_feed(s->tls, p, n) < 0)
+		return -ENOMEM;
+	for (;;) {
+		int r = mxf_tls_read(s->tls, plain, sizeof(plain), err, sizeof(err));
+		if (!was && mxf_tls_established(s->tls)) {
+			char d[256];
+			was = true;
+			mxf_tls_describe(s->tls, d, sizeof(d));
+			mxf_info("TLS established from unknown[%s]: %s", s->ip, d);
+		}
+		if (r == -ECONNRESET)
+			return r;
+		if (r < 0) {
+			flush_tls(s); /* the alert */
+			mxf_info("TLS failure from unknown[%s]: %s", s->ip, err);
+			return r;
+		}
+		if (r == 0)
+			break;
+		if (append_in(s, plain, (size_t)r) < 0)
+			return -ENOMEM;
+	}
+	flush_tls(s);
+	return 0;
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	struct session *s = st->data;
-	(void)buf;
 	if (s->closing)
 		return;
 	if (nread < 0) {
@@ -849,8 +1414,22 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (nread == 0)
 		return;
-	s->inlen += (size_t)nread;
-	uv_timer_start(&s->timer, on_timeout, smtpd.timeout_ms, 0);
+	if (!s->greeted) {
+		/* RFC 5321 3.1: the client waits for the greeting. One that
+		 * talks first is a spam engine, not an MTA. */
+		mxf_info("PREGREET %zd bytes from unknown[%s]", nread, s->ip);
+		s->greeted = true;
+		put_line(s, 554, false, "5.5.0", "Error: talked before the greeting");
+		session_close(s, true);
+		return;
+	}
+	int r = s->tls ? tls_input(s, buf->base, (size_t)nread)
+		       : append_in(s, buf->base, (size_t)nread);
+	if (r < 0) {
+		session_close(s, r == -ECONNRESET);
+		return;
+	}
+	arm_timeout(s);
 	process(s);
 }
 
@@ -868,11 +1447,13 @@ static void log_disconnect(struct session *s)
 {
 	static const char *const names[MXF_SMTP_NVERBS] = {
 		"unknown", "ehlo", "helo", "mail", "rcpt", "data",
-		"rset", "noop", "quit", "vrfy", "help",
+		"rset", "noop", "quit", "vrfy", "help", "starttls", "bdat",
 	};
-	static const int order[] = {MXF_SMTP_EHLO, MXF_SMTP_HELO, MXF_SMTP_MAIL, MXF_SMTP_RCPT,
-				    MXF_SMTP_DATA, MXF_SMTP_RSET, MXF_SMTP_NOOP, MXF_SMTP_VRFY,
-				    MXF_SMTP_HELP, MXF_SMTP_QUIT, MXF_SMTP_UNKNOWN};
+	static const int order[] = {MXF_SMTP_EHLO, MXF_SMTP_HELO, MXF_SMTP_STARTTLS,
+				    MXF_SMTP_MAIL, MXF_SMTP_RCPT, MXF_SMTP_DATA,
+				    MXF_SMTP_BDAT, MXF_SMTP_RSET, MXF_SMTP_NOOP,
+				    MXF_SMTP_VRFY, MXF_SMTP_HELP, MXF_SMTP_QUIT,
+				    MXF_SMTP_UNKNOWN};
 	char buf[512];
 	size_t o = 0;
 	unsigned tot = 0, okt = 0;
@@ -907,8 +1488,13 @@ static void session_close(struct session *s, bool graceful)
 		return;
 	abort_open(s);
 	log_disconnect(s);
-	if (graceful)
+	if (graceful) {
 		flush(s);
+		if (s->tls && !uv_is_closing((uv_handle_t *)&s->tcp)) {
+			mxf_tls_shutdown(s->tls);
+			flush_tls(s);
+		}
+	}
 	s->closing = true;
 	if (s->prev)
 		s->prev->next = s->next;
@@ -917,6 +1503,8 @@ static void session_close(struct session *s, bool graceful)
 	if (s->next)
 		s->next->prev = s->prev;
 	s->prev = s->next = NULL;
+	smtpd.nsessions--;
+	ip_release(s);
 	if (s->fd >= 0 && s->wait != W_WRITE) {
 		close(s->fd);
 		s->fd = -1;
@@ -928,10 +1516,11 @@ static void session_close(struct session *s, bool graceful)
 	if (graceful && !uv_is_closing((uv_handle_t *)&s->tcp) &&
 	    uv_shutdown(&s->shutreq, (uv_stream_t *)&s->tcp, on_shutdown) == 0) {
 		/* Bounded: a client that never reads cannot hold us. */
-		uv_timer_start(&s->timer, on_timeout, smtpd.stopping ? 2000 : CLOSE_GRACE_MS, 0);
-		return;
+		uv_timer_start(&s->timer, on_timeout, smtpd.stopping ? 1000 : CLOSE_GRACE_MS, 0);
+	} else {
+		close_handles(s);
 	}
-	close_handles(s);
+	smtpd_check_done();
 }
 
 static void peer_ip(struct session *s)
@@ -952,6 +1541,7 @@ static void peer_ip(struct session *s)
 	}
 }
 
+
 void session_accept(uv_stream_t *listener)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -960,9 +1550,7 @@ void session_accept(uv_stream_t *listener)
 		return;
 	}
 	s->fd = -1;
-	s->wbuf = malloc(WBUF_CAP);
-	if (!s->wbuf || uv_tcp_init(smtpd.loop, &s->tcp) < 0) {
-		free(s->wbuf);
+	if (uv_tcp_init(smtpd.loop, &s->tcp) < 0) {
 		free(s);
 		return;
 	}
@@ -981,24 +1569,49 @@ void session_accept(uv_stream_t *listener)
 	if (s->next)
 		s->next->prev = s;
 	smtpd.sessions = s;
+	smtpd.nsessions++;
 	peer_ip(s);
 	mxf_info("connect from unknown[%s]", s->ip);
 
-	char greet[MXF_SMTP_LINE_MAX];
-	snprintf(greet, sizeof(greet), "%s ESMTP mxferry", smtpd.hostname);
-	reply(s, 220, NULL, greet);
-	flush(s);
-	if (s->closing)
+	const char *why = NULL;
+	if (!ip_admit(s, &why)) {
+		mxf_info("reject: connect from unknown[%s]: too many connections (%s limit)", s->ip,
+			 why);
+		s->greeted = true;
+		put_line(s, 421, false, "4.7.0", "Error: too many connections from your address");
+		session_close(s, true);
 		return;
-	uv_timer_start(&s->timer, on_timeout, smtpd.timeout_ms, 0);
+	}
+	/* Reading starts at once: input before the greeting is a pregreet. */
 	read_toggle(s, true);
+	if (smtpd.greet_delay_ms > 0) {
+		uv_timer_start(&s->timer, on_timeout, smtpd.greet_delay_ms, 0);
+		return;
+	}
+	greet(s);
+	if (!s->closing)
+		arm_timeout(s);
 }
 
 void session_close_all(void)
 {
+	for (struct session *s = smtpd.sessions, *next; s; s = next) {
+		next = s->next;
+		if (mid_message(s))
+			continue; /* answered 421 after its message */
+		put_line(s, 421, false, "4.3.2", "Service shutting down, closing connection");
+		session_close(s, true);
+	}
+}
+
+void session_kill_all(void)
+{
 	while (smtpd.sessions) {
 		struct session *s = smtpd.sessions;
-		put_line(s, 421, false, "4.3.2", "Service shutting down");
-		session_close(s, true);
+		if (s->in_data || s->open)
+			mxf_warn("%s: shutdown deadline passed during the message; dropped (no 250 "
+				 "was given)", s->qid[0] ? s->qid : "NOQUEUE");
+		put_line(s, 421, false, "4.3.2", "Service shutting down, closing connection");
+		session_close(s, false);
 	}
 }

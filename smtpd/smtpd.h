@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "ipc.h"
@@ -20,12 +21,18 @@ struct smtpd {
 	uint64_t max_size;
 	size_t max_rcpt;
 	uint64_t timeout_ms;
+	uint64_t greet_delay_ms;
+	unsigned max_conn_per_ip, max_conn_rate; /* 0: no limit */
+	SSL_CTX *tls;                            /* NULL: no STARTTLS */
+	size_t nsessions;
 	struct mxf_routerlink *link;
 	/* Bumped each time the router link comes up: a queue file opened
 	 * under an older generation belongs to a router instance that is gone. */
 	uint64_t link_gen;
 	uint64_t next_req;
 	struct session *sessions;
+	/* SIGTERM: no new sessions, 421 to new commands; sessions in the
+	 * middle of a message finish it first. */
 	bool stopping;
 };
 
@@ -38,8 +45,13 @@ void session_accept(uv_stream_t *listener);
 bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd);
 /* The router link went down: every waiting session answers 451. */
 void session_link_down(void);
-/* Shutdown: 421 to everybody and close. */
+/* Shutdown: 421 and close every session not in the middle of a message;
+ * those get 421 once their message is answered. */
 void session_close_all(void);
+/* Shutdown deadline passed: close everybody now. */
+void session_kill_all(void);
+/* Called when a session ends: while stopping, the last one ends the loop. */
+void smtpd_check_done(void);
 /* Fire-and-forget ABORT of a queue file. */
 void smtpd_abort_qid(const char *qid);
 

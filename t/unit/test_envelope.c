@@ -167,6 +167,59 @@ static void test_good_hand_written(void **state)
 			 0);
 }
 
+static void test_dsn_fields(void **state)
+{
+	(void)state;
+	const char *rc = "rcpt bob@ours.example dest@gmail.example r1 forward pending 0 0 - -\n";
+	struct mxf_env *e = NULL;
+	size_t len;
+	/* Older files have no DSN data: "" everywhere. */
+	char *buf = seal(good_body, &len);
+	assert_int_equal(mxf_env_parse(buf, len, &e), 0);
+	assert_string_equal(e->ret, "");
+	assert_string_equal(e->envid, "");
+	assert_string_equal(e->rcpt[0].notify, "");
+	assert_string_equal(e->rcpt[0].orcpt, "");
+	/* Set, they round-trip canonically. */
+	assert_int_equal(mxf_env_set(&e->ret, "HDRS"), 0);
+	assert_int_equal(mxf_env_set(&e->envid, "QQ+2B1"), 0);
+	assert_int_equal(mxf_env_set(&e->rcpt[0].notify, "SUCCESS,FAILURE"), 0);
+	assert_int_equal(mxf_env_set(&e->rcpt[0].orcpt, "rfc822;b+2Bx@ours.example"), 0);
+	char *out;
+	size_t olen;
+	assert_int_equal(mxf_env_format(e, &out, &olen), 0);
+	assert_non_null(strstr(out, "\nret HDRS\nenvid QQ+2B1\n"));
+	assert_non_null(strstr(out, " - - SUCCESS,FAILURE rfc822;b+2Bx@ours.example\n"));
+	struct mxf_env *p = NULL;
+	assert_int_equal(mxf_env_parse(out, olen, &p), 0);
+	assert_string_equal(p->rcpt[0].orcpt, "rfc822;b+2Bx@ours.example");
+	assert_string_equal(p->envid, "QQ+2B1");
+	char *out2;
+	size_t olen2;
+	assert_int_equal(mxf_env_format(p, &out2, &olen2), 0);
+	assert_int_equal(olen, olen2);
+	assert_memory_equal(out, out2, olen);
+	free(out);
+	free(out2);
+	mxf_env_free(e); /* buf is seal()'s static buffer */
+	mxf_env_free(p);
+	/* Canonical: an empty optional key or an empty DSN pair is a defect. */
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nret -\n"), -EBADMSG);
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nret ALL\n"), -EBADMSG);
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nenvid -\n"), -EBADMSG);
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nret FULL\nret FULL\n"),
+			 -EBADMSG);
+	assert_int_equal(parse_variant(rc, "rcpt bob@ours.example d@g.example r1 forward pending 0 "
+					   "0 - - - -\n"),
+			 -EBADMSG);
+	assert_int_equal(parse_variant(rc, "rcpt bob@ours.example d@g.example r1 forward pending 0 "
+					   "0 - - NEVER\n"),
+			 -EBADMSG);
+	assert_int_equal(parse_variant(rc, "rcpt bob@ours.example d@g.example r1 forward pending 0 "
+					   "0 - - NEVER -\n"),
+			 0);
+}
+
 static void test_strict(void **state)
 {
 	(void)state;
@@ -363,6 +416,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_good_hand_written),
 		cmocka_unit_test(test_strict),
+		cmocka_unit_test(test_dsn_fields),
 		cmocka_unit_test(test_framing),
 		cmocka_unit_test(test_fuzz),
 		cmocka_unit_test(test_read),

@@ -206,7 +206,9 @@ static void test_unknown_and_args(void **state)
 	expect_err("", 500, "5.5.2");
 	expect_err("EHLOX a", 500, "5.5.2");
 	expect_err("DAT", 500, "5.5.2");
-	expect_err("STARTTLS", 500, "5.5.2");
+	expect_err("STARTTL", 500, "5.5.2");
+	expect_err("STARTTLS x", 501, "5.5.4");
+	expect_err("BDATX 1", 500, "5.5.2");
 	expect_err("DATAX", 500, "5.5.2");
 	assert_int_not_equal(parse("DATAX", &c), 0);
 	assert_int_equal(c.verb, MXF_SMTP_UNKNOWN);
@@ -226,7 +228,12 @@ static void test_bad_bytes(void **state)
 	expect_err("NOOP\r", 500, "5.5.2");
 	expect_err("NOOP a\rb", 500, "5.5.2");
 	expect_err("NOOP a\nb", 500, "5.5.2");
-	expect_err("RCPT TO:<b\xc3\xa9@example.org>", 500, "5.5.2");
+	/* 8-bit: only well-formed UTF-8, only in MAIL/RCPT. */
+	expect_err("RCPT TO:<b\xc3@example.org>", 500, "5.5.2");
+	expect_err("RCPT TO:<b\xc0\xaf@example.org>", 500, "5.5.2");     /* overlong */
+	expect_err("RCPT TO:<b\xed\xa0\x80@example.org>", 500, "5.5.2"); /* surrogate */
+	expect_err("RCPT TO:<b\xc2\x85@example.org>", 500, "5.5.2");     /* C1 NEL */
+	expect_err("NOOP \xc3\xa9", 500, "5.5.2");
 	expect_err("EHLO ex\x80mple.org", 500, "5.5.2");
 	/* NUL: explicit length, the line goes on after it. */
 	assert_int_equal(mxf_smtp_parse_cmd("NOOP\0x", 6, &c), -EINVAL);
@@ -475,15 +482,27 @@ static void test_mail_params(void **state)
 	expect_err("MAIL FROM:<a@example.org> BODY=7BIT BODY=7BIT", 501, "5.5.4");
 	expect_err("MAIL FROM:<a@example.org> BODY", 501, "5.5.4");
 	expect_err("MAIL FROM:<a@example.org> BODY=BINARYMIME", 555, "5.5.4");
-	expect_err("MAIL FROM:<a@example.org> SMTPUTF8", 555, "5.5.4");
-	expect_err("MAIL FROM:<a@example.org> RET=HDRS", 555, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SMTPUTF8=yes", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> SMTPUTF8 SMTPUTF8", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> RET=ALL", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> RET=FULL RET=HDRS", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> ENVID=a+2", 501, "5.5.4");
+	expect_err("MAIL FROM:<a@example.org> ENVID=a+2b", 501, "5.5.4"); /* lower-case hex */
+	expect_err("MAIL FROM:<a@example.org> ENVID=a ENVID=b", 501, "5.5.4");
 	expect_err("MAIL FROM:<a@example.org> X-FOO=bar", 555, "5.5.4");
 	expect_err("MAIL FROM:<a@example.org> =bar", 501, "5.5.4");
 	expect_err("MAIL FROM:<a@example.org> A=b=c", 501, "5.5.4");
 	expect_err("MAIL FROM:<a@example.org>SIZE=1", 501, "5.5.4");
 	/* RCPT takes no parameters here (no DSN yet). */
 	expect_ok("RCPT TO:<b@example.org>", &c);
-	expect_err("RCPT TO:<b@example.org> NOTIFY=NEVER", 555, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> NOTIFY=NEVER,SUCCESS", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> NOTIFY=SUCCESS,SUCCESS", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> NOTIFY=", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> NOTIFY=SOMETIMES", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> NOTIFY=DELAY NOTIFY=DELAY", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> ORCPT=b@example.org", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> ORCPT=rfc822;", 501, "5.5.4");
+	expect_err("RCPT TO:<b@example.org> ORCPT=rfc822;a+zz", 501, "5.5.4");
 	expect_err("RCPT TO:<b@example.org> SIZE=1", 555, "5.5.4");
 }
 
@@ -719,6 +738,128 @@ static void test_reply(void **state)
 	assert_false(mxf_smtp_reply_valid(250, NULL));
 }
 
+static void test_smtputf8_and_dsn(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("MAIL FROM:<j\xc3\xb6rg@b\xc3\xbc" "cher.example> SMTPUTF8 BODY=8BITMIME RET=hdrs "
+		  "ENVID=QQ+2B1",
+		  &c);
+	assert_true(c.utf8_path);
+	assert_true(c.smtputf8);
+	assert_string_equal(c.path, "j\xc3\xb6rg@b\xc3\xbc" "cher.example");
+	assert_string_equal(c.ret, "HDRS");
+	assert_string_equal(c.envid, "QQ+2B1");
+	expect_ok("MAIL FROM:<a@example.org>", &c);
+	assert_false(c.utf8_path);
+	assert_false(c.smtputf8);
+	assert_string_equal(c.ret, "");
+	expect_ok("RCPT TO:<\"q \xe2\x82\xac\"@\xe4\xbe\x8b.example> NOTIFY=delay,Failure "
+		  "ORCPT=RFC822;b+2Bx@example.org",
+		  &c);
+	assert_true(c.utf8_path);
+	assert_string_equal(c.notify, "FAILURE,DELAY");
+	assert_string_equal(c.orcpt, "rfc822;b+2Bx@example.org");
+	expect_ok("RCPT TO:<b@example.org> NOTIFY=NEVER ORCPT=utf-8;b\xc3\xa9@example.org", &c);
+	assert_string_equal(c.notify, "NEVER");
+	assert_string_equal(c.orcpt, "utf-8;b\xc3\xa9@example.org");
+	/* 100 xtext characters is the ENVID limit. */
+	char l[300];
+	snprintf(l, sizeof(l), "MAIL FROM:<a@example.org> ENVID=%0100d", 0);
+	expect_ok(l, &c);
+	snprintf(l, sizeof(l), "MAIL FROM:<a@example.org> ENVID=%0101d", 0);
+	expect_err(l, 501, "5.5.4");
+
+	char x[64];
+	assert_int_equal(mxf_xtext_encode("a+b=c d", x, sizeof(x)), 13);
+	assert_string_equal(x, "a+2Bb+3Dc+20d");
+	assert_int_equal(mxf_xtext_encode("abc", x, 3), -ENOSPC);
+}
+
+static void test_bdat_and_starttls(void **state)
+{
+	(void)state;
+	struct mxf_smtp_cmd c;
+	expect_ok("BDAT 0 LAST", &c);
+	assert_int_equal(c.verb, MXF_SMTP_BDAT);
+	assert_int_equal(c.bdat_size, 0);
+	assert_true(c.bdat_last);
+	expect_ok("bdat 12345", &c);
+	assert_int_equal(c.bdat_size, 12345);
+	assert_false(c.bdat_last);
+	expect_ok("BDAT 7 last", &c);
+	assert_true(c.bdat_last);
+	expect_err("BDAT", 501, "5.5.4");
+	expect_err("BDAT -1", 501, "5.5.4");
+	expect_err("BDAT 1x", 501, "5.5.4");
+	expect_err("BDAT 12 LASTX", 501, "5.5.4");
+	/* A chunk size we can report even when refused: the session must
+	 * still read past the octets. */
+	assert_int_equal(last.bdat_size, 12);
+	expect_err("BDAT 99999999999999999999999", 501, "5.5.4");
+	expect_ok("STARTTLS", &c);
+	assert_int_equal(c.verb, MXF_SMTP_STARTTLS);
+	assert_string_equal(mxf_smtp_verb_name(MXF_SMTP_STARTTLS), "STARTTLS");
+}
+
+static void test_data_nul(void **state)
+{
+	(void)state;
+	struct mxf_smtp_data d;
+	char out[64];
+	size_t o;
+	mxf_smtp_data_init(&d);
+	const char in[] = "a\0b\r\n.\r\n";
+	mxf_smtp_data_feed(&d, in, sizeof(in) - 1, out, sizeof(out), &o);
+	assert_true(d.done);
+	assert_true(d.nul);
+	assert_false(d.bare_cr || d.bare_lf);
+}
+
+static void chunks(const char *const *parts, size_t n, struct mxf_smtp_data *d)
+{
+	mxf_smtp_data_init(d);
+	for (size_t i = 0; i < n; i++)
+		mxf_smtp_chunk_scan(d, parts[i], strlen(parts[i]));
+	mxf_smtp_chunk_end(d);
+}
+
+static void test_chunk_scan(void **state)
+{
+	(void)state;
+	struct mxf_smtp_data d;
+	const char *ok[] = {"a: b\r", "\n\r\nbody\r", "\n.\r\n", ""};
+	chunks(ok, 4, &d);
+	assert_false(d.bare_cr || d.bare_lf || d.nul);
+	assert_int_equal(d.size, 17);
+	const char *lf[] = {"a: b\r\n", "\nx\r\n"};
+	chunks(lf, 2, &d);
+	assert_true(d.bare_lf);
+	const char *cr[] = {"a\r", "b\r\n"};
+	chunks(cr, 2, &d);
+	assert_true(d.bare_cr);
+	const char *endcr[] = {"a\r\nb\r"};
+	chunks(endcr, 1, &d);
+	assert_true(d.bare_cr);
+	const char *smug[] = {"x\r\n.\n", "MAIL FROM:<a@b>\r\n"};
+	chunks(smug, 2, &d);
+	assert_true(d.bare_lf);
+	char nul[] = "a\0b\r\n";
+	mxf_smtp_data_init(&d);
+	mxf_smtp_chunk_scan(&d, nul, 5);
+	mxf_smtp_chunk_end(&d);
+	assert_true(d.nul);
+	char *big = malloc(1200);
+	assert_non_null(big);
+	memset(big, 'x', 1200);
+	mxf_smtp_data_init(&d);
+	mxf_smtp_chunk_scan(&d, big, 998);
+	assert_int_equal(d.long_lines, 0);
+	mxf_smtp_chunk_scan(&d, big, 1);
+	assert_int_equal(d.long_lines, 1);
+	free(big);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -743,6 +884,10 @@ int main(void)
 		cmocka_unit_test(test_data_outcap),
 		cmocka_unit_test(test_data_long_lines),
 		cmocka_unit_test(test_reply),
+		cmocka_unit_test(test_smtputf8_and_dsn),
+		cmocka_unit_test(test_bdat_and_starttls),
+		cmocka_unit_test(test_data_nul),
+		cmocka_unit_test(test_chunk_scan),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
