@@ -19,7 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include "address.h"
+#include "config.h"
 
 #define MAX_DESTS 25
 #define TAG_LEN 32
@@ -75,6 +78,42 @@ static const char *const migrations[] = {
 	"CREATE TABLE settings ("
 	"  key TEXT PRIMARY KEY CHECK (length(key) BETWEEN 1 AND 100),"
 	"  value TEXT NOT NULL) WITHOUT ROWID;",
+	/* 2: wildcard matcher, reject and worker actions (with their argument),
+	 * the per-domain unverified-destination policy, transports. SQLite cannot
+	 * change a CHECK in place: the rules table is rebuilt (foreign keys are
+	 * off during migrations, so rule_dests survives the DROP). */
+	"CREATE TABLE rules_v2 ("
+	"  id INTEGER PRIMARY KEY,"
+	"  tag TEXT NOT NULL UNIQUE CHECK (length(tag) = 32 AND tag NOT GLOB '*[^0-9a-f]*'),"
+	"  domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,"
+	"  name TEXT NOT NULL DEFAULT '' CHECK (length(name) <= 200),"
+	"  priority INTEGER NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 1000000),"
+	"  enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),"
+	"  matcher TEXT NOT NULL CHECK (matcher IN ('literal', 'wildcard', 'all')),"
+	"  match_to TEXT NOT NULL DEFAULT '' CHECK (length(match_to) <= 320),"
+	"  action TEXT NOT NULL CHECK (action IN ('forward', 'drop', 'reject', 'worker')),"
+	"  action_arg TEXT NOT NULL DEFAULT '' CHECK (length(action_arg) <= 200),"
+	"  created INTEGER NOT NULL,"
+	"  CHECK ((matcher = 'all') = (match_to = '')),"
+	"  CHECK (matcher <> 'wildcard' OR instr(match_to, '*') > 0),"
+	"  CHECK ((action IN ('reject', 'worker')) = (action_arg <> '')));"
+	"INSERT INTO rules_v2 (id, tag, domain_id, name, priority, enabled, matcher, match_to,"
+	"  action, created) SELECT id, tag, domain_id, name, priority, enabled, matcher, match_to,"
+	"  action, created FROM rules;"
+	"DROP TABLE rules;"
+	"ALTER TABLE rules_v2 RENAME TO rules;"
+	"CREATE UNIQUE INDEX rules_catchall ON rules(domain_id) WHERE matcher = 'all';"
+	"CREATE UNIQUE INDEX rules_literal ON rules(domain_id, match_to COLLATE NOCASE)"
+	"  WHERE matcher = 'literal';"
+	"CREATE UNIQUE INDEX rules_wildcard ON rules(domain_id, match_to COLLATE NOCASE)"
+	"  WHERE matcher = 'wildcard';"
+	"ALTER TABLE domains ADD COLUMN unverified TEXT NOT NULL DEFAULT 'defer'"
+	"  CHECK (unverified IN ('defer', 'reject'));"
+	"CREATE TABLE transports ("
+	"  domain TEXT PRIMARY KEY CHECK (length(domain) BETWEEN 1 AND 253"
+	"    AND domain NOT GLOB '*[^a-z0-9.-]*'),"
+	"  nexthop TEXT NOT NULL CHECK (length(nexthop) BETWEEN 3 AND 300),"
+	"  created INTEGER NOT NULL) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -187,7 +226,7 @@ static int user_version(struct mxf_rulesdb *db, int *v, char *err, size_t errlen
 static int migrate(struct mxf_rulesdb *db, char *err, size_t errlen)
 {
 	for (;;) {
-		int v, r;
+		int v = 0, r;
 		/* Read the version inside the write transaction: two mxferryctl
 		 * runs racing on a fresh file must not both apply migration 1. */
 		if ((r = exec(db, "BEGIN IMMEDIATE", err, errlen)) < 0)
@@ -266,16 +305,19 @@ int mxf_rulesdb_open(const char *path, bool writable, struct mxf_rulesdb **out, 
 	sqlite3_db_config(db->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
 	sqlite3_db_config(db->db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, NULL);
 	sqlite3_db_config(db->db, SQLITE_DBCONFIG_ENABLE_VIEW, 0, NULL);
-	if ((r = exec(db, "PRAGMA foreign_keys = ON", err, errlen)) < 0)
-		goto fail;
 	if (writable) {
+		/* Migrations run with foreign keys off (a table rebuild must not
+		 * cascade), as SQLite's ALTER TABLE documentation prescribes. */
 		if ((r = migrate(db, err, errlen)) < 0)
 			goto fail;
 		/* The router only reads; an fsync'd rollback journal (the default)
 		 * keeps each transaction durable. */
 		if ((r = exec(db, "PRAGMA synchronous = FULL", err, errlen)) < 0)
 			goto fail;
-	} else {
+	}
+	if ((r = exec(db, "PRAGMA foreign_keys = ON", err, errlen)) < 0)
+		goto fail;
+	if (!writable) {
 		int v;
 		if ((r = user_version(db, &v, err, errlen)) < 0)
 			goto fail;
@@ -329,14 +371,6 @@ static int check_addr(const char *in, char *out, size_t outlen, char *err, size_
 		return -EINVAL;
 	}
 	return 0;
-}
-
-/* The domain part of a normalised address: after the last '@' (a quoted
- * local part may itself contain '@'). */
-static const char *addr_domain(const char *addr)
-{
-	const char *at = strrchr(addr, '@');
-	return at ? at + 1 : "";
 }
 
 static int lookup_id(struct mxf_rulesdb *db, const char *sql, const char *key, sqlite3_int64 *id,
@@ -451,15 +485,16 @@ static int resolve_dests(struct mxf_rulesdb *db, const char *action, const char 
 			 size_t ndest, sqlite3_int64 *ids, size_t *nids, char *err, size_t errlen)
 {
 	*nids = 0;
-	if (strcmp(action, "drop") == 0) {
+	if (strcmp(action, "drop") == 0 || strcmp(action, "reject") == 0 ||
+	    strcmp(action, "worker") == 0) {
 		if (ndest != 0) {
-			seterr(err, errlen, "a drop rule takes no destination");
+			seterr(err, errlen, "a %s rule takes no destination", action);
 			return -EINVAL;
 		}
 		return 0;
 	}
 	if (strcmp(action, "forward") != 0) {
-		seterr(err, errlen, "unknown action (forward or drop)");
+		seterr(err, errlen, "unknown action (forward, drop, reject or worker)");
 		return -EINVAL;
 	}
 	if (ndest < 1 || ndest > MAX_DESTS) {
@@ -531,23 +566,127 @@ static int find_domain(struct mxf_rulesdb *db, const char *domain, char *name, s
 	return r;
 }
 
-int mxf_rulesdb_rule_add(struct mxf_rulesdb *db, const char *domain, const char *to,
-			 const char *action, const char *const *dests, size_t ndest, char *tag_out,
-			 char *err, size_t errlen)
+
+/* Reject reasons reach an SMTP reply line: printable ASCII only, bounded.
+ * Returns the length written (0: nothing printable was given). */
+static size_t sanitize_text(const char *in, char *out, size_t outlen)
 {
-	char name[MXF_DOMAIN_MAX + 1], addr[MXF_ADDR_SIZE], tag[TAG_LEN + 1];
+	size_t o = 0;
+	while (*in == ' ' || *in == '\t')
+		in++;
+	for (; *in && o + 1 < outlen && o < 200; in++) {
+		unsigned char c = (unsigned char)*in;
+		out[o++] = c >= 0x20 && c <= 0x7e ? (char)c : '?';
+	}
+	while (o && out[o - 1] == ' ')
+		o--;
+	out[o] = '\0';
+	return o;
+}
+
+static bool worker_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 1 || n > 64 || s[0] == '.' || s[0] == '-')
+		return false;
+	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+/* The action's argument: out gets the stored form. */
+static int check_arg(const char *action, const char *arg, char *out, size_t outlen, char *err,
+		     size_t errlen)
+{
+	out[0] = '\0';
+	if (strcmp(action, "reject") == 0) {
+		if (!arg || sanitize_text(arg, out, outlen) == 0) {
+			seterr(err, errlen, "a reject rule needs a reason text");
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (strcmp(action, "worker") == 0) {
+		if (!arg || !worker_name_ok(arg)) {
+			seterr(err, errlen, "a worker rule needs a program name ([A-Za-z0-9._-], "
+					    "at most 64)");
+			return -EINVAL;
+		}
+		snprintf(out, outlen, "%s", arg);
+		return 0;
+	}
+	if (arg && *arg) {
+		seterr(err, errlen, "a %s rule takes no text", action);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* The matcher's address or pattern, normalised, within domain (A-label). */
+static int check_match(const char *matcher, const char *to, const char *domain, char *out,
+		       size_t outlen, char *err, size_t errlen)
+{
+	out[0] = '\0';
+	if (strcmp(matcher, "all") == 0) {
+		if (to && *to) {
+			seterr(err, errlen, "a catch-all takes no address");
+			return -EINVAL;
+		}
+		return 0;
+	}
+	bool wild = strcmp(matcher, "wildcard") == 0;
+	if (!wild && strcmp(matcher, "literal") != 0) {
+		seterr(err, errlen, "unknown matcher (literal, wildcard or all)");
+		return -EINVAL;
+	}
+	/* '*' is an atext character: a pattern normalises like an address. */
+	if (!to || mxf_addr_normalize(to, MXF_ADDR_UTF8, out, outlen) < 0) {
+		seterr(err, errlen, wild ? "invalid --match pattern" : "invalid --to address");
+		return -EINVAL;
+	}
+	const char *at = strrchr(out, '@');
+	if (strcmp(at + 1, domain) != 0) {
+		seterr(err, errlen, "%s is not in domain %s", out, domain);
+		return -EINVAL;
+	}
+	if (wild && !memchr(out, '*', (size_t)(at - out))) {
+		seterr(err, errlen, "a --match pattern needs a '*' in its local part");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int step_done(struct mxf_rulesdb *db, sqlite3_stmt *st, char *err, size_t errlen)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : fail_sql(db, rc, err, errlen);
+}
+
+int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *tag_out,
+			    char *err, size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1], addr[MXF_ADDR_SIZE], tag[TAG_LEN + 1], arg[256];
 	sqlite3_int64 dom_id, ids[MAX_DESTS];
 	size_t nids;
 	int r;
 
-	if ((r = check_domain(domain, name, sizeof(name), err, errlen)) < 0)
-		return r;
-	if (mxf_addr_normalize(to, MXF_ADDR_UTF8, addr, sizeof(addr)) < 0) {
-		seterr(err, errlen, "invalid --to address");
+	if (!s->domain || !s->action || !s->matcher) {
+		seterr(err, errlen, "incomplete rule");
 		return -EINVAL;
 	}
-	if (strcmp(addr_domain(addr), name) != 0) {
-		seterr(err, errlen, "%s is not in domain %s", addr, name);
+	if (strcmp(s->matcher, "all") == 0) {
+		seterr(err, errlen, "use catchall set for the catch-all");
+		return -EINVAL;
+	}
+	if ((r = check_domain(s->domain, name, sizeof(name), err, errlen)) < 0 ||
+	    (r = check_match(s->matcher, s->to, name, addr, sizeof(addr), err, errlen)) < 0 ||
+	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0)
+		return r;
+	if (s->priority < 0 || s->priority > 1000000) {
+		seterr(err, errlen, "priority must be 0 to 1000000");
+		return -EINVAL;
+	}
+	if (s->name && strlen(s->name) > 200) {
+		seterr(err, errlen, "rule name longer than 200 bytes");
 		return -EINVAL;
 	}
 	if ((r = new_tag(tag)) < 0) {
@@ -558,18 +697,24 @@ int mxf_rulesdb_rule_add(struct mxf_rulesdb *db, const char *domain, const char 
 		return r;
 	if ((r = find_domain(db, name, name, sizeof(name), &dom_id, err, errlen)) < 0)
 		goto out;
-	if ((r = resolve_dests(db, action, dests, ndest, ids, &nids, err, errlen)) < 0)
+	if ((r = resolve_dests(db, s->action, s->dests, s->ndest, ids, &nids, err, errlen)) < 0)
 		goto out;
 	sqlite3_stmt *st;
-	if ((r = prep(db, "INSERT INTO rules (tag, domain_id, priority, enabled, matcher, "
-			  "match_to, action, created) VALUES (?1, ?2, 0, 1, 'literal', ?3, ?4, ?5)",
+	if ((r = prep(db, "INSERT INTO rules (tag, domain_id, name, priority, enabled, matcher, "
+			  "match_to, action, action_arg, created) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, tag, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, dom_id);
-	sqlite3_bind_text(st, 3, addr, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 4, action, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 5, (sqlite3_int64)time(NULL));
+	sqlite3_bind_text(st, 3, s->name ? s->name : "", -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 4, s->priority);
+	sqlite3_bind_int(st, 5, s->disabled ? 0 : 1);
+	sqlite3_bind_text(st, 6, s->matcher, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 7, addr, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 8, s->action, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 9, arg, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 10, (sqlite3_int64)time(NULL));
 	int rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
@@ -592,16 +737,30 @@ out:
 	return r;
 }
 
-int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const char *action,
-			     const char *const *dests, size_t ndest, char *err, size_t errlen)
+int mxf_rulesdb_rule_add(struct mxf_rulesdb *db, const char *domain, const char *to,
+			 const char *action, const char *const *dests, size_t ndest, char *tag_out,
+			 char *err, size_t errlen)
 {
-	char name[MXF_DOMAIN_MAX + 1], tag[TAG_LEN + 1];
+	struct mxf_rule_spec s = {.domain = domain, .matcher = "literal", .to = to,
+				  .action = action, .dests = dests, .ndest = ndest};
+	return mxf_rulesdb_rule_create(db, &s, tag_out, err, errlen);
+}
+
+int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *err,
+			     size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1], tag[TAG_LEN + 1], arg[256];
 	sqlite3_int64 dom_id, ids[MAX_DESTS], rule_id;
 	size_t nids;
 	sqlite3_stmt *st;
 	int r, rc;
 
-	if ((r = check_domain(domain, name, sizeof(name), err, errlen)) < 0)
+	if (!s->domain || !s->action) {
+		seterr(err, errlen, "incomplete catch-all");
+		return -EINVAL;
+	}
+	if ((r = check_domain(s->domain, name, sizeof(name), err, errlen)) < 0 ||
+	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0)
 		return r;
 	if ((r = new_tag(tag)) < 0) {
 		seterr(err, errlen, "getrandom: %s", strerror(-r));
@@ -611,7 +770,7 @@ int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const c
 		return r;
 	if ((r = find_domain(db, name, name, sizeof(name), &dom_id, err, errlen)) < 0)
 		goto out;
-	if ((r = resolve_dests(db, action, dests, ndest, ids, &nids, err, errlen)) < 0)
+	if ((r = resolve_dests(db, s->action, s->dests, s->ndest, ids, &nids, err, errlen)) < 0)
 		goto out;
 	/* Replace in place: the catch-all keeps its tag across changes, so the
 	 * activity log's rule column stays meaningful. */
@@ -627,41 +786,34 @@ int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const c
 		goto out;
 	}
 	if (rule_id) {
-		if ((r = prep(db, "UPDATE rules SET action = ?1, enabled = 1 WHERE id = ?2", &st,
-			      err, errlen)) < 0)
+		if ((r = prep(db, "UPDATE rules SET action = ?1, action_arg = ?2, enabled = 1 "
+				  "WHERE id = ?3",
+			      &st, err, errlen)) < 0)
 			goto out;
-		sqlite3_bind_text(st, 1, action, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(st, 2, rule_id);
-		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
-		if (rc != SQLITE_DONE) {
-			r = fail_sql(db, rc, err, errlen);
+		sqlite3_bind_text(st, 1, s->action, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 2, arg, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(st, 3, rule_id);
+		if ((r = step_done(db, st, err, errlen)) < 0)
 			goto out;
-		}
 		if ((r = prep(db, "DELETE FROM rule_dests WHERE rule_id = ?1", &st, err, errlen)) < 0)
 			goto out;
 		sqlite3_bind_int64(st, 1, rule_id);
-		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
-		if (rc != SQLITE_DONE) {
-			r = fail_sql(db, rc, err, errlen);
+		if ((r = step_done(db, st, err, errlen)) < 0)
 			goto out;
-		}
 	} else {
-		if ((r = prep(db, "INSERT INTO rules (tag, domain_id, priority, enabled, matcher, "
-				  "match_to, action, created) VALUES (?1, ?2, 0, 1, 'all', '', ?3, ?4)",
+		if ((r = prep(db, "INSERT INTO rules (tag, domain_id, name, priority, enabled, "
+				  "matcher, match_to, action, action_arg, created) "
+				  "VALUES (?1, ?2, ?3, 0, 1, 'all', '', ?4, ?5, ?6)",
 			      &st, err, errlen)) < 0)
 			goto out;
 		sqlite3_bind_text(st, 1, tag, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_int64(st, 2, dom_id);
-		sqlite3_bind_text(st, 3, action, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(st, 4, (sqlite3_int64)time(NULL));
-		rc = sqlite3_step(st);
-		sqlite3_finalize(st);
-		if (rc != SQLITE_DONE) {
-			r = fail_sql(db, rc, err, errlen);
+		sqlite3_bind_text(st, 3, s->name ? s->name : "catch-all", -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 4, s->action, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 5, arg, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+		if ((r = step_done(db, st, err, errlen)) < 0)
 			goto out;
-		}
 		rule_id = sqlite3_last_insert_rowid(db->db);
 	}
 	if ((r = insert_dests(db, rule_id, ids, nids, err, errlen)) < 0)
@@ -670,6 +822,205 @@ int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const c
 out:
 	rollback(db);
 	return r;
+}
+
+int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const char *action,
+			     const char *const *dests, size_t ndest, char *err, size_t errlen)
+{
+	struct mxf_rule_spec s = {.domain = domain, .matcher = "all", .action = action,
+				  .dests = dests, .ndest = ndest};
+	return mxf_rulesdb_catchall_put(db, &s, err, errlen);
+}
+
+/* The id of the rule named by tag, or by a name exactly one rule has. */
+static int find_rule(struct mxf_rulesdb *db, const char *which, sqlite3_int64 *id, char *err,
+		     size_t errlen)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT id FROM rules WHERE tag = ?1 UNION ALL "
+			 "SELECT id FROM rules WHERE name = ?1 AND name <> '' AND tag <> ?1 LIMIT 2",
+		     &st, err, errlen);
+	if (r < 0)
+		return r;
+	sqlite3_bind_text(st, 1, which, -1, SQLITE_TRANSIENT);
+	int n = 0, rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (n++ == 0)
+			*id = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return fail_sql(db, rc, err, errlen);
+	if (n == 0) {
+		seterr(err, errlen, "no rule with tag or name %s", which);
+		return -ENOENT;
+	}
+	if (n > 1) {
+		seterr(err, errlen, "several rules are named %s; give the tag", which);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int rule_update(struct mxf_rulesdb *db, const char *which, const char *sql, int val,
+		       char *err, size_t errlen)
+{
+	sqlite3_int64 id = 0;
+	sqlite3_stmt *st;
+	int r = begin_write(db, err, errlen);
+	if (r < 0)
+		return r;
+	if ((r = find_rule(db, which, &id, err, errlen)) < 0 ||
+	    (r = prep(db, sql, &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	if (val >= 0)
+		sqlite3_bind_int(st, 2, val);
+	if ((r = step_done(db, st, err, errlen)) < 0)
+		goto out;
+	return commit(db, err, errlen);
+out:
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_rule_remove(struct mxf_rulesdb *db, const char *which, char *err, size_t errlen)
+{
+	return rule_update(db, which, "DELETE FROM rules WHERE id = ?1", -1, err, errlen);
+}
+
+int mxf_rulesdb_rule_enable(struct mxf_rulesdb *db, const char *which, bool enabled, char *err,
+			    size_t errlen)
+{
+	return rule_update(db, which, "UPDATE rules SET enabled = ?2 WHERE id = ?1", enabled ? 1 : 0,
+			   err, errlen);
+}
+
+/* A write of one bound text key that must touch exactly one row. */
+static int write_one(struct mxf_rulesdb *db, const char *sql, const char *a, const char *b, int c,
+		     const char *what, char *err, size_t errlen)
+{
+	sqlite3_stmt *st;
+	int r = begin_write(db, err, errlen);
+	if (r < 0)
+		return r;
+	if ((r = prep(db, sql, &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, a, -1, SQLITE_TRANSIENT);
+	if (b)
+		sqlite3_bind_text(st, 2, b, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_int(st, 2, c);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)time(NULL));
+	if ((r = step_done(db, st, err, errlen)) < 0)
+		goto out;
+	if (sqlite3_changes(db->db) != 1) {
+		seterr(err, errlen, "unknown %s %s", what, a);
+		r = -ENOENT;
+		goto out;
+	}
+	return commit(db, err, errlen);
+out:
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const char *key,
+			   const char *value, char *err, size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1];
+	int r = check_domain(domain, name, sizeof(name), err, errlen);
+	if (r < 0)
+		return r;
+	if (strcmp(key, "subaddressing") == 0) {
+		int on = strcmp(value, "on") == 0 ? 1 : strcmp(value, "off") == 0 ? 0 : -1;
+		if (on < 0) {
+			seterr(err, errlen, "subaddressing is on or off");
+			return -EINVAL;
+		}
+		return write_one(db, "UPDATE domains SET subaddressing = ?2 WHERE name = ?1", name,
+				 NULL, on, "domain", err, errlen);
+	}
+	if (strcmp(key, "unverified") == 0) {
+		if (strcmp(value, "defer") != 0 && strcmp(value, "reject") != 0) {
+			seterr(err, errlen, "unverified is defer or reject");
+			return -EINVAL;
+		}
+		return write_one(db, "UPDATE domains SET unverified = ?2 WHERE name = ?1", name, value,
+				 0, "domain", err, errlen);
+	}
+	seterr(err, errlen, "unknown domain setting %s (subaddressing, unverified)", key);
+	return -EINVAL;
+}
+
+int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool verified,
+			       char *err, size_t errlen)
+{
+	char addr[MXF_ADDR_SIZE];
+	int r = check_addr(email, addr, sizeof(addr), err, errlen);
+	if (r < 0)
+		return r;
+	return write_one(db, "UPDATE addresses SET verified = ?2 WHERE email = ?1", addr, NULL,
+			 verified ? 1 : 0, "address", err, errlen);
+}
+
+static int check_nexthop(const char *in, char *err, size_t errlen)
+{
+	char host[300], a[MXF_DOMAIN_MAX + 1];
+	unsigned port;
+	unsigned char buf[16];
+	if (!in || strlen(in) > 300 || mxf_config_split_hostport(in, host, sizeof(host), &port) < 0 ||
+	    port == 0 || port > 65535)
+		goto bad;
+	if (in[0] == '[') {
+		if (inet_pton(AF_INET6, host, buf) != 1 && inet_pton(AF_INET, host, buf) != 1)
+			goto bad;
+		return 0;
+	}
+	if (inet_pton(AF_INET, host, buf) == 1)
+		return 0;
+	if (mxf_domain_to_ascii(host, a, sizeof(a)) < 0 || strcmp(a, host) != 0)
+		goto bad;
+	return 0;
+bad:
+	seterr(err, errlen, "next hop must be host:port or [address]:port (lower-case A-labels)");
+	return -EINVAL;
+}
+
+int mxf_rulesdb_transport_set(struct mxf_rulesdb *db, const char *domain, const char *nexthop,
+			      char *err, size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1];
+	int r = check_domain(domain, name, sizeof(name), err, errlen);
+	if (r < 0 || (r = check_nexthop(nexthop, err, errlen)) < 0)
+		return r;
+	return write_one(db, "INSERT INTO transports (domain, nexthop, created) VALUES (?1, ?2, ?3) "
+			     "ON CONFLICT (domain) DO UPDATE SET nexthop = excluded.nexthop",
+			 name, nexthop, 0, "domain", err, errlen);
+}
+
+int mxf_rulesdb_transport_remove(struct mxf_rulesdb *db, const char *domain, char *err,
+				 size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1];
+	int r = check_domain(domain, name, sizeof(name), err, errlen);
+	if (r < 0)
+		return r;
+	return write_one(db, "DELETE FROM transports WHERE domain = ?1 AND ?2 = ?2 AND ?3 = ?3",
+			 name, NULL, 0, "transport for", err, errlen);
+}
+
+int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "PRAGMA data_version", &st, NULL, 0);
+	if (r < 0)
+		return r;
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*v = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : (sqlerr(rc) ? sqlerr(rc) : -EIO);
 }
 
 static const char *col_text(sqlite3_stmt *st, int i)
@@ -687,9 +1038,10 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 		     "  (SELECT group_concat(email, ',') FROM (SELECT a.email FROM rule_dests rd "
 		     "     JOIN addresses a ON a.id = rd.address_id WHERE rd.rule_id = r.id "
 		     "     ORDER BY a.email)), "
-		     "  r.priority, r.enabled "
+		     "  r.priority, r.enabled, r.action_arg, r.name "
 		     "FROM rules r JOIN domains d ON d.id = r.domain_id "
-		     "ORDER BY d.name, r.matcher = 'all', r.priority, r.match_to, r.id",
+		     "ORDER BY d.name, r.matcher = 'all', r.priority, r.matcher = 'wildcard', "
+		     "  r.match_to, r.id",
 		     &st, NULL, 0);
 	if (r < 0)
 		return r;
@@ -704,6 +1056,8 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 			.dests = col_text(st, 5),
 			.priority = sqlite3_column_int(st, 6),
 			.enabled = sqlite3_column_int(st, 7) != 0,
+			.arg = col_text(st, 8),
+			.name = col_text(st, 9),
 		};
 		if ((r = cb(&ri, arg)) != 0)
 			break;
@@ -716,45 +1070,76 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 
 /* ---- the compiled rule set ---- */
 
+enum rs_match { RS_LIT, RS_WILD, RS_ALL };
+
 struct rs_rule {
 	sqlite3_int64 id;
 	char *tag;
-	char *key;  /* literal: ASCII-lower-cased address; catch-all: domain name */
-	bool all;
-	bool drop;
+	char *key;  /* literal: folded address; wildcard: folded local pattern; all: domain */
+	char *dom;  /* the domain (A-label) */
+	char *text; /* reject reason / worker program */
+	enum rs_match m;
+	enum mxf_route_kind act;
 	int priority;
-	size_t ndest, nall; /* verified destinations kept / all listed */
+	size_t ndest, nverified;
 	char **dests;
+	bool *verified;
 };
 
 struct rs_domain {
 	char *name;
-	struct rs_rule *catchall; /* NULL when none (or disabled) */
+	bool subaddr, refuse_unverified;
+	struct rs_rule *catchall;  /* NULL when none (or disabled) */
+	struct rs_rule **wild;     /* wildcard rules by (priority, id) */
+	size_t nwild;
+};
+
+struct rs_transport {
+	char *domain, *nexthop;
 };
 
 struct mxf_ruleset {
 	struct rs_domain *doms; /* sorted by name */
 	size_t ndom;
-	struct rs_rule *rules; /* every loaded rule, sorted by id while loading */
+	struct rs_rule *rules; /* every loaded rule, sorted by id */
 	size_t nrule;
 	struct rs_rule **lit; /* literal rules sorted by (key, priority, id) */
 	size_t nlit;
+	char **verified; /* verified addresses, ASCII-lower-cased, sorted */
+	size_t nverified;
+	struct rs_transport *tp; /* sorted by domain */
+	size_t ntp;
+	bool cs;
+	char sep[16];
 };
 
 void mxf_ruleset_free(struct mxf_ruleset *rs)
 {
 	if (!rs)
 		return;
-	for (size_t i = 0; i < rs->ndom; i++)
+	for (size_t i = 0; i < rs->ndom; i++) {
 		free(rs->doms[i].name);
+		free(rs->doms[i].wild);
+	}
 	for (size_t i = 0; i < rs->nrule; i++) {
 		struct rs_rule *ru = &rs->rules[i];
 		free(ru->tag);
 		free(ru->key);
+		free(ru->dom);
+		free(ru->text);
 		for (size_t j = 0; j < ru->ndest; j++)
 			free(ru->dests[j]);
 		free(ru->dests);
+		free(ru->verified);
 	}
+	for (size_t i = 0; i < rs->nverified; i++)
+		free(rs->verified[i]);
+	for (size_t i = 0; i < rs->ntp; i++) {
+		free(rs->tp[i].domain);
+		free(rs->tp[i].nexthop);
+	}
+	free(rs->verified);
+	free(rs->tp);
 	free(rs->doms);
 	free(rs->rules);
 	free(rs->lit);
@@ -768,26 +1153,56 @@ static void lower_ascii(char *s)
 			*s = (char)(*s - 'A' + 'a');
 }
 
+/* The compared form of an address: domain lower-cased always, the local
+ * part too unless local parts are case-sensitive. */
+static void fold_addr(char *s, bool cs)
+{
+	char *at = strrchr(s, '@');
+	if (!cs || !at)
+		lower_ascii(s);
+	else
+		lower_ascii(at);
+}
+
 static int cmp_dom(const void *a, const void *b)
 {
 	return strcmp(((const struct rs_domain *)a)->name, ((const struct rs_domain *)b)->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmp_tp(const void *a, const void *b)
+{
+	return strcmp(((const struct rs_transport *)a)->domain,
+		      ((const struct rs_transport *)b)->domain);
+}
+
+static int cmp_prio(const struct rs_rule *x, const struct rs_rule *y)
+{
+	if (x->priority != y->priority)
+		return x->priority < y->priority ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id;
 }
 
 static int cmp_lit(const void *a, const void *b)
 {
 	const struct rs_rule *x = *(struct rs_rule *const *)a, *y = *(struct rs_rule *const *)b;
 	int c = strcmp(x->key, y->key);
-	if (c)
-		return c;
-	if (x->priority != y->priority)
-		return x->priority < y->priority ? -1 : 1;
-	return x->id < y->id ? -1 : x->id > y->id;
+	return c ? c : cmp_prio(x, y);
+}
+
+static int cmp_wild(const void *a, const void *b)
+{
+	return cmp_prio(*(struct rs_rule *const *)a, *(struct rs_rule *const *)b);
 }
 
 static struct rs_domain *find_dom(const struct mxf_ruleset *rs, const char *name)
 {
 	struct rs_domain key = {.name = (char *)name};
-	return bsearch(&key, rs->doms, rs->ndom, sizeof(*rs->doms), cmp_dom);
+	return rs->ndom ? bsearch(&key, rs->doms, rs->ndom, sizeof(*rs->doms), cmp_dom) : NULL;
 }
 
 static struct rs_rule *find_rule_id(struct mxf_ruleset *rs, sqlite3_int64 id)
@@ -805,11 +1220,26 @@ static struct rs_rule *find_rule_id(struct mxf_ruleset *rs, sqlite3_int64 id)
 	return NULL;
 }
 
+static int grow(void **p, size_t *cap, size_t n, size_t size)
+{
+	if (n < *cap)
+		return 0;
+	size_t nc = *cap ? 2 * *cap : 16;
+	void *q = realloc(*p, nc * size);
+	if (!q)
+		return -ENOMEM;
+	*p = q;
+	*cap = nc;
+	return 0;
+}
+
 static int load_domains(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err, size_t errlen)
 {
 	sqlite3_stmt *st;
-	int r = prep(db, "SELECT name FROM domains WHERE enabled = 1 ORDER BY name", &st, err,
-		     errlen);
+	int r = prep(db,
+		     "SELECT name, subaddressing, unverified FROM domains WHERE enabled = 1 "
+		     "ORDER BY name",
+		     &st, err, errlen);
 	if (r < 0)
 		return r;
 	size_t cap = 0;
@@ -822,16 +1252,13 @@ static int load_domains(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *er
 			r = -EINVAL;
 			break;
 		}
-		if (rs->ndom == cap) {
-			cap = cap ? 2 * cap : 16;
-			void *p = realloc(rs->doms, cap * sizeof(*rs->doms));
-			if (!p) {
-				r = -ENOMEM;
-				break;
-			}
-			rs->doms = p;
-		}
-		rs->doms[rs->ndom] = (struct rs_domain){.name = strdup(name)};
+		if ((r = grow((void **)&rs->doms, &cap, rs->ndom, sizeof(*rs->doms))) < 0)
+			break;
+		rs->doms[rs->ndom] = (struct rs_domain){
+			.name = strdup(name),
+			.subaddr = sqlite3_column_int(st, 1) != 0,
+			.refuse_unverified = strcmp(col_text(st, 2), "reject") == 0,
+		};
 		if (!rs->doms[rs->ndom].name) {
 			r = -ENOMEM;
 			break;
@@ -852,7 +1279,8 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 {
 	sqlite3_stmt *st;
 	int r = prep(db,
-		     "SELECT r.id, r.tag, d.name, r.matcher, r.match_to, r.action, r.priority "
+		     "SELECT r.id, r.tag, d.name, r.matcher, r.match_to, r.action, r.priority, "
+		     "  r.action_arg "
 		     "FROM rules r JOIN domains d ON d.id = r.domain_id "
 		     "WHERE r.enabled = 1 AND d.enabled = 1 ORDER BY r.id",
 		     &st, err, errlen);
@@ -863,48 +1291,59 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *tag = col_text(st, 1), *dom = col_text(st, 2);
 		const char *matcher = col_text(st, 3), *to = col_text(st, 4);
-		const char *action = col_text(st, 5);
-		bool all = strcmp(matcher, "all") == 0;
-		char addr[MXF_ADDR_SIZE];
-		if (!all) {
-			if (strcmp(matcher, "literal") != 0 ||
-			    mxf_addr_normalize(to, MXF_ADDR_UTF8, addr, sizeof(addr)) < 0 ||
-			    strcmp(addr, to) != 0 || strcmp(addr_domain(addr), dom) != 0) {
-				seterr(err, errlen, "rules database: rule %s: invalid to address",
-				       tag);
-				r = -EINVAL;
-				break;
-			}
+		const char *action = col_text(st, 5), *arg = col_text(st, 7);
+		char addr[MXF_ADDR_SIZE], a2[256];
+		/* The write-time checks again: a row another writer let through
+		 * fails the whole load. */
+		if (check_match(matcher, to, dom, addr, sizeof(addr), NULL, 0) < 0 ||
+		    strcmp(addr, to) != 0) {
+			seterr(err, errlen, "rules database: rule %s: invalid match", tag);
+			r = -EINVAL;
+			break;
 		}
-		if (strcmp(action, "forward") != 0 && strcmp(action, "drop") != 0) {
+		if (check_arg(action, arg, a2, sizeof(a2), NULL, 0) < 0 || strcmp(a2, arg) != 0) {
 			seterr(err, errlen, "rules database: rule %s: invalid action", tag);
 			r = -EINVAL;
 			break;
 		}
-		if (rs->nrule == cap) {
-			cap = cap ? 2 * cap : 16;
-			void *p = realloc(rs->rules, cap * sizeof(*rs->rules));
-			if (!p) {
-				r = -ENOMEM;
-				break;
-			}
-			rs->rules = p;
+		enum mxf_route_kind act = strcmp(action, "forward") == 0  ? MXF_ROUTE_FORWARD
+					  : strcmp(action, "drop") == 0   ? MXF_ROUTE_DROP
+					  : strcmp(action, "reject") == 0 ? MXF_ROUTE_REJECT
+					  : strcmp(action, "worker") == 0 ? MXF_ROUTE_WORKER
+									  : MXF_ROUTE_NO_RULE;
+		if (act == MXF_ROUTE_NO_RULE) {
+			seterr(err, errlen, "rules database: rule %s: invalid action", tag);
+			r = -EINVAL;
+			break;
 		}
+		if ((r = grow((void **)&rs->rules, &cap, rs->nrule, sizeof(*rs->rules))) < 0)
+			break;
+		enum rs_match m = strcmp(matcher, "all") == 0	     ? RS_ALL
+				  : strcmp(matcher, "wildcard") == 0 ? RS_WILD
+								     : RS_LIT;
 		struct rs_rule *ru = &rs->rules[rs->nrule];
 		*ru = (struct rs_rule){
 			.id = sqlite3_column_int64(st, 0),
 			.tag = strdup(tag),
-			.key = strdup(all ? dom : to),
-			.all = all,
-			.drop = strcmp(action, "drop") == 0,
+			.dom = strdup(dom),
+			.text = strdup(arg),
+			.m = m,
+			.act = act,
 			.priority = sqlite3_column_int(st, 6),
 		};
+		if (m == RS_ALL) {
+			ru->key = strdup(dom);
+		} else {
+			fold_addr(addr, rs->cs);
+			if (m == RS_WILD)
+				*strrchr(addr, '@') = '\0';
+			ru->key = strdup(addr);
+		}
 		rs->nrule++;
-		if (!ru->tag || !ru->key) {
+		if (!ru->tag || !ru->key || !ru->dom || !ru->text) {
 			r = -ENOMEM;
 			break;
 		}
-		lower_ascii(ru->key);
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = fail_sql(db, rc, err, errlen);
@@ -936,17 +1375,14 @@ static int load_dests(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 			r = -EINVAL;
 			break;
 		}
-		if (ru->drop || ++ru->nall > MAX_DESTS) {
+		if (ru->act != MXF_ROUTE_FORWARD || ru->ndest >= MAX_DESTS) {
 			seterr(err, errlen, "rules database: rule %s: wrong number of destinations",
 			       ru->tag);
 			r = -EINVAL;
 			break;
 		}
-		/* Verification may be revoked after the rule was written: an
-		 * unverified destination is left out, never forwarded to. */
-		if (!sqlite3_column_int(st, 2))
-			continue;
-		if (!ru->dests && !(ru->dests = calloc(MAX_DESTS, sizeof(*ru->dests)))) {
+		if (!ru->dests && (!(ru->dests = calloc(MAX_DESTS, sizeof(*ru->dests))) ||
+				   !(ru->verified = calloc(MAX_DESTS, sizeof(bool))))) {
 			r = -ENOMEM;
 			break;
 		}
@@ -954,6 +1390,11 @@ static int load_dests(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 			r = -ENOMEM;
 			break;
 		}
+		/* Verification may be revoked after the rule was written: the
+		 * flag travels with the route, and nothing is forwarded to an
+		 * unverified destination (the router defers or refuses). */
+		ru->verified[ru->ndest] = sqlite3_column_int(st, 2) != 0;
+		ru->nverified += ru->verified[ru->ndest];
 		ru->ndest++;
 	}
 	if (r == 0 && rc != SQLITE_DONE)
@@ -964,7 +1405,75 @@ static int load_dests(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 	return r;
 }
 
-int mxf_ruleset_load(struct mxf_rulesdb *db, struct mxf_ruleset **out, char *err, size_t errlen)
+static int load_verified(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err, size_t errlen)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT email FROM addresses WHERE verified = 1", &st, err, errlen);
+	if (r < 0)
+		return r;
+	size_t cap = 0;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		char *a;
+		if ((r = grow((void **)&rs->verified, &cap, rs->nverified, sizeof(char *))) < 0 ||
+		    !(a = strdup(col_text(st, 0)))) {
+			r = -ENOMEM;
+			break;
+		}
+		lower_ascii(a);
+		rs->verified[rs->nverified++] = a;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = fail_sql(db, rc, err, errlen);
+	sqlite3_finalize(st);
+	if (r == -ENOMEM)
+		seterr(err, errlen, "out of memory");
+	if (r == 0 && rs->nverified)
+		qsort(rs->verified, rs->nverified, sizeof(char *), cmp_str);
+	return r;
+}
+
+static int load_transports(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
+			   size_t errlen)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT domain, nexthop FROM transports", &st, err, errlen);
+	if (r < 0)
+		return r;
+	size_t cap = 0;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *d = col_text(st, 0), *h = col_text(st, 1);
+		char a[MXF_DOMAIN_MAX + 1];
+		if (mxf_domain_to_ascii(d, a, sizeof(a)) < 0 || strcmp(a, d) != 0 ||
+		    check_nexthop(h, NULL, 0) < 0) {
+			seterr(err, errlen, "rules database: invalid transport for %s", d);
+			r = -EINVAL;
+			break;
+		}
+		if ((r = grow((void **)&rs->tp, &cap, rs->ntp, sizeof(*rs->tp))) < 0)
+			break;
+		rs->tp[rs->ntp] = (struct rs_transport){strdup(d), strdup(h)};
+		if (!rs->tp[rs->ntp].domain || !rs->tp[rs->ntp].nexthop) {
+			free(rs->tp[rs->ntp].domain);
+			free(rs->tp[rs->ntp].nexthop);
+			r = -ENOMEM;
+			break;
+		}
+		rs->ntp++;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = fail_sql(db, rc, err, errlen);
+	sqlite3_finalize(st);
+	if (r == -ENOMEM)
+		seterr(err, errlen, "out of memory");
+	if (r == 0 && rs->ntp)
+		qsort(rs->tp, rs->ntp, sizeof(*rs->tp), cmp_tp);
+	return r;
+}
+
+int mxf_ruleset_load_opts(struct mxf_rulesdb *db, const struct mxf_ruleset_opts *o,
+			  struct mxf_ruleset **out, char *err, size_t errlen)
 {
 	*out = NULL;
 	struct mxf_ruleset *rs = calloc(1, sizeof(*rs));
@@ -972,86 +1481,130 @@ int mxf_ruleset_load(struct mxf_rulesdb *db, struct mxf_ruleset **out, char *err
 		seterr(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
+	rs->cs = o && o->local_case_sensitive;
+	snprintf(rs->sep, sizeof(rs->sep), "%s", o && o->subaddr_sep ? o->subaddr_sep : "+");
 	/* One read transaction: a consistent snapshot even while mxferryctl
 	 * writes. */
 	int r = exec(db, "BEGIN", err, errlen);
 	if (r < 0)
 		goto fail;
 	if ((r = load_domains(db, rs, err, errlen)) < 0 || (r = load_rules(db, rs, err, errlen)) < 0 ||
-	    (r = load_dests(db, rs, err, errlen)) < 0)
+	    (r = load_dests(db, rs, err, errlen)) < 0 ||
+	    (r = load_verified(db, rs, err, errlen)) < 0 ||
+	    (r = load_transports(db, rs, err, errlen)) < 0)
 		goto fail;
 	rollback(db);
 
 	if (rs->nrule && !(rs->lit = calloc(rs->nrule, sizeof(*rs->lit)))) {
-		seterr(err, errlen, "out of memory");
 		r = -ENOMEM;
-		goto fail;
+		goto nomem;
 	}
+	/* Count wildcards per domain, then fill. */
 	for (size_t i = 0; i < rs->nrule; i++) {
 		struct rs_rule *ru = &rs->rules[i];
-		if (!ru->drop && ru->nall == 0) {
+		struct rs_domain *d = find_dom(rs, ru->dom);
+		if (!d) {
+			seterr(err, errlen, "rules database: rule %s: unknown domain", ru->tag);
+			r = -EINVAL;
+			goto fail;
+		}
+		if (ru->act == MXF_ROUTE_FORWARD && ru->ndest == 0) {
 			seterr(err, errlen, "rules database: rule %s: forward without destination",
 			       ru->tag);
 			r = -EINVAL;
 			goto fail;
 		}
-		if (ru->all) {
-			struct rs_domain *d = find_dom(rs, ru->key);
-			if (!d || d->catchall) {
-				seterr(err, errlen, "rules database: rule %s: bad catch-all",
+		if (ru->m == RS_WILD)
+			d->nwild++;
+	}
+	for (size_t i = 0; i < rs->ndom; i++) {
+		if (rs->doms[i].nwild &&
+		    !(rs->doms[i].wild = calloc(rs->doms[i].nwild, sizeof(struct rs_rule *)))) {
+			r = -ENOMEM;
+			goto nomem;
+		}
+		rs->doms[i].nwild = 0;
+	}
+	for (size_t i = 0; i < rs->nrule; i++) {
+		struct rs_rule *ru = &rs->rules[i];
+		struct rs_domain *d = find_dom(rs, ru->dom);
+		if (ru->m == RS_ALL) {
+			if (d->catchall) {
+				seterr(err, errlen, "rules database: rule %s: second catch-all",
 				       ru->tag);
 				r = -EINVAL;
 				goto fail;
 			}
 			d->catchall = ru;
+		} else if (ru->m == RS_WILD) {
+			d->wild[d->nwild++] = ru;
 		} else {
 			rs->lit[rs->nlit++] = ru;
 		}
 	}
+	for (size_t i = 0; i < rs->ndom; i++)
+		if (rs->doms[i].nwild > 1)
+			qsort(rs->doms[i].wild, rs->doms[i].nwild, sizeof(struct rs_rule *),
+			      cmp_wild);
 	if (rs->nlit)
 		qsort(rs->lit, rs->nlit, sizeof(*rs->lit), cmp_lit);
 	*out = rs;
 	return 0;
+nomem:
+	seterr(err, errlen, "out of memory");
 fail:
 	rollback(db);
 	mxf_ruleset_free(rs);
 	return r;
 }
 
-static void route_from(const struct rs_rule *ru, struct mxf_route *out)
+int mxf_ruleset_load(struct mxf_rulesdb *db, struct mxf_ruleset **out, char *err, size_t errlen)
 {
-	out->tag = ru->tag;
-	if (ru->drop) {
-		out->kind = MXF_ROUTE_DROP;
-		return;
-	}
-	/* A forward rule whose destinations are all unverified cannot deliver
-	 * anywhere: refuse the recipient (NO_RULE, tag kept for the log) rather
-	 * than fall through to the catch-all, which the owner did not mean for
-	 * this address. */
-	if (ru->ndest == 0) {
-		out->kind = MXF_ROUTE_NO_RULE;
-		return;
-	}
-	out->kind = MXF_ROUTE_FORWARD;
-	out->ndest = ru->ndest;
-	out->dests = (const char *const *)ru->dests;
+	return mxf_ruleset_load_opts(db, NULL, out, err, errlen);
 }
 
-int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mxf_route *out)
+static void route_from(const struct rs_rule *ru, const struct rs_domain *d, struct mxf_route *out)
 {
-	*out = (struct mxf_route){.kind = MXF_ROUTE_NO_DOMAIN, .tag = "", .ndest = 0, .dests = NULL};
-	char key[MXF_ADDR_SIZE];
-	size_t len = strlen(addr);
-	if (len >= sizeof(key) || !strrchr(addr, '@'))
-		return -EINVAL;
-	memcpy(key, addr, len + 1);
-	lower_ascii(key);
-	const struct rs_domain *d = find_dom(rs, addr_domain(key));
-	if (!d)
-		return 0;
-	out->kind = MXF_ROUTE_NO_RULE;
-	/* Literal rules sorted by (key, priority): the first match wins. */
+	out->kind = ru->act;
+	out->tag = ru->tag;
+	out->text = ru->text;
+	out->refuse_unverified = d->refuse_unverified;
+	if (ru->act == MXF_ROUTE_FORWARD) {
+		out->ndest = ru->ndest;
+		out->dests = (const char *const *)ru->dests;
+		out->verified = ru->verified;
+		out->nverified = ru->nverified;
+	}
+}
+
+/* '*' matches any run of bytes (possibly empty); everything else itself. */
+static bool glob_match(const char *p, const char *s)
+{
+	const char *star = NULL, *mark = NULL;
+	while (*s) {
+		if (*p == '*') {
+			star = p++;
+			mark = s;
+		} else if (*p == *s) {
+			p++;
+			s++;
+		} else if (star) {
+			p = star + 1;
+			s = ++mark;
+		} else {
+			return false;
+		}
+	}
+	while (*p == '*')
+		p++;
+	return *p == '\0';
+}
+
+/* The best rule for a folded address (key) whose local part is local. */
+static const struct rs_rule *match_rules(const struct mxf_ruleset *rs, const struct rs_domain *d,
+					 const char *key, const char *local)
+{
+	const struct rs_rule *lit = NULL;
 	size_t lo = 0, hi = rs->nlit;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -1060,16 +1613,75 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mx
 		else
 			hi = mid;
 	}
-	if (lo < rs->nlit && strcmp(rs->lit[lo]->key, key) == 0) {
-		route_from(rs->lit[lo], out);
-		return 0;
+	if (lo < rs->nlit && strcmp(rs->lit[lo]->key, key) == 0)
+		lit = rs->lit[lo];
+	for (size_t i = 0; i < d->nwild; i++) {
+		const struct rs_rule *w = d->wild[i];
+		/* A literal rule goes first among equal priorities. */
+		if (lit && w->priority >= lit->priority)
+			break;
+		if (glob_match(w->key, local))
+			return w;
 	}
-	if (d->catchall)
-		route_from(d->catchall, out);
+	return lit;
+}
+
+int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mxf_route *out)
+{
+	*out = (struct mxf_route){.kind = MXF_ROUTE_NO_DOMAIN, .tag = "", .text = ""};
+	char key[MXF_ADDR_SIZE], local[MXF_ADDR_SIZE];
+	size_t len = strlen(addr);
+	const char *at = strrchr(addr, '@');
+	if (len >= sizeof(key) || !at)
+		return -EINVAL;
+	memcpy(key, addr, len + 1);
+	fold_addr(key, rs->cs);
+	size_t llen = (size_t)(at - addr);
+	const char *dom = key + llen + 1;
+	const struct rs_domain *d = find_dom(rs, dom);
+	if (!d)
+		return 0;
+	out->kind = MXF_ROUTE_NO_RULE;
+	memcpy(local, key, llen);
+	local[llen] = '\0';
+	const struct rs_rule *ru = match_rules(rs, d, key, local);
+	if (!ru && d->subaddr && llen > 1) {
+		/* user+tag@d: the rules of user@d when none names it exactly. */
+		size_t cut = strcspn(local, rs->sep);
+		if (cut > 0 && cut < llen) {
+			char base[MXF_ADDR_SIZE];
+			local[cut] = '\0';
+			snprintf(base, sizeof(base), "%s@%s", local, dom);
+			ru = match_rules(rs, d, base, local);
+		}
+	}
+	if (!ru)
+		ru = d->catchall;
+	if (ru)
+		route_from(ru, d, out);
 	return 0;
 }
 
 size_t mxf_ruleset_count(const struct mxf_ruleset *rs)
 {
 	return rs->nrule;
+}
+
+bool mxf_ruleset_dest_verified(const struct mxf_ruleset *rs, const char *addr)
+{
+	char key[MXF_ADDR_SIZE];
+	if (strlen(addr) >= sizeof(key) || !rs->nverified)
+		return false;
+	strcpy(key, addr);
+	lower_ascii(key);
+	const char *k = key;
+	return bsearch(&k, rs->verified, rs->nverified, sizeof(char *), cmp_str) != NULL;
+}
+
+const char *mxf_ruleset_nexthop(const struct mxf_ruleset *rs, const char *domain)
+{
+	struct rs_transport key = {.domain = (char *)domain};
+	const struct rs_transport *t =
+		rs->ntp ? bsearch(&key, rs->tp, rs->ntp, sizeof(*rs->tp), cmp_tp) : NULL;
+	return t ? t->nexthop : NULL;
 }

@@ -24,21 +24,69 @@ int mxf_rulesdb_domain_add(struct mxf_rulesdb *db, const char *domain, char *err
 int mxf_rulesdb_address_add(struct mxf_rulesdb *db, const char *email, bool verified, char *err,
 			    size_t errlen);
 /* action "forward" (dests: 1..25 verified destination addresses) or "drop"
- * (ndest 0). tag_out (>= 33 bytes) receives the new rule's stable tag. */
+ * (ndest 0). tag_out (>= 33 bytes) receives the new rule's stable tag.
+ * (The original literal-only interface; mxf_rulesdb_rule_create is the whole one.) */
 int mxf_rulesdb_rule_add(struct mxf_rulesdb *db, const char *domain, const char *to,
 			 const char *action, const char *const *dests, size_t ndest, char *tag_out,
 			 char *err, size_t errlen);
 int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const char *action,
 			     const char *const *dests, size_t ndest, char *err, size_t errlen);
 
+/* A rule as written by an operator.
+ *   matcher  "literal" (to: an address of the domain), "wildcard" (to: an address
+ *            pattern whose local part holds one or more '*', each matching any run
+ *            of characters, possibly empty), "all" (the catch-all; to unused)
+ *   action   "forward" (dests: 1..25 verified addresses), "drop", "reject" (arg:
+ *            the reason given with 550 5.7.1; stored sanitised to printable ASCII,
+ *            1..200 characters), "worker" (arg: program name [A-Za-z0-9._-]{1,64})
+ *   priority 0..1000000, lower first; name: free text up to 200 bytes. */
+struct mxf_rule_spec {
+	const char *domain;
+	const char *matcher;
+	const char *to;
+	const char *action;
+	const char *const *dests;
+	size_t ndest;
+	const char *arg;
+	const char *name;
+	int priority;
+	bool disabled;
+};
+int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *tag_out,
+			    char *err, size_t errlen);
+/* Sets (creates or replaces in place, keeping its tag) the domain's catch-all;
+ * s->matcher is ignored. */
+int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *err,
+			     size_t errlen);
+/* A rule named by its tag, or by its name when exactly one rule has it. */
+int mxf_rulesdb_rule_remove(struct mxf_rulesdb *db, const char *which, char *err, size_t errlen);
+int mxf_rulesdb_rule_enable(struct mxf_rulesdb *db, const char *which, bool enabled, char *err,
+			    size_t errlen);
+/* Per-domain settings: "subaddressing" on|off; "unverified" defer|reject (what
+ * a rule forwarding to an unverified destination does: queue and defer the copy
+ * until verified, or refuse the recipient at RCPT). */
+int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const char *key,
+			   const char *value, char *err, size_t errlen);
+int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool verified,
+			       char *err, size_t errlen);
+/* Per-destination-domain next hop for deliverd: "host:port" or "[addr]:port". */
+int mxf_rulesdb_transport_set(struct mxf_rulesdb *db, const char *domain, const char *nexthop,
+			      char *err, size_t errlen);
+int mxf_rulesdb_transport_remove(struct mxf_rulesdb *db, const char *domain, char *err,
+				 size_t errlen);
+/* PRAGMA data_version: changes when another connection commits. */
+int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v);
+
 /* Listing: one call per rule, catch-alls included (matcher "all"). */
 struct mxf_rule_info {
 	const char *tag;
 	const char *domain; /* A-label */
-	const char *matcher; /* "literal" or "all" */
-	const char *to;      /* the literal address, "" for all */
-	const char *action;  /* "forward" / "drop" */
-	const char *dests;   /* comma-separated, "" for drop */
+	const char *matcher; /* "literal", "wildcard" or "all" */
+	const char *to;      /* the literal address or pattern, "" for all */
+	const char *action;  /* "forward" / "drop" / "reject" / "worker" */
+	const char *dests;   /* comma-separated, "" unless forward */
+	const char *arg;     /* reject reason / worker program, else "" */
+	const char *name;
 	int priority;
 	bool enabled;
 };
@@ -47,24 +95,43 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 
 /* ---- the compiled rule set (router) ---- */
 struct mxf_ruleset;
+struct mxf_ruleset_opts {
+	bool local_case_sensitive; /* default false: local parts compare ASCII-case-insensitively */
+	const char *subaddr_sep;   /* characters that start a subaddress (default "+") */
+};
 int mxf_ruleset_load(struct mxf_rulesdb *db, struct mxf_ruleset **out, char *err, size_t errlen);
+int mxf_ruleset_load_opts(struct mxf_rulesdb *db, const struct mxf_ruleset_opts *o,
+			  struct mxf_ruleset **out, char *err, size_t errlen);
 void mxf_ruleset_free(struct mxf_ruleset *rs);
 
 enum mxf_route_kind {
-	MXF_ROUTE_NO_DOMAIN, /* not one of our domains: 550 5.1.1 (no relaying) */
+	MXF_ROUTE_NO_DOMAIN, /* not one of our domains: 550 5.7.1 (no relaying) */
 	MXF_ROUTE_NO_RULE,   /* our domain, no rule and no catch-all: 550 5.1.1 */
 	MXF_ROUTE_FORWARD,
 	MXF_ROUTE_DROP,
+	MXF_ROUTE_REJECT, /* 550 5.7.1 text */
+	MXF_ROUTE_WORKER, /* text: the program */
 };
 struct mxf_route {
 	enum mxf_route_kind kind;
 	const char *tag;  /* rule tag ("" when none) */
 	size_t ndest;
-	const char *const *dests; /* verified destinations, normalised */
+	const char *const *dests; /* destinations, normalised */
+	const bool *verified;     /* parallel to dests: verified when loaded */
+	size_t nverified;
+	bool refuse_unverified;   /* the domain refuses at RCPT rather than defer */
+	const char *text;         /* reject reason or worker program, else "" */
 };
-/* addr: a normalised "local@a-label" address. Local parts compare
- * case-insensitively. Pointers in out live as long as rs. */
+/* addr: a normalised "local@a-label" address. Evaluation: rules matching the
+ * whole address (literal and wildcard, by priority, a literal first among
+ * equals, then the older rule); with subaddressing on, then those matching
+ * the address without its subaddress; then the catch-all. Pointers in out
+ * live as long as rs. */
 int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mxf_route *out);
 size_t mxf_ruleset_count(const struct mxf_ruleset *rs);
+/* Whether a destination address is verified in this snapshot. */
+bool mxf_ruleset_dest_verified(const struct mxf_ruleset *rs, const char *addr);
+/* The transport next hop for a destination domain (A-label), or NULL. */
+const char *mxf_ruleset_nexthop(const struct mxf_ruleset *rs, const char *domain);
 
 #endif

@@ -38,6 +38,7 @@ int ctl_domain(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_address(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_rule(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_transport(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_queue(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_status(const struct mxf_config *cfg, int argc, char **argv);
 

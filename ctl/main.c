@@ -21,14 +21,23 @@ static const char usage_text[] =
 	"commands:\n"
 	"  domain add DOMAIN                        add a domain (U-label or A-label)\n"
 	"  domain list\n"
+	"  domain set DOMAIN subaddressing on|off   user+tag@ falls back to user@\n"
+	"  domain set DOMAIN unverified defer|reject  unverified destinations: queue or refuse\n"
 	"  address add EMAIL [--verified]           add a destination address\n"
+	"  address verify|unverify EMAIL\n"
 	"  address list\n"
-	"  rule add DOMAIN --to ADDRESS --forward DEST[,DEST...]\n"
-	"  rule add DOMAIN --to ADDRESS --drop      prints the new rule's tag\n"
+	"  rule add DOMAIN (--to ADDRESS | --match PATTERN)\n"
+	"           (--forward DEST[,DEST...] | --drop | --reject TEXT | --worker PROGRAM)\n"
+	"           [--name NAME] [--priority P] [--disabled]   prints the new rule's tag\n"
 	"  rule list\n"
-	"  catchall set DOMAIN --forward DEST[,DEST...]\n"
-	"  catchall set DOMAIN --drop\n"
+	"  rule show|remove|enable|disable TAG|NAME\n"
+	"  catchall set DOMAIN (--forward DEST[,DEST...] | --drop | --reject TEXT | --worker P)\n"
+	"  transport set DOMAIN HOST:PORT|[ADDR]:PORT   next hop for mail to DOMAIN\n"
+	"  transport remove DOMAIN\n"
 	"  queue list                               messages in the queue\n"
+	"  queue show ID                            one message in detail\n"
+	"  queue hold|release|delete|retry ID...    act at once (through the router)\n"
+	"  queue flush                              retry everything deferred now\n"
 	"  status                                   daemons, queue sizes, listeners\n"
 	"  config                                   the effective configuration\n";
 
@@ -53,6 +62,7 @@ static const struct {
 } commands[] = {
 	{"domain", ctl_domain}, {"address", ctl_address}, {"rule", ctl_rule},
 	{"catchall", ctl_catchall}, {"queue", ctl_queue}, {"status", ctl_status},
+	{"transport", ctl_transport},
 	{"config", cmd_config},
 };
 

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "daemon.h"
+#include "ipc.h"
 #include "envelope.h"
 #include "queueid.h"
 
@@ -143,10 +145,145 @@ static int queue_list(const struct mxf_config *cfg)
 	return rc;
 }
 
+/* queue show ID: the envelope in full, read from the spool. */
+static int queue_show(const struct mxf_config *cfg, const char *qid)
+{
+	const char *spool = mxf_config_str(cfg, "main", "spool_dir");
+	if (!mxf_qid_valid(qid))
+		return ctl_fail("not a queue ID: %s", qid);
+	struct item *items = NULL;
+	size_t n = 0, cap = 0;
+	int rc = CTL_OK;
+	for (size_t s = 0; s < NSTATES && rc == CTL_OK; s++)
+		rc = read_state(spool, queue_states[s], &items, &n, &cap);
+	const struct item *it = NULL;
+	for (size_t i = 0; i < n && rc == CTL_OK; i++)
+		if (strcmp(items[i].qid, qid) == 0)
+			it = &items[i];
+	if (rc == CTL_OK && !it)
+		rc = ctl_fail("%s is not in the queue", qid);
+	if (it && !it->env) {
+		printf("%s  %s  (unreadable envelope: %s)\n", it->qid, it->state,
+		       it->error == -EBADMSG ? "malformed" : strerror(-it->error));
+	} else if (it) {
+		const struct mxf_env *e = it->env;
+		char b[2048], when[64];
+		ctl_time(when, sizeof(when), (time_t)e->arrival);
+		printf("queue id:    %s\n", e->qid);
+		printf("state:       %s\n", it->state);
+		printf("arrival:     %s\n", when);
+		printf("size:        %llu\n", (unsigned long long)e->size);
+		printf("sender:      <%s>\n", ctl_safe(b, sizeof(b), e->sender));
+		printf("srs sender:  <%s>\n", ctl_safe(b, sizeof(b), e->srs_sender));
+		printf("client:      %s", ctl_safe(b, sizeof(b), e->client_name));
+		printf(" [%s]", ctl_safe(b, sizeof(b), e->client_ip));
+		printf(" helo=%s\n", ctl_safe(b, sizeof(b), e->helo));
+		printf("origin:      %s\n", ctl_safe(b, sizeof(b), e->origin));
+		for (size_t i = 0; i < e->nrcpt; i++) {
+			const struct mxf_env_rcpt *r = &e->rcpt[i];
+			printf("recipient:   %s", ctl_safe(b, sizeof(b), r->orig));
+			printf(" -> %s", *r->dest ? ctl_safe(b, sizeof(b), r->dest) : "(none)");
+			printf("  %s  action=%s", mxf_env_status_name(r->status),
+			       ctl_safe(b, sizeof(b), r->action));
+			printf(" rule=%s attempts=%u", *r->rule ? ctl_safe(b, sizeof(b), r->rule) : "-",
+			       r->attempts);
+			if (r->status == MXF_RS_DEFERRED && r->next_try > 0) {
+				ctl_time(when, sizeof(when), (time_t)r->next_try);
+				printf(" next=%s", when);
+			}
+			putchar('\n');
+			if (r->reply && *r->reply)
+				printf("             last reply: %s\n", ctl_safe(b, sizeof(b), r->reply));
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		mxf_env_free(items[i].env);
+	free(items);
+	return rc;
+}
+
+/* hold|release|delete|retry|flush: through the router, which owns the spool
+ * (ctl never moves a queue file itself). */
+static int queue_control(const struct mxf_config *cfg, const char *op, int nq, char **qids)
+{
+	char path[PATH_MAX];
+	for (int i = 0; i < nq; i++)
+		if (!mxf_qid_valid(qids[i]))
+			return ctl_fail("not a queue ID: %s", qids[i]);
+	if (mxf_daemon_router_sock(cfg, path, sizeof(path)) < 0)
+		return ctl_fail("spool_dir too long");
+	int s = mxf_ipc_connect(path);
+	if (s < 0)
+		return ctl_fail("cannot reach the router (%s): %s", path, strerror(-s));
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
+	struct mxf_ipc_reply *rep = NULL;
+	const struct mxf_ipc_view *v;
+	uint64_t code = 0, count = 0, req = 0;
+	int rc = CTL_OK, r;
+	if (!m || mxf_ipc_put_str(m, F_ROLE, "ctl") < 0 ||
+	    mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) < 0 ||
+	    mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid()) < 0) {
+		rc = ctl_fail("out of memory");
+		goto out;
+	}
+	if ((r = mxf_ipc_call(s, m, 5000, &rep)) < 0 ||
+	    mxf_ipc_type(mxf_ipc_reply_view(rep)) != MXF_MSG_HELLO_OK) {
+		rc = ctl_fail("the router refused the connection%s%s", r < 0 ? ": " : "",
+			      r < 0 ? strerror(-r) : "");
+		goto out;
+	}
+	mxf_ipc_reply_free(rep);
+	rep = NULL;
+	mxf_ipc_msg_free(m);
+	if (!(m = mxf_ipc_msg_new(MXF_MSG_QUEUE_CTL)) || mxf_ipc_put_u64(m, F_REQ, 1) < 0 ||
+	    mxf_ipc_put_str(m, F_TEXT, op) < 0) {
+		rc = ctl_fail("out of memory");
+		goto out;
+	}
+	for (int i = 0; i < nq; i++)
+		if (mxf_ipc_put_str(m, F_QID, qids[i]) < 0) {
+			rc = ctl_fail("too many queue IDs at once");
+			goto out;
+		}
+	if ((r = mxf_ipc_call(s, m, 10000, &rep)) < 0) {
+		rc = ctl_fail("no answer from the router: %s", strerror(-r));
+		goto out;
+	}
+	v = mxf_ipc_reply_view(rep);
+	if (mxf_ipc_type(v) != MXF_MSG_QUEUE_CTL_REPLY || mxf_ipc_u64(v, F_REQ, 0, &req) < 0 ||
+	    req != 1 || mxf_ipc_u64(v, F_CODE, 0, &code) < 0 ||
+	    mxf_ipc_u64(v, F_COUNT, 0, &count) < 0) {
+		rc = ctl_fail("malformed answer from the router");
+		goto out;
+	}
+	if (code != 250) {
+		const char *t = mxf_ipc_str(v, F_TEXT, 0);
+		char safe[512];
+		rc = ctl_fail("the router refused: %s", ctl_safe(safe, sizeof(safe), t ? t : ""));
+		goto out;
+	}
+	printf("%s: %llu message%s\n", op, (unsigned long long)count, count == 1 ? "" : "s");
+	if (nq > 0 && count < (uint64_t)nq)
+		rc = ctl_fail("%llu of the %d queue IDs are not in the queue",
+			      (unsigned long long)((uint64_t)nq - count), nq);
+out:
+	mxf_ipc_reply_free(rep);
+	mxf_ipc_msg_free(m);
+	close(s);
+	return rc;
+}
+
 int ctl_queue(const struct mxf_config *cfg, int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
 		return queue_list(cfg);
+	if (argc == 2 && strcmp(argv[0], "show") == 0)
+		return queue_show(cfg, argv[1]);
+	if (argc == 1 && strcmp(argv[0], "flush") == 0)
+		return queue_control(cfg, "flush", 0, NULL);
+	if (argc >= 2 && (strcmp(argv[0], "hold") == 0 || strcmp(argv[0], "release") == 0 ||
+			  strcmp(argv[0], "delete") == 0 || strcmp(argv[0], "retry") == 0))
+		return queue_control(cfg, argv[0], argc - 1, argv + 1);
 	return ctl_usage();
 }
 

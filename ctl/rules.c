@@ -289,6 +289,24 @@ int ctl_domain(const struct mxf_config *cfg, int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
 		return domain_list(cfg);
+	if (argc == 4 && strcmp(argv[0], "set") == 0) {
+		struct db db;
+		char err[512];
+		if (db_open(cfg, true, &db) != 0)
+			return CTL_REFUSED;
+		int r = mxf_rulesdb_domain_set(db.h, argv[1], argv[2], argv[3], err, sizeof(err));
+		mxf_rulesdb_close(db.h);
+		if (r < 0)
+			return ctl_fail("%s", err);
+		char a[MXF_DOMAIN_MAX + 1], u[1024], k[64], v[64];
+		mxf_domain_to_ascii(argv[1], a, sizeof(a));
+		show_domain(u, sizeof(u), a);
+		printf("domain %s: %s %s\n", u, ctl_safe(k, sizeof(k), argv[2]),
+		       ctl_safe(v, sizeof(v), argv[3]));
+		fflush(stdout);
+		reload_router(cfg);
+		return CTL_OK;
+	}
 	if (argc != 2 || strcmp(argv[0], "add") != 0)
 		return ctl_usage();
 	struct db db;
@@ -362,6 +380,25 @@ int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
 		return address_list(cfg);
+	if (argc == 2 && (strcmp(argv[0], "verify") == 0 || strcmp(argv[0], "unverify") == 0)) {
+		/* The operator vouches for (or withdraws) a mailbox; verification
+		 * by mail is another issue's. */
+		bool on = strcmp(argv[0], "verify") == 0;
+		struct db db;
+		char err[512], a[MXF_ADDR_SIZE], shown[2048];
+		if (db_open(cfg, true, &db) != 0)
+			return CTL_REFUSED;
+		int r = mxf_rulesdb_address_verify(db.h, argv[1], on, err, sizeof(err));
+		mxf_rulesdb_close(db.h);
+		if (r < 0)
+			return ctl_fail("%s", err);
+		mxf_addr_normalize(argv[1], MXF_ADDR_UTF8, a, sizeof(a));
+		show_addr(shown, sizeof(shown), a);
+		printf("address %s %s\n", shown, on ? "verified" : "no longer verified");
+		fflush(stdout);
+		reload_router(cfg);
+		return CTL_OK;
+	}
 	if (argc < 2 || strcmp(argv[0], "add") != 0)
 		return ctl_usage();
 	const char *email = NULL;
@@ -404,24 +441,30 @@ int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 /* ---- rule / catch-all ---- */
 
 struct action_args {
-	const char *domain, *to;
+	const char *domain, *to, *match, *reject, *worker, *name;
 	char *forward;
-	bool drop;
+	bool drop, disabled;
+	int priority;
 };
 
-/* Parses DOMAIN [--to ADDRESS] (--forward LIST | --drop), options in any
- * order, "--opt VALUE" or "--opt=VALUE". */
+/* Parses DOMAIN [--to ADDRESS | --match PATTERN] (--forward LIST | --drop |
+ * --reject TEXT | --worker PROGRAM) [--name N] [--priority P] [--disabled],
+ * options in any order, "--opt VALUE" or "--opt=VALUE". */
 static int parse_action(int argc, char **argv, bool want_to, struct action_args *a)
 {
+	static const char *const valued[] = {"to", "match", "forward", "reject", "worker",
+					     "name", "priority"};
 	*a = (struct action_args){0};
+	bool have_prio = false;
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i];
-		const char *val = NULL;
-		const char *opt = NULL;
-		if (strncmp(arg, "--to", 4) == 0 && (arg[4] == '\0' || arg[4] == '='))
-			opt = "to";
-		else if (strncmp(arg, "--forward", 9) == 0 && (arg[9] == '\0' || arg[9] == '='))
-			opt = "forward";
+		const char *val = NULL, *opt = NULL;
+		for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]) && !opt; k++) {
+			size_t l = strlen(valued[k]);
+			if (strncmp(arg, "--", 2) == 0 && strncmp(arg + 2, valued[k], l) == 0 &&
+			    (arg[2 + l] == '\0' || arg[2 + l] == '='))
+				opt = valued[k];
+		}
 		if (opt) {
 			const char *eq = strchr(arg, '=');
 			if (eq)
@@ -430,26 +473,54 @@ static int parse_action(int argc, char **argv, bool want_to, struct action_args 
 				val = argv[++i];
 			else
 				return ctl_usage();
-			if (strcmp(opt, "to") == 0) {
-				if (!want_to || a->to)
+			const char **slot = NULL;
+			if (!strcmp(opt, "to"))
+				slot = &a->to;
+			else if (!strcmp(opt, "match"))
+				slot = &a->match;
+			else if (!strcmp(opt, "reject"))
+				slot = &a->reject;
+			else if (!strcmp(opt, "worker"))
+				slot = &a->worker;
+			else if (!strcmp(opt, "name"))
+				slot = &a->name;
+			if (slot) {
+				if (*slot)
 					return ctl_usage();
-				a->to = val;
-			} else {
+				*slot = val;
+			} else if (!strcmp(opt, "forward")) {
 				if (a->forward)
 					return ctl_usage();
 				a->forward = (char *)val;
+			} else {
+				char *end;
+				long pr = strtol(val, &end, 10);
+				if (have_prio || !*val || *end || pr < 0 || pr > 1000000)
+					return ctl_fail("--priority takes 0 to 1000000");
+				a->priority = (int)pr;
+				have_prio = true;
 			}
 		} else if (strcmp(arg, "--drop") == 0 && !a->drop) {
 			a->drop = true;
+		} else if (strcmp(arg, "--disabled") == 0 && !a->disabled && want_to) {
+			a->disabled = true;
 		} else if (arg[0] != '-' && !a->domain) {
 			a->domain = arg;
 		} else {
 			return ctl_usage();
 		}
 	}
-	if (!a->domain || (want_to && !a->to) || (!a->forward == !a->drop))
+	int nact = !!a->forward + a->drop + !!a->reject + !!a->worker;
+	if (!a->domain || nact != 1)
+		return ctl_usage();
+	if (want_to ? (!a->to == !a->match) : (a->to || a->match || a->name || have_prio))
 		return ctl_usage();
 	return 0;
+}
+
+static const char *action_name(const struct action_args *a)
+{
+	return a->forward ? "forward" : a->drop ? "drop" : a->reject ? "reject" : "worker";
 }
 
 static int rule_list_cb(const struct mxf_rule_info *r, void *arg)
@@ -472,10 +543,14 @@ static int rule_list_cb(const struct mxf_rule_info *r, void *arg)
 		o += (size_t)snprintf(dests + o, sizeof(dests) - o, "%s%s", o ? "," : "", shown);
 		p += l + (p[l] == ',');
 	}
+	if (!dests[0] && *r->arg)
+		ctl_safe(dests, sizeof(dests), r->arg);
 	if (!dests[0])
 		snprintf(dests, sizeof(dests), "-");
-	char tag[80];
-	const char *cells[] = {ctl_safe(tag, sizeof(tag), r->tag), dom,   r->matcher, to,
+	char tag[80], name[512], prio[32];
+	ctl_safe(name, sizeof(name), *r->name ? r->name : "-");
+	snprintf(prio, sizeof(prio), "%d", r->priority);
+	const char *cells[] = {ctl_safe(tag, sizeof(tag), r->tag), dom, name, prio, r->matcher, to,
 			       r->action, dests, r->enabled ? "yes" : "no"};
 	ctl_table_add(t, cells);
 	return 0;
@@ -486,9 +561,9 @@ static int rule_list(const struct mxf_config *cfg)
 	struct db db;
 	if (db_open(cfg, false, &db) != 0)
 		return CTL_REFUSED;
-	static const char *const hdr[] = {"TAG",    "DOMAIN",       "MATCHER", "TO",
-					  "ACTION", "DESTINATIONS", "ENABLED"};
-	struct ctl_table *t = ctl_table_new(7, hdr);
+	static const char *const hdr[] = {"TAG",    "DOMAIN", "NAME",		"PRIORITY", "MATCHER",
+					  "TO",     "ACTION", "DESTINATIONS", "ENABLED"};
+	struct ctl_table *t = ctl_table_new(9, hdr);
 	int r = mxf_rulesdb_rule_list(db.h, rule_list_cb, t);
 	int rc = CTL_OK;
 	if (r < 0)
@@ -502,10 +577,86 @@ static int rule_list(const struct mxf_config *cfg)
 	return rc;
 }
 
+struct show_arg {
+	const char *which;
+	int found;
+};
+
+static int rule_show_cb(const struct mxf_rule_info *r, void *arg)
+{
+	struct show_arg *sa = arg;
+	if (strcmp(r->tag, sa->which) != 0 && (!*r->name || strcmp(r->name, sa->which) != 0))
+		return 0;
+	char b1[2048], b2[2048];
+	if (sa->found++)
+		putchar('\n');
+	printf("tag:          %s\n", ctl_safe(b1, sizeof(b1), r->tag));
+	printf("name:         %s\n", ctl_safe(b1, sizeof(b1), r->name));
+	show_domain(b1, sizeof(b1), r->domain);
+	printf("domain:       %s\n", b1);
+	printf("priority:     %d\n", r->priority);
+	printf("enabled:      %s\n", r->enabled ? "yes" : "no");
+	if (strcmp(r->matcher, "all") == 0)
+		printf("matcher:      all (catch-all)\n");
+	else {
+		show_addr(b2, sizeof(b2), r->to);
+		printf("matcher:      %s %s\n", r->matcher, b2);
+	}
+	printf("action:       %s\n", r->action);
+	if (*r->dests)
+		printf("destinations: %s\n", ctl_safe(b1, sizeof(b1), r->dests));
+	if (*r->arg)
+		printf("%s %s\n", strcmp(r->action, "reject") == 0 ? "reason:      " : "program:     ",
+		       ctl_safe(b1, sizeof(b1), r->arg));
+	return 0;
+}
+
+static int rule_show(const struct mxf_config *cfg, const char *which)
+{
+	struct db db;
+	if (db_open(cfg, false, &db) != 0)
+		return CTL_REFUSED;
+	struct show_arg sa = {which, 0};
+	int r = mxf_rulesdb_rule_list(db.h, rule_show_cb, &sa);
+	mxf_rulesdb_close(db.h);
+	if (r < 0)
+		return ctl_fail("%s: cannot list rules: %s", db.path, strerror(-r));
+	if (!sa.found)
+		return ctl_fail("no rule with tag or name %s", which);
+	return CTL_OK;
+}
+
+static int rule_change(const struct mxf_config *cfg, const char *op, const char *which)
+{
+	struct db db;
+	char err[512];
+	if (db_open(cfg, true, &db) != 0)
+		return CTL_REFUSED;
+	int r = strcmp(op, "remove") == 0
+			? mxf_rulesdb_rule_remove(db.h, which, err, sizeof(err))
+			: mxf_rulesdb_rule_enable(db.h, which, strcmp(op, "enable") == 0, err,
+						  sizeof(err));
+	mxf_rulesdb_close(db.h);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	char safe[512];
+	printf("rule %s %s\n", ctl_safe(safe, sizeof(safe), which),
+	       strcmp(op, "remove") == 0 ? "removed" : strcmp(op, "enable") == 0 ? "enabled"
+										: "disabled");
+	fflush(stdout);
+	reload_router(cfg);
+	return CTL_OK;
+}
+
 int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
 		return rule_list(cfg);
+	if (argc == 2 && strcmp(argv[0], "show") == 0)
+		return rule_show(cfg, argv[1]);
+	if (argc == 2 && (strcmp(argv[0], "remove") == 0 || strcmp(argv[0], "enable") == 0 ||
+			  strcmp(argv[0], "disable") == 0))
+		return rule_change(cfg, argv[0], argv[1]);
 	if (argc < 1 || strcmp(argv[0], "add") != 0)
 		return ctl_usage();
 	struct action_args a;
@@ -522,8 +673,19 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 		free(dests);
 		return CTL_REFUSED;
 	}
-	int r = mxf_rulesdb_rule_add(db.h, a.domain, a.to, a.drop ? "drop" : "forward",
-				     (const char *const *)dests, n, tag, err, sizeof(err));
+	struct mxf_rule_spec sp = {
+		.domain = a.domain,
+		.matcher = a.match ? "wildcard" : "literal",
+		.to = a.match ? a.match : a.to,
+		.action = action_name(&a),
+		.dests = (const char *const *)dests,
+		.ndest = n,
+		.arg = a.reject ? a.reject : a.worker,
+		.name = a.name,
+		.priority = a.priority,
+		.disabled = a.disabled,
+	};
+	int r = mxf_rulesdb_rule_create(db.h, &sp, tag, err, sizeof(err));
 	mxf_rulesdb_close(db.h);
 	free(dests);
 	if (r < 0)
@@ -531,6 +693,9 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 	/* The tag alone on stdout, so scripts can capture it. */
 	printf("%s\n", tag);
 	fflush(stdout);
+	if (a.worker)
+		ctl_warn("note: the worker runtime is not available yet; mail to this rule is "
+			 "answered 451 (try again later)");
 	reload_router(cfg);
 	return CTL_OK;
 }
@@ -553,8 +718,15 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 		free(dests);
 		return CTL_REFUSED;
 	}
-	int r = mxf_rulesdb_catchall_set(db.h, a.domain, a.drop ? "drop" : "forward",
-					 (const char *const *)dests, n, err, sizeof(err));
+	struct mxf_rule_spec sp = {
+		.domain = a.domain,
+		.matcher = "all",
+		.action = action_name(&a),
+		.dests = (const char *const *)dests,
+		.ndest = n,
+		.arg = a.reject ? a.reject : a.worker,
+	};
+	int r = mxf_rulesdb_catchall_put(db.h, &sp, err, sizeof(err));
 	mxf_rulesdb_close(db.h);
 	free(dests);
 	if (r < 0)
@@ -562,7 +734,36 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 	char d[MXF_DOMAIN_MAX + 1], u[1024];
 	mxf_domain_to_ascii(a.domain, d, sizeof(d));
 	show_domain(u, sizeof(u), d);
-	printf("catch-all of %s set to %s\n", u, a.drop ? "drop" : "forward");
+	printf("catch-all of %s set to %s\n", u, action_name(&a));
+	fflush(stdout);
+	reload_router(cfg);
+	return CTL_OK;
+}
+
+/* ---- transports ---- */
+
+int ctl_transport(const struct mxf_config *cfg, int argc, char **argv)
+{
+	bool set = argc == 3 && strcmp(argv[0], "set") == 0;
+	if (!set && !(argc == 2 && strcmp(argv[0], "remove") == 0))
+		return ctl_usage();
+	struct db db;
+	char err[512];
+	if (db_open(cfg, true, &db) != 0)
+		return CTL_REFUSED;
+	int r = set ? mxf_rulesdb_transport_set(db.h, argv[1], argv[2], err, sizeof(err))
+		    : mxf_rulesdb_transport_remove(db.h, argv[1], err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	char d[MXF_DOMAIN_MAX + 1], u[1024], h[600];
+	mxf_domain_to_ascii(argv[1], d, sizeof(d));
+	show_domain(u, sizeof(u), d);
+	if (set)
+		printf("mail for %s goes to %s\n", u, ctl_safe(h, sizeof(h), argv[2]));
+	else
+		printf("transport for %s removed\n", u);
+	fflush(stdout);
 	reload_router(cfg);
 	return CTL_OK;
 }

@@ -8,7 +8,7 @@
 #include "log.h"
 #include "router.h"
 
-#define ACTIVITY_SCHEMA 1
+#define ACTIVITY_SCHEMA 2
 
 static sqlite3 *db;
 static sqlite3_stmt *ins;
@@ -25,6 +25,9 @@ static const char schema_v1[] =
 	"CREATE INDEX activity_ts ON activity(ts);"
 	"CREATE INDEX activity_qid ON activity(queue_id);"
 	"PRAGMA user_version = 1;";
+/* 2: the message size (issue 4). */
+static const char schema_v2[] = "ALTER TABLE activity ADD COLUMN size INTEGER;"
+				"PRAGMA user_version = 2;";
 
 int activity_open(const char *path)
 {
@@ -54,16 +57,17 @@ int activity_open(const char *path)
 			ACTIVITY_SCHEMA);
 		goto fail_quiet;
 	}
-	if (version == 0) {
+	if (version < ACTIVITY_SCHEMA) {
 		if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &err) != SQLITE_OK ||
-		    sqlite3_exec(db, schema_v1, NULL, NULL, &err) != SQLITE_OK ||
+		    (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, &err) != SQLITE_OK) ||
+		    (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &err) != SQLITE_OK) ||
 		    sqlite3_exec(db, "COMMIT", NULL, NULL, &err) != SQLITE_OK)
 			goto fail;
 	}
 	if (sqlite3_prepare_v2(db,
 			       "INSERT INTO activity (ts, queue_id, client_ip, helo, mail_from, "
-			       "rcpt, dest, rule, action, status, remote_host, reply) "
-			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+			       "rcpt, dest, rule, action, status, remote_host, reply, size) "
+			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
 			       -1, &ins, NULL) != SQLITE_OK)
 		goto fail;
 	return 0;
@@ -114,6 +118,8 @@ void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const c
 	sqlite3_bind_text(ins, 10, status, -1, SQLITE_STATIC);
 	bind_opt(11, remote_host);
 	bind_opt(12, reply);
+	if (e)
+		sqlite3_bind_int64(ins, 13, (sqlite3_int64)e->size);
 	if (sqlite3_step(ins) != SQLITE_DONE)
 		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
 	sqlite3_reset(ins);

@@ -49,6 +49,44 @@ static void on_signal(uv_signal_t *h, int signum)
 	router_maybe_exit(); /* or when the last running commit returns */
 }
 
+/* "5m,10m,1h": durations (s/m/h/d suffix, seconds by default), each
+ * 1 s .. 7 d. Fatal when malformed: the configuration is wrong. */
+static void parse_schedule(const char *spec)
+{
+	size_t cap = 1;
+	for (const char *p = spec; *p; p++)
+		cap += *p == ',';
+	if (!*spec)
+		return;
+	R.sched = calloc(cap, sizeof(*R.sched));
+	if (!R.sched)
+		mxf_fatal("out of memory");
+	const char *p = spec;
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		char *end;
+		errno = 0;
+		long long n = strtoll(p, &end, 10);
+		long long mul = 1;
+		if (end == p || errno)
+			mxf_fatal("[router] retry_schedule: bad value at '%s'", p);
+		switch (*end) {
+		case 's': end++; break;
+		case 'm': mul = 60; end++; break;
+		case 'h': mul = 3600; end++; break;
+		case 'd': mul = 86400; end++; break;
+		default: break;
+		}
+		while (*end == ' ')
+			end++;
+		if ((*end && *end != ',') || n < 1 || n * mul > 7 * 86400)
+			mxf_fatal("[router] retry_schedule: bad value at '%s'", p);
+		R.sched[R.nsched++] = n * mul;
+		p = *end ? end + 1 : end;
+	}
+}
+
 /* Creates a directory when missing, only inside a directory we own. */
 static void ensure_dir(const char *parent, const char *path, mode_t mode)
 {
@@ -97,6 +135,14 @@ int main(int argc, char **argv)
 	R.retry_min = mxf_config_int(cfg, "router", "retry_min");
 	R.retry_max = mxf_config_int(cfg, "router", "retry_max");
 	R.lifetime = mxf_config_int(cfg, "router", "max_queue_lifetime");
+	parse_schedule(mxf_config_str(cfg, "router", "retry_schedule"));
+	R.dom_conc = (unsigned)mxf_config_int(cfg, "router", "domain_concurrency");
+	R.dom_rate = (unsigned)mxf_config_int(cfg, "router", "domain_rate");
+	R.local_cs = !mxf_config_bool(cfg, "router", "local_part_case_insensitive");
+	const char *sep = mxf_config_str(cfg, "router", "subaddress_separator");
+	if (!*sep || strlen(sep) >= sizeof(R.subaddr_sep) || strchr(sep, '@') || strchr(sep, '"'))
+		mxf_fatal("[router] subaddress_separator: one to 15 characters, not @ or \"");
+	snprintf(R.subaddr_sep, sizeof(R.subaddr_sep), "%s", sep);
 
 	int r = mxf_spool_open(spool_dir, true, &R.spool);
 	if (r < 0)
@@ -107,10 +153,12 @@ int main(int argc, char **argv)
 	snprintf(path, sizeof(path), "%s/rules.db", data_dir);
 	if (mxf_rulesdb_open(path, true, &R.rdb, err, sizeof(err)) < 0)
 		mxf_fatal("rules database: %s", err);
-	if (mxf_ruleset_load(R.rdb, &R.rules, err, sizeof(err)) < 0)
+	struct mxf_ruleset_opts ro = {.local_case_sensitive = R.local_cs,
+				      .subaddr_sep = R.subaddr_sep};
+	if (mxf_ruleset_load_opts(R.rdb, &ro, &R.rules, err, sizeof(err)) < 0)
 		mxf_fatal("rules: %s", err);
 
-	uint8_t secret[256];
+	uint8_t secret[4096];
 	size_t slen = 0;
 	snprintf(path, sizeof(path), "%s/srs.secret", data_dir);
 	if ((r = mxf_srs_load_secret(path, 1, secret, sizeof(secret), &slen)) < 0)
@@ -119,6 +167,10 @@ int main(int argc, char **argv)
 	memset(secret, 0, sizeof(secret));
 	if (r < 0)
 		mxf_fatal("SRS: %s", strerror(-r));
+	snprintf(path, sizeof(path), "%s/srs.db", data_dir);
+	if ((r = mxf_srs_open_db(R.srs, path)) < 0)
+		mxf_warn("SRS database %s: %s; senders too long for SRS keep their address", path,
+			 strerror(-r));
 
 	snprintf(path, sizeof(path), "%s/activity.db", data_dir);
 	if (activity_open(path) < 0)
@@ -129,6 +181,7 @@ int main(int argc, char **argv)
 	/* Recover before listening: nobody may commit into a spool that is
 	 * still being swept (tmp/ is emptied). */
 	queue_recover();
+	queue_rules_poll_start();
 	if ((r = peer_listen(sock)) < 0)
 		mxf_fatal("cannot listen on %s: %s", sock, strerror(-r));
 

@@ -187,7 +187,7 @@ static bool type_allowed(enum role role, uint16_t t)
 	case ROLE_DELIVERD:
 		return t == MXF_MSG_DELIVER_RESULT;
 	case ROLE_CTL:
-		return t == MXF_MSG_RELOAD;
+		return t == MXF_MSG_RELOAD || t == MXF_MSG_QUEUE_CTL;
 	default:
 		return false;
 	}
@@ -214,6 +214,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_DELIVER_RESULT: return queue_deliver_result(p, v);
 	case MXF_MSG_BOUNCE_DONE: return queue_bounce_done(p, v);
 	case MXF_MSG_RELOAD: return on_reload(p, v);
+	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
 	default: return -1;
 	}
 }

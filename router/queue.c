@@ -37,6 +37,17 @@ struct qmsg {
 	struct peer *bounce_peer;
 	int64_t bounce_after; /* no bounce attempt before this time */
 	int64_t wake;         /* 0, or when to look at this message again */
+	bool held;            /* mxferryctl queue hold: nothing is delivered until released */
+	bool del;             /* mxferryctl queue delete: removed when nothing is in flight */
+};
+
+/* Per destination domain: jobs in flight and the last job's start, so one
+ * slow upstream cannot take every delivery slot. */
+struct dstate {
+	struct dstate *next;
+	unsigned inflight;
+	int64_t last_ms;
+	char domain[256];
 };
 
 struct job {
@@ -47,6 +58,7 @@ struct job {
 	size_t n;
 	size_t ridx[JOB_MAX_RCPT];
 	struct peer *peer; /* NULL while waiting */
+	struct dstate *ds; /* set while in flight */
 };
 
 struct jlist {
@@ -59,6 +71,30 @@ static struct qmsg *msgs;
 static struct qmsg *bucket[NBUCKET];
 static uv_timer_t wake_timer;
 static int64_t timer_at; /* when wake_timer fires, 0 = stopped */
+static uv_timer_t rate_timer;  /* dispatch again when a domain's rate allows */
+static uv_timer_t rules_timer; /* data_version poll */
+static struct dstate *dstates;
+
+static struct dstate *dstate_get(const char *domain)
+{
+	for (struct dstate *d = dstates; d; d = d->next)
+		if (strcmp(d->domain, domain) == 0)
+			return d;
+	struct dstate *d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	snprintf(d->domain, sizeof(d->domain), "%s", domain);
+	d->next = dstates;
+	dstates = d;
+	return d;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- lists ---- */
 static void jl_append(struct jlist *l, struct job *j)
@@ -334,16 +370,64 @@ static struct mxf_ipc_msg *job_message(const struct job *j)
 	    mxf_ipc_put_str(msg, F_SENDER, e->srs_sender) < 0 ||
 	    mxf_ipc_put_str(msg, F_DOMAIN, j->domain) < 0)
 		goto fail;
-	for (size_t k = 0; k < j->n; k++)
+	/* DSN requests (RFC 3461) travel on: deliverd passes them to a peer
+	 * that offers DSN. Empty values mean "not given". */
+	for (size_t k = 0; k < j->n; k++) {
+		const struct mxf_env_rcpt *r = &e->rcpt[j->ridx[k]];
 		if (mxf_ipc_put_u64(msg, F_RIDX, j->ridx[k]) < 0 ||
-		    mxf_ipc_put_str(msg, F_RCPT, e->rcpt[j->ridx[k]].dest) < 0)
+		    mxf_ipc_put_str(msg, F_RCPT, r->dest) < 0 ||
+		    mxf_ipc_put_str(msg, F_DSN_NOTIFY, r->notify) < 0 ||
+		    mxf_ipc_put_str(msg, F_ORCPT, r->orcpt) < 0)
 			goto fail;
-	if (mxf_ipc_put_str(msg, F_HEADERS, e->headers) < 0)
+	}
+	if ((e->ret[0] && mxf_ipc_put_str(msg, F_RET, e->ret) < 0) ||
+	    (e->envid[0] && mxf_ipc_put_str(msg, F_ENVID, e->envid) < 0) ||
+	    mxf_ipc_put_str(msg, F_HEADERS, e->headers) < 0)
+		goto fail;
+	/* A per-domain transport (rules.db) overrides the MX lookup. */
+	const char *hop = mxf_ruleset_nexthop(R.rules, j->domain);
+	if (hop && mxf_ipc_put_str(msg, F_NEXTHOP, hop) < 0)
 		goto fail;
 	return msg;
 fail:
 	mxf_ipc_msg_free(msg);
 	return NULL;
+}
+
+static void on_rate(uv_timer_t *t)
+{
+	(void)t;
+	dispatch();
+}
+
+/* The oldest waiting job whose domain is under its bounds; NULL if none.
+ * *wait_ms: when a rate-limited domain may go next (0: none waits). */
+static struct job *pick_job(int64_t now, int64_t *wait_ms)
+{
+	struct job *best = NULL;
+	*wait_ms = 0;
+	for (struct job *j = waiting.head; j; j = j->next) {
+		if (best && (j->m->env->arrival > best->m->env->arrival ||
+			     (j->m->env->arrival == best->m->env->arrival &&
+			      strcmp(j->m->env->qid, best->m->env->qid) >= 0)))
+			continue;
+		struct dstate *d = dstate_get(j->domain);
+		if (!d)
+			continue;
+		if (d->inflight >= R.dom_conc)
+			continue;
+		if (R.dom_rate && d->last_ms) {
+			int64_t gap = 60000 / (int64_t)R.dom_rate;
+			if (now - d->last_ms < gap) {
+				int64_t w = gap - (now - d->last_ms);
+				if (!*wait_ms || w < *wait_ms)
+					*wait_ms = w;
+				continue;
+			}
+		}
+		best = j;
+	}
+	return best;
 }
 
 static void dispatch(void)
@@ -352,7 +436,13 @@ static void dispatch(void)
 		struct peer *p = peer_find_role(ROLE_DELIVERD);
 		if (!p)
 			return;
-		struct job *j = waiting.head;
+		int64_t now = now_ms(), wait = 0;
+		struct job *j = pick_job(now, &wait);
+		if (!j) {
+			if (wait > 0)
+				uv_timer_start(&rate_timer, on_rate, (uint64_t)wait, 0);
+			return;
+		}
 		jl_remove(&waiting, j);
 		int fd = mxf_spool_open_content(R.spool, j->m->env->qid);
 		if (fd < 0) {
@@ -375,10 +465,25 @@ static void dispatch(void)
 			continue;
 		}
 		j->peer = p;
+		j->ds = dstate_get(j->domain);
+		if (j->ds) {
+			j->ds->inflight++;
+			j->ds->last_ms = now;
+		}
 		p->jobs++;
 		ninflight++;
 		jl_append(&inflight, j);
 	}
+}
+
+/* A job leaves the in-flight list (answered, or its deliverd went away). */
+static void inflight_remove(struct job *j)
+{
+	jl_remove(&inflight, j);
+	ninflight--;
+	if (j->ds && j->ds->inflight)
+		j->ds->inflight--;
+	j->ds = NULL;
 }
 
 /* Creates jobs for recipients due now; returns how many were made. */
@@ -514,6 +619,30 @@ static void msg_run(struct qmsg *m)
 	if (m->jobs || m->bounce_inflight)
 		return;
 	m->wake = 0;
+	if (m->del) {
+		msg_remove(m);
+		return;
+	}
+	if (m->held) {
+		msg_move(m, MXF_SD_HOLD);
+		return;
+	}
+	/* Nothing is ever forwarded to an unverified destination: such a copy
+	 * waits (deferred, logged) until the address is verified, or expires. */
+	bool changed = false;
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		struct mxf_env_rcpt *r = &e->rcpt[i];
+		bool due = r->status == MXF_RS_PENDING ||
+			   (r->status == MXF_RS_DEFERRED && r->next_try <= now);
+		if (due && strcmp(r->action, "forward") == 0 &&
+		    !mxf_ruleset_dest_verified(R.rules, r->dest)) {
+			apply_one(m, i, 451, "4.7.1",
+				  "unverified destination: not forwarded until it is verified", "");
+			changed = true;
+		}
+	}
+	if (changed)
+		msg_save(m);
 	bool want_now = false;
 	for (size_t i = 0; i < e->nrcpt && !want_now; i++)
 		want_now = e->rcpt[i].status == MXF_RS_PENDING ||
@@ -574,6 +703,10 @@ static void msg_run(struct qmsg *m)
 /* ---- results ---- */
 static int64_t backoff(const struct mxf_env_rcpt *r)
 {
+	if (R.nsched) {
+		size_t k = r->attempts ? r->attempts - 1 : 0;
+		return R.sched[k < R.nsched ? k : R.nsched - 1];
+	}
 	int64_t d = R.retry_min;
 	for (unsigned a = 1; a < r->attempts && d < R.retry_max; a++)
 		d *= 2;
@@ -652,8 +785,7 @@ int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v)
 	if (!relay)
 		relay = "";
 	struct qmsg *m = j->m;
-	jl_remove(&inflight, j);
-	ninflight--;
+	inflight_remove(j);
 	p->jobs--;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t code;
@@ -725,7 +857,7 @@ void queue_bouncer_up(struct peer *p)
 	/* Messages parked only for want of a bouncer: look at them now. */
 	int64_t now = now_s();
 	for (struct qmsg *m = msgs; m; m = m->next) {
-		if (m->jobs || m->bounce_inflight)
+		if (m->jobs || m->bounce_inflight || m->held)
 			continue;
 		for (size_t i = 0; i < m->env->nrcpt; i++) {
 			if (m->env->rcpt[i].status == MXF_RS_FAILED) {
@@ -748,8 +880,7 @@ void queue_peer_gone(struct peer *p)
 			prev = j->prev;
 			if (j->peer != p)
 				continue;
-			jl_remove(&inflight, j);
-			ninflight--;
+			inflight_remove(j);
 			j->peer = NULL;
 			j->req = ++R.next_req; /* a late answer to the old request is refused */
 			jl_prepend(&waiting, j);
@@ -800,14 +931,150 @@ void queue_add(struct mxf_env *e, int dir)
 int queue_reload_rules(char *err, size_t errlen)
 {
 	struct mxf_ruleset *rs = NULL;
-	int r = mxf_ruleset_load(R.rdb, &rs, err, errlen);
+	struct mxf_ruleset_opts o = {.local_case_sensitive = R.local_cs,
+				     .subaddr_sep = R.subaddr_sep};
+	long long v = 0;
+	/* The version first: a write landing during the load is seen by the
+	 * next poll and loaded again. */
+	mxf_rulesdb_data_version(R.rdb, &v);
+	int r = mxf_ruleset_load_opts(R.rdb, &o, &rs, err, errlen);
 	if (r < 0) {
 		mxf_err("rules reload failed, keeping the current rules: %s", err);
+		R.rules_version = v; /* retried on the next change, not every poll */
 		return r;
 	}
 	mxf_ruleset_free(R.rules);
 	R.rules = rs;
+	R.rules_version = v;
 	mxf_info("rules reloaded: %zu rule(s)", mxf_ruleset_count(rs));
+	/* A destination may have become verified: what waits for one goes now. */
+	int64_t now = now_s();
+	for (struct qmsg *m = msgs; m; m = m->next) {
+		for (size_t i = 0; i < m->env->nrcpt; i++) {
+			struct mxf_env_rcpt *rc = &m->env->rcpt[i];
+			if (rc->status == MXF_RS_DEFERRED && rc->next_try > now &&
+			    strstr(rc->reply, "unverified destination") &&
+			    mxf_ruleset_dest_verified(rs, rc->dest)) {
+				rc->next_try = now;
+				if (!m->held && !m->jobs && !m->bounce_inflight)
+					m->wake = now;
+			}
+		}
+	}
+	timer_update();
+	return 0;
+}
+
+static void on_rules_poll(uv_timer_t *t)
+{
+	(void)t;
+	long long v;
+	if (mxf_rulesdb_data_version(R.rdb, &v) == 0 && v != R.rules_version) {
+		char err[512] = "";
+		queue_reload_rules(err, sizeof(err));
+	}
+}
+
+void queue_rules_poll_start(void)
+{
+	mxf_rulesdb_data_version(R.rdb, &R.rules_version);
+	uv_timer_start(&rules_timer, on_rules_poll, 500, 500);
+}
+
+/* ---- operator control (mxferryctl queue ...) ---- */
+
+/* Takes m's jobs that have not gone to deliverd yet back out of the line. */
+static void drop_waiting_jobs(struct qmsg *m)
+{
+	for (struct job *j = waiting.head, *next; j; j = next) {
+		next = j->next;
+		if (j->m != m)
+			continue;
+		jl_remove(&waiting, j);
+		job_finish(j);
+	}
+}
+
+static void retry_now(struct qmsg *m, int64_t now)
+{
+	for (size_t i = 0; i < m->env->nrcpt; i++)
+		if (m->env->rcpt[i].status == MXF_RS_DEFERRED)
+			m->env->rcpt[i].next_try = now;
+	m->bounce_after = 0;
+	if (!m->held)
+		m->wake = now;
+}
+
+int queue_ctl(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req;
+	const char *op = mxf_ipc_str(v, F_TEXT, 0);
+	size_t nq = mxf_ipc_count(v, F_QID);
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || !op)
+		return -1;
+	for (size_t i = 0; i < nq; i++)
+		if (!mxf_ipc_str(v, F_QID, i))
+			return -1;
+	int64_t now = now_s();
+	uint64_t count = 0;
+	bool flush = strcmp(op, "flush") == 0;
+	if (!flush && strcmp(op, "hold") != 0 && strcmp(op, "release") != 0 &&
+	    strcmp(op, "delete") != 0 && strcmp(op, "retry") != 0)
+		return -1;
+	if (flush) {
+		for (struct qmsg *m = msgs; m; m = m->next) {
+			if (m->held || m->del)
+				continue;
+			retry_now(m, now);
+			count++;
+		}
+	}
+	for (size_t i = 0; i < nq && !flush; i++) {
+		const char *qid = mxf_ipc_str(v, F_QID, i);
+		struct qmsg *m = mxf_qid_valid(qid) ? find_msg(qid) : NULL;
+		if (!m || m->del)
+			continue;
+		count++;
+		if (strcmp(op, "hold") == 0) {
+			if (m->held)
+				continue;
+			m->held = true;
+			drop_waiting_jobs(m);
+			mxf_info("%s: held by the operator", qid);
+			if (!m->jobs && !m->bounce_inflight) {
+				m->wake = 0;
+				msg_move(m, MXF_SD_HOLD);
+			}
+		} else if (strcmp(op, "release") == 0) {
+			if (!m->held)
+				continue;
+			m->held = false;
+			mxf_info("%s: released by the operator", qid);
+			retry_now(m, now);
+		} else if (strcmp(op, "retry") == 0) {
+			retry_now(m, now);
+		} else { /* delete */
+			m->del = true;
+			drop_waiting_jobs(m);
+			mxf_info("%s: deleted by the operator", qid);
+			if (!m->jobs && !m->bounce_inflight)
+				msg_remove(m);
+		}
+	}
+	timer_update();
+	char text[64];
+	snprintf(text, sizeof(text), "Ok: %llu message(s)", (unsigned long long)count);
+	struct mxf_ipc_msg *msg = mxf_ipc_msg_new(MXF_MSG_QUEUE_CTL_REPLY);
+	int r = msg ? 0 : -ENOMEM;
+	if (r == 0 && ((r = mxf_ipc_put_u64(msg, F_REQ, req)) < 0 ||
+		       (r = mxf_ipc_put_u64(msg, F_CODE, 250)) < 0 ||
+		       (r = mxf_ipc_put_str(msg, F_TEXT, text)) < 0 ||
+		       (r = mxf_ipc_put_u64(msg, F_COUNT, count)) < 0))
+		goto out;
+	r = peer_send(p, msg, -1);
+out:
+	mxf_ipc_msg_free(msg);
+	(void)r; /* a ctl that went away has nothing to be told */
 	return 0;
 }
 
@@ -914,13 +1181,10 @@ static void recover_entry(enum mxf_spool_dir d, const char *name, void *arg)
 		return;
 	}
 	ns_add(keep, name);
-	if (d == MXF_SD_HOLD) {
-		mxf_env_free(e);
-		return;
-	}
 	struct qmsg *m = msg_new(e, d);
 	if (!m)
 		mxf_fatal("out of memory during recovery");
+	m->held = d == MXF_SD_HOLD;
 	if (d == MXF_SD_INCOMING)
 		msg_move(m, MXF_SD_ACTIVE);
 }
@@ -952,6 +1216,8 @@ static void orphan_entry(enum mxf_spool_dir d, const char *name, void *arg)
 void queue_init(void)
 {
 	uv_timer_init(R.loop, &wake_timer);
+	uv_timer_init(R.loop, &rate_timer);
+	uv_timer_init(R.loop, &rules_timer);
 }
 
 void queue_recover(void)
@@ -974,9 +1240,12 @@ void queue_recover(void)
 
 	size_t nact = 0, ndef = 0;
 	int64_t now = now_s();
+	size_t nhold = 0;
 	for (struct qmsg *m = msgs, *next; m; m = next) {
 		next = m->next;
-		if (m->dir == MXF_SD_DEFERRED) {
+		if (m->held) {
+			nhold++;
+		} else if (m->dir == MXF_SD_DEFERRED) {
 			/* Due at the earliest retry; anything else in it
 			 * (a bounce owed, a pending recipient) is due now. */
 			int64_t w = 0;
@@ -996,6 +1265,6 @@ void queue_recover(void)
 			nact++;
 		}
 	}
-	mxf_info("queue recovered: %zu active, %zu deferred", nact, ndef);
+	mxf_info("queue recovered: %zu active, %zu deferred, %zu held", nact, ndef, nhold);
 	timer_update();
 }

@@ -15,12 +15,15 @@
 #include "queueid.h"
 #include "router.h"
 #include "rulesdb.h"
+#include "smtp.h"
 #include "spool.h"
 #include "srs.h"
 
 /* Files one connection may hold open at once: a compromised smtpd must not
  * exhaust the router's descriptors. */
 #define MAX_OPENED 64
+/* SRS returns are accepted for 21 days after the forward. */
+#define SRS_MAX_AGE_DAYS 21
 
 struct commit {
 	uv_work_t work;
@@ -76,9 +79,65 @@ static bool addr_parses(const char *a)
 	return mxf_addr_parse(a, MXF_ADDR_UTF8, local, sizeof(local), dom, sizeof(dom)) == 0;
 }
 
+/* A DSN value from smtpd: no spaces or controls (they would reach a DSN's
+ * header fields); NULL stands for "". */
+static bool dsn_clean(const char *s, size_t max)
+{
+	if (!s)
+		return true;
+	if (strlen(s) > max)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x21 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+/* ORCPT for a recipient the client gave none for (RFC 3461 4.2): the
+ * address as received, as "rfc822;xtext" or, with a UTF-8 local part,
+ * "utf-8;" with utf-8-addr-xtext (RFC 6533). */
+static void orcpt_of(const char *addr, char *out, size_t cap)
+{
+	bool ascii = true;
+	for (const char *p = addr; *p; p++)
+		ascii = ascii && (unsigned char)*p < 0x80;
+	if (ascii) {
+		int n = snprintf(out, cap, "rfc822;");
+		if (n < 0 || mxf_xtext_encode(addr, out + n, cap - (size_t)n) < 0)
+			out[0] = '\0';
+		return;
+	}
+	size_t o = (size_t)snprintf(out, cap, "utf-8;");
+	for (const unsigned char *p = (const unsigned char *)addr; *p && o + 8 < cap; p++) {
+		if (*p < 0x21 || *p == 0x7f || *p == '+' || *p == '=' || *p == '\\')
+			o += (size_t)snprintf(out + o, cap - o, "\\x{%02X}", *p);
+		else
+			out[o++] = (char)*p;
+	}
+	out[o] = '\0';
+}
+
 static char *esc(char *buf, size_t cap, const char *s)
 {
 	return mxf_log_escape(buf, cap, s, strlen(s));
+}
+
+/* An address on the SRS domain that looks like SRS. */
+static bool srs_ours(const char *norm)
+{
+	const char *at = strrchr(norm, '@');
+	return R.srs && at && mxf_srs_is_srs(norm) &&
+	       strcasecmp(at + 1, mxf_config_str(R.cfg, "router", "srs_domain")) == 0;
+}
+
+/* The address mail to an SRS address of ours goes back to: 0, or <0 when
+ * the address is forged, expired or unknown. */
+static int srs_return(const char *norm, char *back, size_t len)
+{
+	int r = mxf_srs_reverse(R.srs, norm, time(NULL), SRS_MAX_AGE_DAYS, back, len);
+	if (r == 0 && (!*back || !addr_clean(back) || !addr_parses(back)))
+		r = -EINVAL;
+	return r;
 }
 
 /* ---- RCPT ---- */
@@ -99,28 +158,67 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 			   NULL, -1);
 		return;
 	}
+	unsigned code = 550;
+	const char *ecode = "5.7.1", *why = "relay denied";
+	struct mxf_env_rcpt log_r = {.orig = norm, .dest = "", .rule = "", .action = "",
+				     .reply = "", .relay = ""};
+	if (srs_ours(norm)) {
+		/* A return to one of our SRS addresses: only a genuine, fresh one. */
+		char back[MXF_ADDR_SIZE];
+		if (srs_return(norm, back, sizeof(back)) == 0) {
+			peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
+			return;
+		}
+		ecode = "5.1.1", why = "bad SRS address";
+		snprintf(text, sizeof(text),
+			 "<%s>: Recipient address rejected: invalid or expired SRS address", norm);
+		log_r.action = "relay";
+		goto refuse;
+	}
 	if (mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
 		rt.kind = MXF_ROUTE_NO_DOMAIN;
+	log_r.rule = (char *)rt.tag;
 	switch (rt.kind) {
 	case MXF_ROUTE_FORWARD:
+		if (rt.nverified == 0 && rt.refuse_unverified) {
+			log_r.action = "forward";
+			why = "destination not verified";
+			snprintf(text, sizeof(text),
+				 "<%s>: Recipient address rejected: destination not verified", norm);
+			break;
+		}
+		/* fall through */
 	case MXF_ROUTE_DROP:
 		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
 		return;
+	case MXF_ROUTE_REJECT:
+		/* The operator's reason, sanitised to printable ASCII when stored. */
+		log_r.action = "reject";
+		why = "rule";
+		snprintf(text, sizeof(text), "%s", rt.text);
+		break;
+	case MXF_ROUTE_WORKER:
+		/* The worker runtime is issue 13: until then a temporary failure,
+		 * so nothing is lost and the sender retries. */
+		log_r.action = "worker";
+		code = 451, ecode = "4.3.0", why = "worker runtime not available";
+		snprintf(text, sizeof(text), "worker runtime not available");
+		break;
 	case MXF_ROUTE_NO_RULE:
+		ecode = "5.1.1", why = "user unknown";
 		snprintf(text, sizeof(text), "<%s>: Recipient address rejected: User unknown", norm);
-		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 550, "5.1.1", text, NULL, -1);
 		break;
 	default:
 		snprintf(text, sizeof(text), "<%s>: Relay access denied", norm);
-		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 550, "5.7.1", text, NULL, -1);
 		break;
 	}
+refuse:
+	peer_reply(p, MXF_MSG_RCPT_REPLY, req, code, ecode, text, NULL, -1);
 	char reply[sizeof(text) + 16];
-	snprintf(reply, sizeof(reply), "%s %s", rt.kind == MXF_ROUTE_NO_RULE ? "550 5.1.1" : "550 5.7.1",
-		 text);
-	mxf_info("NOQUEUE: reject: RCPT to=<%s>, reply=%s", esc(e1, sizeof(e1), norm),
-		 rt.kind == MXF_ROUTE_NO_RULE ? "550 5.1.1 user unknown" : "550 5.7.1 relay denied");
-	activity_add(NULL, NULL, norm, "rejected", NULL, reply);
+	snprintf(reply, sizeof(reply), "%u %s %s", code, ecode, text);
+	mxf_info("NOQUEUE: reject: RCPT to=<%s>, reply=%u %s %s", esc(e1, sizeof(e1), norm), code,
+		 ecode, why);
+	activity_add(NULL, &log_r, norm, "rejected", NULL, reply);
 }
 
 /* ---- OPEN / ABORT ---- */
@@ -274,8 +372,18 @@ static int add_routed(struct mxf_env *e, const char *rcpt)
 	struct mxf_route rt;
 	int fwd = 0;
 
-	if (mxf_addr_normalize(rcpt, MXF_ADDR_UTF8, norm, sizeof(norm)) < 0 ||
-	    mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
+	if (mxf_addr_normalize(rcpt, MXF_ADDR_UTF8, norm, sizeof(norm)) < 0)
+		return -EINVAL;
+	if (srs_ours(norm)) {
+		/* A return (normally a bounce) to the original sender: relayed
+		 * with the envelope sender as received. */
+		char back[MXF_ADDR_SIZE];
+		if (srs_return(norm, back, sizeof(back)) < 0)
+			return -EINVAL;
+		int i = mxf_env_add_rcpt(e, norm, back, "", "relay");
+		return i < 0 ? i : 0;
+	}
+	if (mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
 		return -EINVAL;
 	if (rt.kind == MXF_ROUTE_DROP) {
 		int i = mxf_env_add_rcpt(e, norm, "", rt.tag, "drop");
@@ -287,23 +395,30 @@ static int add_routed(struct mxf_env *e, const char *rcpt)
 	if (rt.kind != MXF_ROUTE_FORWARD || rt.ndest == 0)
 		return -EINVAL;
 	for (size_t d = 0; d < rt.ndest; d++) {
+		/* Unverified: left out where the domain refuses them; otherwise
+		 * queued and held back (deferred) until verified. */
+		if (!rt.verified[d] && rt.refuse_unverified)
+			continue;
 		/* One copy per destination per message, however many
 		 * recipients lead to it. */
 		bool dup = false;
 		for (size_t k = 0; k < e->nrcpt && !dup; k++)
 			dup = strcmp(e->rcpt[k].action, "forward") == 0 &&
 			      strcasecmp(e->rcpt[k].dest, rt.dests[d]) == 0;
-		if (dup)
+		if (dup) {
+			fwd = 1;
 			continue;
+		}
 		int i = mxf_env_add_rcpt(e, norm, rt.dests[d], rt.tag, "forward");
 		if (i < 0)
 			return i;
 		fwd = 1;
 	}
-	return fwd;
+	return fwd ? 1 : -EINVAL;
 }
 
-static int build_headers(struct mxf_env *e, const char *single_rcpt, bool from_bouncer)
+static int build_headers(struct mxf_env *e, const char *single_rcpt, bool from_bouncer,
+			 const char *tls)
 {
 	char date[64], host[256], helo[256], name[256], ip[256], proto[64], rc[300], buf[2048];
 	hdr_token(host, sizeof(host), R.hostname, "localhost");
@@ -322,9 +437,22 @@ static int build_headers(struct mxf_env *e, const char *single_rcpt, bool from_b
 		hdr_token(rc, sizeof(rc), single_rcpt, "");
 		snprintf(forc, sizeof(forc), "\r\n\tfor <%s>", rc);
 	}
+	/* TLS facts from smtpd "version=V cipher=C bits=N", as a comment
+	 * the way Postfix writes it. */
+	char tlsc[400] = "";
+	if (tls && *tls) {
+		char ver[64] = "", cip[128] = "", tv[64], tc[128];
+		unsigned bits = 0;
+		if (sscanf(tls, "version=%63s cipher=%127s bits=%u", ver, cip, &bits) == 3) {
+			hdr_token(tv, sizeof(tv), ver, "unknown");
+			hdr_token(tc, sizeof(tc), cip, "unknown");
+			snprintf(tlsc, sizeof(tlsc), "\r\n\t(using %s with cipher %s (%u/%u bits))",
+				 tv, tc, bits, bits);
+		}
+	}
 	snprintf(buf, sizeof(buf),
-		 "Received: from %s (%s [%s])\r\n\tby %s (mxferry) with %s id %s%s; %s\r\n", helo,
-		 name, ip, host, proto, e->qid, forc, date);
+		 "Received: from %s (%s [%s])%s\r\n\tby %s (mxferry) with %s id %s%s; %s\r\n", helo,
+		 name, ip, tlsc, host, proto, e->qid, forc, date);
 	return mxf_env_set(&e->headers, buf);
 }
 
@@ -342,6 +470,20 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 		return -1;
 	for (size_t i = 0; i < nrcpt; i++)
 		if (!addr_clean(mxf_ipc_str(v, F_RCPT, i)))
+			return -1;
+	/* DSN facts (RFC 3461): absent from bouncer and older smtpd; when
+	 * present, one NOTIFY and one ORCPT per recipient. */
+	size_t nnotify = mxf_ipc_count(v, F_DSN_NOTIFY), norcpt = mxf_ipc_count(v, F_ORCPT);
+	const char *ret = mxf_ipc_str(v, F_RET, 0), *envid = mxf_ipc_str(v, F_ENVID, 0);
+	if ((nnotify && nnotify != nrcpt) || (norcpt && norcpt != nrcpt) ||
+	    (ret && *ret && strcmp(ret, "FULL") && strcmp(ret, "HDRS")) || !dsn_clean(envid, 100) ||
+	    (mxf_ipc_count(v, F_TLS) && !addr_clean(mxf_ipc_str(v, F_TLS, 0))))
+		return -1;
+	for (size_t i = 0; i < nnotify; i++)
+		if (!mxf_ipc_str(v, F_DSN_NOTIFY, i) || !dsn_clean(mxf_ipc_str(v, F_DSN_NOTIFY, i), 31))
+			return -1;
+	for (size_t i = 0; i < norcpt; i++)
+		if (!addr_clean(mxf_ipc_str(v, F_ORCPT, i)) || strchr(mxf_ipc_str(v, F_ORCPT, i), ' '))
 			return -1;
 	struct opened *o = take_opened(p, qid);
 	if (!o) {
@@ -369,7 +511,8 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	    mxf_env_set(&e->client_name, mxf_ipc_str(v, F_CLIENT_NAME, 0)) < 0 ||
 	    mxf_env_set(&e->helo, mxf_ipc_str(v, F_HELO, 0)) < 0 ||
 	    mxf_env_set(&e->proto, mxf_ipc_str(v, F_PROTO, 0)) < 0 ||
-	    mxf_env_set(&e->origin, bouncer ? "bouncer" : "smtpd") < 0)
+	    mxf_env_set(&e->origin, bouncer ? "bouncer" : "smtpd") < 0 ||
+	    mxf_env_set(&e->ret, ret) < 0 || mxf_env_set(&e->envid, envid) < 0)
 		goto refuse;
 	bool forwards = false;
 	for (size_t i = 0; i < nrcpt; i++) {
@@ -386,7 +529,22 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 				goto refuse;
 			continue;
 		}
+		size_t first = e->nrcpt;
 		r = add_routed(e, rcpt);
+		/* Every envelope recipient this RCPT became carries its DSN
+		 * request; a forwarded one names the address given at RCPT. */
+		for (size_t k = first; r >= 0 && k < e->nrcpt; k++) {
+			const char *nt = nnotify ? mxf_ipc_str(v, F_DSN_NOTIFY, i) : "";
+			const char *oc = norcpt ? mxf_ipc_str(v, F_ORCPT, i) : "";
+			char dflt[MXF_ADDR_SIZE * 3 + 16];
+			if (!*oc && strcmp(e->rcpt[k].action, "forward") == 0) {
+				orcpt_of(rcpt, dflt, sizeof(dflt));
+				oc = dflt;
+			}
+			if (mxf_env_set(&e->rcpt[k].notify, nt) < 0 ||
+			    mxf_env_set(&e->rcpt[k].orcpt, oc) < 0)
+				r = -ENOMEM;
+		}
 		if (r == -EINVAL) {
 			/* The rules changed between RCPT and end of DATA: a
 			 * temporary refusal lets the client retry and get a
@@ -430,7 +588,8 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	} else if (mxf_env_set(&e->srs_sender, sender) < 0) {
 		goto refuse;
 	}
-	if (build_headers(e, nrcpt == 1 ? mxf_ipc_str(v, F_RCPT, 0) : NULL, bouncer) < 0)
+	if (build_headers(e, nrcpt == 1 ? mxf_ipc_str(v, F_RCPT, 0) : NULL, bouncer,
+			  mxf_ipc_str(v, F_TLS, 0)) < 0)
 		goto refuse;
 
 	struct commit *c = calloc(1, sizeof(*c));

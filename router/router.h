@@ -52,6 +52,12 @@ struct router {
 	struct mxf_ruleset *rules;
 	struct mxf_srs *srs;
 	int64_t retry_min, retry_max, lifetime;
+	int64_t *sched; /* explicit retry schedule ([router] retry_schedule), or NULL */
+	size_t nsched;
+	unsigned dom_conc, dom_rate; /* per destination domain: jobs in flight, jobs/minute */
+	char subaddr_sep[16];
+	bool local_cs;
+	long long rules_version; /* PRAGMA data_version of the loaded rule set */
 	/* peer authentication */
 	bool dev;
 	uid_t self_uid;
@@ -100,6 +106,10 @@ void queue_peer_gone(struct peer *p);
 int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v);
 int queue_bounce_done(struct peer *p, const struct mxf_ipc_view *v);
 int queue_reload_rules(char *err, size_t errlen);
+/* Polls rules.db's data_version and reloads on a change (every 500 ms). */
+void queue_rules_poll_start(void);
+/* QUEUE_CTL from mxferryctl: <0 for a protocol violation. */
+int queue_ctl(struct peer *p, const struct mxf_ipc_view *v);
 
 /* activity.c */
 int activity_open(const char *path);

@@ -405,18 +405,26 @@ static void test_lookup(void **state)
 	assert_int_equal(mxf_ruleset_lookup(rs, "no-at-sign", &rt), -EINVAL);
 	mxf_ruleset_free(rs);
 
-	/* Revoked verification: left out at load; a forward rule left with
-	 * none refuses (NO_RULE, tag kept) instead of reaching the catch-all. */
+	/* Revoked verification: the destination stays in the route, flagged
+	 * unverified (the router defers or refuses it, never forwards). */
 	raw_exec(f->path, "UPDATE addresses SET verified = 0 WHERE email = 'dest@dest.test'");
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
 	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
-	assert_int_equal(rt.ndest, 1);
-	assert_string_equal(rt.dests[0], "two@dest.test");
+	assert_int_equal(rt.ndest, 2);
+	assert_int_equal(rt.nverified, 1);
+	assert_string_equal(rt.dests[0], "dest@dest.test");
+	assert_false(rt.verified[0]);
+	assert_true(rt.verified[1]);
+	assert_false(rt.refuse_unverified);
+	assert_false(mxf_ruleset_dest_verified(rs, "dest@dest.test"));
+	assert_true(mxf_ruleset_dest_verified(rs, "TWO@dest.test"));
 	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", &rt), 0);
-	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+	assert_int_equal(rt.nverified, 0);
 	assert_string_equal(rt.tag, t_idn);
 	mxf_ruleset_free(rs);
+	raw_exec(f->path, "UPDATE addresses SET verified = 1 WHERE email = 'dest@dest.test'");
 
 	/* Disabled rule: falls to the catch-all. Disabled domain: not ours. */
 	raw_exec(f->path, "UPDATE rules SET enabled = 0 WHERE match_to = 'spam@example.com'");
@@ -485,6 +493,198 @@ static void test_load_validates(void **state)
 	sqlite3_close(s);
 }
 
+static void test_model(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	const char *one[] = {"dest@dest.test"}, *two[] = {"two@dest.test"};
+	char t_lit[33], t_wild[33], t_wild2[33], t_rej[33], t_work[33], t_dis[33], t_sub[33];
+	struct mxf_rule_spec sp = {.domain = "example.com", .matcher = "literal",
+				   .to = "sales-eu@example.com", .action = "forward", .dests = one,
+				   .ndest = 1, .priority = 10, .name = "eu"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_lit, err, sizeof(err)), 0);
+	/* A wildcard of better priority wins over the literal... */
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "sales-*@example.com", .action = "forward", .dests = two,
+				    .ndest = 1, .priority = 5};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_wild, err, sizeof(err)), 0);
+	/* ... one of equal or worse priority does not. */
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "*-eu@example.com", .action = "drop", .priority = 10};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_wild2, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "no@example.com", .action = "reject",
+				    .arg = "  Go away\r\n\x01now  "};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_rej, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "w@example.com", .action = "worker", .arg = "spamcheck"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_work, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "off@example.com", .action = "drop", .disabled = true};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_dis, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "user@example.com", .action = "forward", .dests = one,
+				    .ndest = 1};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_sub, err, sizeof(err)), 0);
+	/* Invalid ones. */
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "nostar@example.com", .action = "drop"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp.to = "a*@other.com";
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "x@example.com", .action = "reject", .arg = " \x01 "};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "y@example.com", .action = "reject", .arg = "   "};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "y@example.com", .action = "worker", .arg = "../bin/sh"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "y@example.com", .action = "drop", .priority = -1};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .action = "reject", .arg = "Nope"};
+	assert_int_equal(mxf_rulesdb_catchall_put(f->db, &sp, err, sizeof(err)), 0);
+
+	struct mxf_ruleset *rs;
+	struct mxf_route rt;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_wild);
+	assert_int_equal(mxf_ruleset_lookup(rs, "SALES-x@Example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_wild);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x-eu@example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_wild2);
+	assert_int_equal(rt.kind, MXF_ROUTE_DROP);
+	assert_int_equal(mxf_ruleset_lookup(rs, "no@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
+	assert_string_equal(rt.text, "Go away???now");
+	assert_int_equal(mxf_ruleset_lookup(rs, "w@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_WORKER);
+	assert_string_equal(rt.text, "spamcheck");
+	/* Disabled: the catch-all (a reject here). */
+	assert_int_equal(mxf_ruleset_lookup(rs, "off@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
+	assert_string_equal(rt.text, "Nope");
+	/* Subaddressing off by default. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "user+tag@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
+	mxf_ruleset_free(rs);
+
+	/* Subaddressing on; a custom separator set; case-sensitive local parts. */
+	assert_int_equal(mxf_rulesdb_domain_set(f->db, "example.com", "subaddressing", "on", err,
+						sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_domain_set(f->db, "example.com", "subaddressing", "maybe", err,
+						sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_domain_set(f->db, "nope.example", "subaddressing", "on", err,
+						sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user+tag@example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_sub);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user-tag@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
+	/* The exact address first: sales-x+y matches the wildcard as a whole. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-x+y@example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_wild);
+	mxf_ruleset_free(rs);
+	struct mxf_ruleset_opts o = {.local_case_sensitive = true, .subaddr_sep = "-+"};
+	assert_int_equal(mxf_ruleset_load_opts(f->db, &o, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user-tag@EXAMPLE.com", &rt), 0);
+	assert_string_equal(rt.tag, t_sub);
+	assert_int_equal(mxf_ruleset_lookup(rs, "USER@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
+	mxf_ruleset_free(rs);
+
+	/* Unverified policy, transports, enable/disable/remove by tag or name. */
+	assert_int_equal(mxf_rulesdb_domain_set(f->db, "example.com", "unverified", "reject", err,
+						sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_transport_set(f->db, "dest.test", "[127.0.0.1]:2525", err,
+						   sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_transport_set(f->db, "dest.test", "relay.example:25", err,
+						   sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_transport_set(f->db, "dest.test", "relay example:25", err,
+						   sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_transport_set(f->db, "dest.test", "[nope]:25", err,
+						   sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_rule_enable(f->db, t_dis, true, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_rule_remove(f->db, "eu", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_rule_remove(f->db, "eu", err, sizeof(err)), -ENOENT);
+	assert_int_equal(mxf_rulesdb_address_verify(f->db, "two@dest.test", false, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_address_verify(f->db, "zz@dest.test", false, err, sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_string_equal(mxf_ruleset_nexthop(rs, "dest.test"), "relay.example:25");
+	assert_null(mxf_ruleset_nexthop(rs, "other.test"));
+	assert_int_equal(mxf_ruleset_lookup(rs, "off@example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_dis);
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", &rt), 0);
+	assert_string_equal(rt.tag, t_wild);
+	assert_true(rt.refuse_unverified);
+	assert_int_equal(rt.nverified, 0);
+	mxf_ruleset_free(rs);
+	assert_int_equal(mxf_rulesdb_transport_remove(f->db, "dest.test", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_transport_remove(f->db, "dest.test", err, sizeof(err)),
+			 -ENOENT);
+
+	/* data_version moves when another connection commits. */
+	long long v1, v2;
+	assert_int_equal(mxf_rulesdb_data_version(f->db, &v1), 0);
+	raw_exec(f->path, "UPDATE domains SET subaddressing = 0");
+	assert_int_equal(mxf_rulesdb_data_version(f->db, &v2), 0);
+	assert_true(v1 != v2);
+}
+
+/* A version-1 database (the walking skeleton's) migrates with its rules and
+ * destinations intact. */
+static void test_migrate_v1(void **state)
+{
+	struct fx *f = *state;
+	char tag[33];
+	populate(f->db);
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward",
+					      (const char *[]){"dest@dest.test"}, 1, tag, err,
+					      sizeof(err)),
+			 0);
+	mxf_rulesdb_close(f->db);
+	f->db = NULL;
+	/* Back to the v1 shape. */
+	raw_exec(f->path,
+		 "PRAGMA foreign_keys=OFF; BEGIN;"
+		 "CREATE TABLE r1 (id INTEGER PRIMARY KEY, tag TEXT NOT NULL UNIQUE,"
+		 " domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,"
+		 " name TEXT NOT NULL DEFAULT '', priority INTEGER NOT NULL DEFAULT 0,"
+		 " enabled INTEGER NOT NULL DEFAULT 1,"
+		 " matcher TEXT NOT NULL CHECK (matcher IN ('literal', 'all')),"
+		 " match_to TEXT NOT NULL DEFAULT '', action TEXT NOT NULL CHECK (action IN "
+		 " ('forward', 'drop')), created INTEGER NOT NULL);"
+		 "INSERT INTO r1 SELECT id, tag, domain_id, name, priority, enabled, matcher, match_to,"
+		 " action, created FROM rules;"
+		 "DROP TABLE rules; ALTER TABLE r1 RENAME TO rules;"
+		 "DROP TABLE transports; ALTER TABLE domains DROP COLUMN unverified;"
+		 "PRAGMA user_version = 1; COMMIT;");
+	assert_int_equal(user_version(f->path), 1);
+	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
+	assert_int_equal(user_version(f->path), 2);
+	struct mxf_ruleset *rs;
+	struct mxf_route rt;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "a@example.com", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
+	assert_string_equal(rt.tag, tag);
+	assert_int_equal(rt.ndest, 1);
+	mxf_ruleset_free(rs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -496,6 +696,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_list_and_catchall_replace, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lookup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_load_validates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
