@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <ldns/ldns.h>
 #include <openssl/rand.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 struct mxf_dns {
 	ldns_resolver *r;
+	uint32_t last_ttl;
 };
 
 /* why: "TYPE: reason" */
@@ -150,29 +152,53 @@ static const char *rcode_str(ldns_pkt_rcode rc)
 	}
 }
 
-/* One query; on MXF_DNS_OK *rrs holds the answer's records of type t. */
+/* TTL for a negative answer (RFC 2308: the SOA's TTL capped by its MINIMUM
+ * field); a default when the server sent no SOA. */
+static uint32_t negative_ttl(const ldns_pkt *a)
+{
+	ldns_rr_list *auth = ldns_pkt_authority(a);
+	for (size_t i = 0; i < ldns_rr_list_rr_count(auth); i++) {
+		ldns_rr *rr = ldns_rr_list_rr(auth, i);
+		if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_SOA || ldns_rr_rd_count(rr) < 7)
+			continue;
+		uint32_t min = ldns_rdf2native_int32(ldns_rr_rdf(rr, 6));
+		uint32_t ttl = ldns_rr_ttl(rr);
+		return ttl < min ? ttl : min;
+	}
+	return MXF_DNS_NEG_TTL_DEFAULT;
+}
+
+/* One lookup; on MXF_DNS_OK *rrs holds the records of type t owned by name or
+ * by the end of its CNAME chain. A chain is followed within the answer and,
+ * when the answer stops at a CNAME (an authoritative server for another zone
+ * does that), by asking for the target: RFC 5321 §5.1 processes a CNAME'd
+ * name as the name it points to. */
 static int query(struct mxf_dns *d, const char *name, ldns_rr_type t, const char *tname,
 		 ldns_rr_list **rrs, char *why, size_t whylen)
 {
 	char abs[MXF_DNS_NAME_MAX + 2];
-	ldns_rdf *dn;
+	ldns_rdf *dn, *cur;
 	ldns_pkt *q = NULL, *a = NULL;
-	int rc;
+	uint32_t ttl = UINT32_MAX;
+	int rc = MXF_DNS_TEMPFAIL, hops = 0;
 
 	*rrs = NULL;
+	d->last_ttl = MXF_DNS_NEG_TTL_DEFAULT;
 	if (!mxf_dns_name_valid(name))
 		return -EINVAL;
 	snprintf(abs, sizeof(abs), "%s%s", name, name[strlen(name) - 1] == '.' ? "" : ".");
 	if (!(dn = ldns_dname_new_frm_str(abs)))
 		return -ENOMEM;
+	cur = dn;
+again:
 	/* ldns marks a nameserver that timed out as unreachable for the life of
 	 * the resolver; each lookup gets a fresh chance at every server. */
 	for (size_t i = 0; i < ldns_resolver_nameserver_count(d->r); i++)
 		ldns_resolver_set_nameserver_rtt(d->r, i, LDNS_RESOLV_RTT_MIN);
-	ldns_status st = ldns_resolver_prepare_query_pkt(&q, d->r, dn, t, LDNS_RR_CLASS_IN, LDNS_RD);
+	ldns_status st = ldns_resolver_prepare_query_pkt(&q, d->r, cur, t, LDNS_RR_CLASS_IN, LDNS_RD);
 	if (st != LDNS_STATUS_OK) {
-		ldns_rdf_deep_free(dn);
-		return -ENOMEM;
+		rc = -ENOMEM;
+		goto out;
 	}
 	st = ldns_resolver_send_pkt(&a, d->r, q);
 	if (st != LDNS_STATUS_OK || !a) {
@@ -187,23 +213,79 @@ static int query(struct mxf_dns *d, const char *name, ldns_rr_type t, const char
 	ldns_rr_list *qs = ldns_pkt_question(a);
 	if (!ldns_pkt_qr(a) || ldns_pkt_id(a) != ldns_pkt_id(q) || ldns_rr_list_rr_count(qs) != 1 ||
 	    ldns_rr_get_type(ldns_rr_list_rr(qs, 0)) != t ||
-	    ldns_dname_compare(ldns_rr_owner(ldns_rr_list_rr(qs, 0)), dn) != 0) {
+	    ldns_dname_compare(ldns_rr_owner(ldns_rr_list_rr(qs, 0)), cur) != 0) {
 		set_why(why, whylen, tname, "answer does not match the query");
 		rc = MXF_DNS_TEMPFAIL;
 		goto out;
 	}
 	switch (ldns_pkt_get_rcode(a)) {
-	case LDNS_RCODE_NOERROR:
-		*rrs = ldns_pkt_rr_list_by_type(a, t, LDNS_SECTION_ANSWER);
-		if (*rrs) {
-			rc = MXF_DNS_OK;
-		} else {
-			set_why(why, whylen, tname, "no records");
-			rc = MXF_DNS_NODATA;
+	case LDNS_RCODE_NOERROR: {
+		ldns_rr_list *an = ldns_pkt_answer(a);
+		/* Walk the chain: records of type t at cur, or a CNAME to follow. */
+		for (;;) {
+			ldns_rr_list *found = NULL;
+			ldns_rdf *next = NULL;
+			for (size_t i = 0; i < ldns_rr_list_rr_count(an); i++) {
+				ldns_rr *rr = ldns_rr_list_rr(an, i);
+				if (ldns_dname_compare(ldns_rr_owner(rr), cur) != 0)
+					continue;
+				if (ldns_rr_get_type(rr) == t) {
+					if (!found && !(found = ldns_rr_list_new()))
+						break;
+					ldns_rr *c = ldns_rr_clone(rr);
+					if (!c || !ldns_rr_list_push_rr(found, c)) {
+						ldns_rr_free(c);
+						break;
+					}
+					if (ldns_rr_ttl(rr) < ttl)
+						ttl = ldns_rr_ttl(rr);
+				} else if (ldns_rr_get_type(rr) == LDNS_RR_TYPE_CNAME && !next &&
+					   ldns_rr_rd_count(rr) == 1) {
+					next = ldns_rr_rdf(rr, 0);
+					if (ldns_rr_ttl(rr) < ttl)
+						ttl = ldns_rr_ttl(rr);
+				}
+			}
+			if (found) {
+				*rrs = found;
+				d->last_ttl = ttl;
+				rc = MXF_DNS_OK;
+				goto out;
+			}
+			if (!next) {
+				set_why(why, whylen, tname, "no records");
+				d->last_ttl = negative_ttl(a);
+				rc = MXF_DNS_NODATA;
+				goto out;
+			}
+			if (++hops > MXF_DNS_CNAME_HOPS) {
+				set_why(why, whylen, tname, "CNAME chain too long");
+				rc = MXF_DNS_TEMPFAIL;
+				goto out;
+			}
+			ldns_rdf *nc = ldns_rdf_clone(next);
+			if (!nc) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			if (cur != dn)
+				ldns_rdf_deep_free(cur);
+			cur = nc;
+			/* Is the target answered here too? Else ask for it. */
+			bool here = false;
+			for (size_t i = 0; i < ldns_rr_list_rr_count(an) && !here; i++)
+				here = ldns_dname_compare(ldns_rr_owner(ldns_rr_list_rr(an, i)), cur) == 0;
+			if (!here) {
+				ldns_pkt_free(q);
+				ldns_pkt_free(a);
+				q = a = NULL;
+				goto again;
+			}
 		}
-		break;
+	}
 	case LDNS_RCODE_NXDOMAIN:
 		set_why(why, whylen, tname, "no such domain");
+		d->last_ttl = negative_ttl(a);
 		rc = MXF_DNS_NXDOMAIN;
 		break;
 	default:
@@ -212,10 +294,19 @@ static int query(struct mxf_dns *d, const char *name, ldns_rr_type t, const char
 		break;
 	}
 out:
+	if (rc == MXF_DNS_TEMPFAIL)
+		d->last_ttl = 0;
 	ldns_pkt_free(q);
 	ldns_pkt_free(a);
+	if (cur != dn)
+		ldns_rdf_deep_free(cur);
 	ldns_rdf_deep_free(dn);
 	return rc;
+}
+
+uint32_t mxf_dns_last_ttl(const struct mxf_dns *d)
+{
+	return d->last_ttl;
 }
 
 /* A name from an answer into our form; false when it is not a host name. */

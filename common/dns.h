@@ -26,6 +26,10 @@
  * make us try hosts for hours). */
 #define MXF_DNS_MX_MAX 32
 #define MXF_DNS_ADDR_MAX 16
+/* CNAMEs followed from one name before giving up (temporary failure). */
+#define MXF_DNS_CNAME_HOPS 8
+/* Cache time of a negative answer that carries no SOA. */
+#define MXF_DNS_NEG_TTL_DEFAULT 60
 
 /* Outcome of one lookup (>= 0); functions return -errno on local failures. */
 enum mxf_dns_rc {
@@ -75,6 +79,11 @@ struct mxf_dns_addr {
  * mxf_dns_rc (MXF_DNS_OK with *n >= 1), -EINVAL, -ENOMEM. */
 int mxf_dns_addrs(struct mxf_dns *d, const char *host, int family, struct mxf_dns_addr *out,
 		  size_t cap, size_t *n, char *why, size_t whylen);
+
+/* TTL (seconds) of the last lookup's answer on this handle: the smallest TTL
+ * of the records used (CNAMEs included) for MXF_DNS_OK, the negative-caching
+ * TTL (RFC 2308) for NODATA and NXDOMAIN, 0 for TEMPFAIL. For caches. */
+uint32_t mxf_dns_last_ttl(const struct mxf_dns *d);
 
 /* Uniform random number in [0, bound); bound >= 1. */
 typedef uint32_t (*mxf_dns_rand_fn)(void *arg, uint32_t bound);

@@ -2,7 +2,11 @@
  *
  * The router sends DELIVER with the message as a read-only descriptor; each
  * one becomes a job on libuv's thread pool (see delivery.h for why blocking),
- * and its per-recipient results go back as DELIVER_RESULT. deliverd holds no
+ * and its per-recipient results go back as DELIVER_RESULT. Jobs wait here,
+ * per destination, while that destination has dest_concurrency sessions
+ * running: a burst to one domain then runs on a few connections that are
+ * reused (the idle-connection cache in delivery.c) instead of opening one
+ * per message, and cannot take every worker from other destinations. deliverd holds no
  * state of its own: if the router goes away mid-job, the job finishes, its
  * result is dropped, and the router re-sends what was in flight to the next
  * deliverd connection. */
@@ -26,9 +30,9 @@
 #include "log.h"
 #include "queueid.h"
 
-/* Concurrent deliveries = worker threads (libuv's default is 4). */
-#define THREADPOOL_SIZE "32"
 #define DNS_TIMEOUT_S 5
+/* How often idle cached connections past their time are closed. */
+#define SWEEP_MS 1000
 #define DNS_TRIES 2
 /* Bound on recipients per DELIVER, far above what the router batches. */
 #define MAX_RCPTS 1000
@@ -42,13 +46,24 @@ static struct {
 	 * generation answers a router connection that no longer exists. */
 	uint64_t gen;
 	size_t jobs;
+	unsigned dest_concurrency;
+	struct dest *dests; /* destinations with running or waiting jobs */
 } g;
 
 struct job {
 	uv_work_t work;
+	struct job *next; /* waiting in its destination's queue */
+	struct dest *dest;
 	uint64_t req;
 	uint64_t gen;
 	struct dlv_job d;
+};
+
+struct dest {
+	struct dest *next;
+	char key[DLV_DEST_SIZE];
+	unsigned running;
+	struct job *head, *tail; /* waiting */
 };
 
 static void job_free(struct job *jb)
@@ -56,11 +71,16 @@ static void job_free(struct job *jb)
 	struct dlv_job *d = &jb->d;
 	for (size_t i = 0; i < d->nrcpt; i++) {
 		free(d->rcpt[i].addr);
+		free(d->rcpt[i].notify);
+		free(d->rcpt[i].orcpt);
 		free(d->rcpt[i].text);
 	}
 	free(d->rcpt);
 	free(d->sender);
 	free(d->domain);
+	free(d->nexthop);
+	free(d->ret);
+	free(d->envid);
 	free(d->headers);
 	if (d->fd >= 0)
 		close(d->fd);
@@ -79,6 +99,64 @@ static void work_cb(uv_work_t *w)
 	dlv_run(&jb->d);
 }
 
+static void after_work_cb(uv_work_t *w, int status);
+
+static void start_job(struct job *jb)
+{
+	jb->dest->running++;
+	int r = uv_queue_work(g.loop, &jb->work, work_cb, after_work_cb);
+	if (r < 0)
+		mxf_fatal("%s: cannot queue delivery: %s", jb->d.qid, uv_strerror(r));
+}
+
+static void dispatch(struct job *jb)
+{
+	char key[DLV_DEST_SIZE];
+	struct dest *ds;
+	dlv_dest_key(&jb->d, key);
+	for (ds = g.dests; ds && strcmp(ds->key, key) != 0; ds = ds->next)
+		;
+	if (!ds) {
+		if (!(ds = calloc(1, sizeof(*ds))))
+			mxf_fatal("out of memory");
+		snprintf(ds->key, sizeof(ds->key), "%s", key);
+		ds->next = g.dests;
+		g.dests = ds;
+	}
+	jb->dest = ds;
+	g.jobs++;
+	if (ds->running < g.dest_concurrency) {
+		start_job(jb);
+		return;
+	}
+	if (ds->tail)
+		ds->tail->next = jb;
+	else
+		ds->head = jb;
+	ds->tail = jb;
+}
+
+/* A job of ds finished: start its next waiting one, or forget ds. */
+static void dest_done(struct dest *ds)
+{
+	ds->running--;
+	if (ds->head && ds->running < g.dest_concurrency) {
+		struct job *n = ds->head;
+		if (!(ds->head = n->next))
+			ds->tail = NULL;
+		n->next = NULL;
+		start_job(n);
+		return;
+	}
+	if (ds->running == 0 && !ds->head) {
+		struct dest **pp = &g.dests;
+		while (*pp != ds)
+			pp = &(*pp)->next;
+		*pp = ds->next;
+		free(ds);
+	}
+}
+
 static void after_work_cb(uv_work_t *w, int status)
 {
 	struct job *jb = w->data;
@@ -86,13 +164,15 @@ static void after_work_cb(uv_work_t *w, int status)
 	(void)status; /* never cancelled */
 
 	g.jobs--;
+	dest_done(jb->dest);
 	for (size_t i = 0; i < d->nrcpt; i++) {
 		struct dlv_rcpt *r = &d->rcpt[i];
 		char to[MXF_ADDR_SIZE * 4 + 1], text[1024];
 		mxf_log_escape(to, sizeof(to), r->addr, strlen(r->addr));
 		mxf_log_escape(text, sizeof(text), r->text, strlen(r->text));
-		mxf_info("%s: to=<%s>, relay=%s, dsn=%s, status=%s (%d %s)", d->qid, to, d->relay,
-			 r->esc, status_word(r->code), r->code, text);
+		mxf_info("%s: to=<%s>, relay=%s, %s%sdsn=%s, status=%s (%d %s)", d->qid, to,
+			 d->relay, d->info, d->info[0] ? ", " : "", r->esc, status_word(r->code),
+			 r->code, text);
 	}
 	if (jb->gen != g.gen || !mxf_routerlink_up(g.link)) {
 		mxf_info("%s: router connection changed during delivery; result dropped (the "
@@ -143,6 +223,24 @@ static bool addr_ok(const char *a)
 	return mxf_addr_parse(a, MXF_ADDR_UTF8, local, sizeof(local), dom, sizeof(dom)) == 0;
 }
 
+/* A DSN parameter as the router passes it: already in wire form (xtext and
+ * keywords), so only printable ASCII without spaces, or "" for none. */
+static char *dsn_param(const struct mxf_ipc_view *v, uint16_t tag, size_t idx, const char *what)
+{
+	const char *s = mxf_ipc_str(v, tag, idx);
+	if (!s || strlen(s) > 500)
+		mxf_fatal("malformed DELIVER from router: %s", what);
+	for (const char *p = s; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+			mxf_fatal("malformed DELIVER from router: %s", what);
+	if (!s[0])
+		return NULL;
+	char *c = strdup(s);
+	if (!c)
+		mxf_fatal("out of memory");
+	return c;
+}
+
 static const char *one_str(const struct mxf_ipc_view *v, uint16_t tag, const char *what)
 {
 	const char *s;
@@ -182,10 +280,25 @@ static void on_deliver(const struct mxf_ipc_view *v, int fd)
 		mxf_fatal("malformed DELIVER from router: F_HEADERS must end with CRLF");
 	if (n == 0 || n > MAX_RCPTS || mxf_ipc_count(v, F_RIDX) != n)
 		mxf_fatal("malformed DELIVER from router: recipient lists");
+	/* DSN parameters: optional, and then one per recipient. */
+	size_t nnotify = mxf_ipc_count(v, F_DSN_NOTIFY), norcpt = mxf_ipc_count(v, F_ORCPT);
+	if ((nnotify && nnotify != n) || (norcpt && norcpt != n) || mxf_ipc_count(v, F_RET) > 1 ||
+	    mxf_ipc_count(v, F_ENVID) > 1)
+		mxf_fatal("malformed DELIVER from router: DSN parameters");
 	if (sender[0] && !addr_ok(sender))
 		mxf_fatal("malformed DELIVER from router: sender");
-	if (!mxf_dns_name_valid(domain))
+	/* IDN destinations are looked up by their A-labels. */
+	char adomain[MXF_DOMAIN_MAX + 1];
+	if (mxf_domain_to_ascii(domain, adomain, sizeof(adomain)) < 0 ||
+	    !mxf_dns_name_valid(adomain))
 		mxf_fatal("malformed DELIVER from router: domain");
+	const char *nexthop = NULL;
+	if (mxf_ipc_count(v, F_NEXTHOP) > 0) {
+		nexthop = one_str(v, F_NEXTHOP, "F_NEXTHOP");
+		for (const char *p = nexthop; *p; p++)
+			if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+				mxf_fatal("malformed DELIVER from router: F_NEXTHOP");
+	}
 
 	struct job *jb = calloc(1, sizeof(*jb));
 	if (!jb || !(jb->d.rcpt = calloc(n, sizeof(*jb->d.rcpt))))
@@ -199,32 +312,34 @@ static void on_deliver(const struct mxf_ipc_view *v, int fd)
 		d->rcpt[i].ridx = ridx;
 		d->rcpt[i].addr = xstrdup(rc);
 		d->nrcpt++;
+		if (nnotify)
+			d->rcpt[i].notify = dsn_param(v, F_DSN_NOTIFY, i, "F_DSN_NOTIFY");
+		if (norcpt)
+			d->rcpt[i].orcpt = dsn_param(v, F_ORCPT, i, "F_ORCPT");
 	}
+	if (mxf_ipc_count(v, F_RET) == 1)
+		d->ret = dsn_param(v, F_RET, 0, "F_RET");
+	if (mxf_ipc_count(v, F_ENVID) == 1)
+		d->envid = dsn_param(v, F_ENVID, 0, "F_ENVID");
 	jb->req = req;
 	jb->gen = g.gen;
 	jb->work.data = jb;
 	snprintf(d->qid, sizeof(d->qid), "%s", qid);
 	d->sender = xstrdup(sender);
-	d->domain = xstrdup(domain);
+	d->domain = xstrdup(adomain);
+	d->nexthop = nexthop && nexthop[0] ? xstrdup(nexthop) : NULL;
 	d->headers = xstrdup(headers);
 	/* ldns resolvers are not thread-safe: each job gets its own copy,
 	 * made here on the loop thread. */
 	if (mxf_dns_clone(g.dns, &d->dns) < 0)
 		mxf_fatal("out of memory");
-	d->helo = mxf_config_str(g.cfg, "main", "hostname");
-	d->port = (unsigned)mxf_config_int(g.cfg, "deliverd", "smtp_port");
-	d->connect_timeout_ms = (int)mxf_config_int(g.cfg, "deliverd", "connect_timeout") * 1000;
-	d->command_timeout_ms = (int)mxf_config_int(g.cfg, "deliverd", "command_timeout") * 1000;
 
 	char from[MXF_ADDR_SIZE * 4 + 1], dom[MXF_DNS_NAME_MAX + 1];
 	mxf_log_escape(from, sizeof(from), sender, strlen(sender));
-	mxf_log_escape(dom, sizeof(dom), domain, strlen(domain));
-	mxf_info("%s: from=<%s>, domain=%s, nrcpt=%zu", qid, from, dom, n);
-
-	int r = uv_queue_work(g.loop, &jb->work, work_cb, after_work_cb);
-	if (r < 0)
-		mxf_fatal("%s: cannot queue delivery: %s", qid, uv_strerror(r));
-	g.jobs++;
+	mxf_log_escape(dom, sizeof(dom), adomain, strlen(adomain));
+	mxf_info("%s: from=<%s>, domain=%s%s%s, nrcpt=%zu", qid, from, dom,
+		 d->nexthop ? ", nexthop=" : "", d->nexthop ? d->nexthop : "", n);
+	dispatch(jb);
 }
 
 static void on_msg(const struct mxf_ipc_view *v, int fd, void *arg)
@@ -254,10 +369,22 @@ static void on_signal(uv_signal_t *h, int signum)
 	_exit(0);
 }
 
+static void on_sweep(uv_timer_t *t)
+{
+	(void)t;
+	dlv_cache_sweep();
+}
+
+static int ms(const char *key)
+{
+	return (int)mxf_config_int(g.cfg, "deliverd", key) * 1000;
+}
+
 int main(int argc, char **argv)
 {
-	char sock[4096], err[512];
+	char sock[4096], err[512], pool[16];
 	uv_signal_t sigterm, sigint;
+	uv_timer_t sweep;
 
 	g.cfg = mxf_daemon_init(argc, argv, "deliverd");
 	signal(SIGPIPE, SIG_IGN);
@@ -267,11 +394,37 @@ int main(int argc, char **argv)
 	if (mxf_dns_new(server, DNS_TIMEOUT_S, DNS_TRIES, &g.dns, err, sizeof(err)) < 0)
 		mxf_fatal("%s", err);
 
+	struct dlv_settings st = {
+		.helo = mxf_config_str(g.cfg, "main", "hostname"),
+		.port = (unsigned)mxf_config_int(g.cfg, "deliverd", "smtp_port"),
+		.connect_timeout_ms = ms("connect_timeout"),
+		.greeting_timeout_ms = ms("greeting_timeout"),
+		.command_timeout_ms = ms("command_timeout"),
+		.data_init_timeout_ms = ms("data_init_timeout"),
+		.data_block_timeout_ms = ms("data_block_timeout"),
+		.data_done_timeout_ms = ms("data_done_timeout"),
+		.prefer_ipv6 = mxf_config_bool(g.cfg, "deliverd", "prefer_ipv6"),
+		.starttls = mxf_config_bool(g.cfg, "deliverd", "starttls"),
+		.relayhost = mxf_config_str(g.cfg, "deliverd", "relayhost"),
+		.tls_ca_file = mxf_config_str(g.cfg, "deliverd", "tls_ca_file"),
+		.cache_time_ms = ms("conn_cache_time"),
+		.cache_per_dest = (unsigned)mxf_config_int(g.cfg, "deliverd", "conn_cache_per_dest"),
+		.cache_total = (unsigned)mxf_config_int(g.cfg, "deliverd", "conn_cache_total"),
+	};
+	/* Before the drop: the CA file and GMime's charset tables. */
+	if (dlv_init(&st, err, sizeof(err)) < 0)
+		mxf_fatal("%s", err);
+	g.dest_concurrency = (unsigned)mxf_config_int(g.cfg, "deliverd", "dest_concurrency");
+
 	mxf_daemon_drop(g.cfg, "deliverd", true, sock, sizeof(sock));
 
-	/* Must precede the first use of the pool, where libuv reads it. */
-	setenv("UV_THREADPOOL_SIZE", THREADPOOL_SIZE, 1);
+	/* Sessions at once = worker threads. Must precede the first use of
+	 * the pool, where libuv reads it. */
+	snprintf(pool, sizeof(pool), "%lld", mxf_config_int(g.cfg, "deliverd", "max_sessions"));
+	setenv("UV_THREADPOOL_SIZE", pool, 1);
 	g.loop = uv_default_loop();
+	uv_timer_init(g.loop, &sweep);
+	uv_timer_start(&sweep, on_sweep, SWEEP_MS, SWEEP_MS);
 	uv_signal_init(g.loop, &sigterm);
 	uv_signal_start(&sigterm, on_signal, SIGTERM);
 	uv_signal_init(g.loop, &sigint);
@@ -279,8 +432,11 @@ int main(int argc, char **argv)
 
 	if (mxf_routerlink_start(g.loop, sock, "deliverd", on_msg, on_state, NULL, &g.link) < 0)
 		mxf_fatal("cannot start router link");
-	mxf_info("started: smtp_port=%lld, dns=%s", mxf_config_int(g.cfg, "deliverd", "smtp_port"),
-		 server[0] ? server : "/etc/resolv.conf");
+	mxf_info("started: smtp_port=%u, dns=%s, relayhost=%s, prefer_ipv6=%s, starttls=%s, "
+		 "max_sessions=%s, dest_concurrency=%u, conn_cache_time=%ds",
+		 st.port, server[0] ? server : "/etc/resolv.conf",
+		 st.relayhost[0] ? st.relayhost : "none", st.prefer_ipv6 ? "yes" : "no",
+		 st.starttls ? "yes" : "no", pool, g.dest_concurrency, st.cache_time_ms / 1000);
 	uv_run(g.loop, UV_RUN_DEFAULT);
 	return 0;
 }
