@@ -10,12 +10,15 @@
 #include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,6 +59,43 @@ static bool use_syslog;
 static bool same_user; /* every daemon runs as the invoking user */
 static time_t master_started;
 static char pid_dir[PATH_MAX];
+static char notify_path[108]; /* systemd's $NOTIFY_SOCKET, taken at start */
+
+/* The daemons' directory of an installed build (CMake MXF_DAEMON_DIR), used
+ * when [main] daemon_dir is empty and the daemons are not beside mxferryd. */
+#ifndef MXF_DAEMON_DIR
+#define MXF_DAEMON_DIR ""
+#endif
+
+/* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET ("@" means
+ * the abstract namespace). Type=notify units learn READY/RELOADING/STOPPING
+ * from it; without systemd there is no socket and nothing happens. */
+static void notify(const char *state)
+{
+	if (!notify_path[0])
+		return;
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	size_t len = strlen(notify_path);
+	memcpy(sa.sun_path, notify_path, len);
+	if (sa.sun_path[0] == '@')
+		sa.sun_path[0] = '\0';
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+		   (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+		mxf_warn("cannot notify systemd (%s): %s", state, strerror(errno));
+	close(fd);
+}
+
+static void take_notify_socket(void)
+{
+	const char *e = getenv("NOTIFY_SOCKET");
+	if (e && (e[0] == '/' || e[0] == '@') && strlen(e) < sizeof(notify_path))
+		snprintf(notify_path, sizeof(notify_path), "%s", e);
+	/* The daemons must not talk to systemd in the master's name. */
+	unsetenv("NOTIFY_SOCKET");
+}
 
 static int64_t now_ms(void)
 {
@@ -74,7 +114,8 @@ static void usage(void)
 
 /* Creates dir if missing and (as root) gives it to uid:gid with mode. An
  * existing directory gets the owner and mode corrected: they are part of the
- * privilege separation, not a preference. */
+ * privilege separation, not a preference. chmod comes first, while a new
+ * directory is still root's: the systemd unit withholds CAP_FOWNER. */
 static void make_dir(const char *path, mode_t mode, uid_t uid, gid_t gid)
 {
 	if (mkdir(path, mode) < 0 && errno != EEXIST)
@@ -82,10 +123,10 @@ static void make_dir(const char *path, mode_t mode, uid_t uid, gid_t gid)
 	struct stat st;
 	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
 		mxf_fatal("%s is not a directory", path);
-	if (geteuid() == 0 && (st.st_uid != uid || st.st_gid != gid) && chown(path, uid, gid) < 0)
-		mxf_fatal("cannot chown %s: %s", path, strerror(errno));
 	if ((st.st_mode & 07777) != mode && chmod(path, mode) < 0)
 		mxf_fatal("cannot chmod %s: %s", path, strerror(errno));
+	if (geteuid() == 0 && (st.st_uid != uid || st.st_gid != gid) && chown(path, uid, gid) < 0)
+		mxf_fatal("cannot chown %s: %s", path, strerror(errno));
 }
 
 /* mkdir -p for the parents of a configured directory (root-owned 0755, as
@@ -275,9 +316,24 @@ static void stop_all(void)
 	}
 }
 
+static bool daemons_in(const char *dir, const char **missing)
+{
+	for (size_t i = 0; i < NCHILD; i++) {
+		char prog[PATH_MAX];
+		snprintf(prog, sizeof(prog), "%s/%s", dir, children[i].name);
+		if (access(prog, X_OK) < 0) {
+			*missing = children[i].name;
+			return false;
+		}
+	}
+	return true;
+}
+
+/* [main] daemon_dir if set; else beside mxferryd (a build tree's bin/);
+ * else the compiled-in MXF_DAEMON_DIR (an installed package). */
 static void find_daemon_dir(void)
 {
-	const char *d = mxf_config_str(cfg, "main", "daemon_dir");
+	const char *d = mxf_config_str(cfg, "main", "daemon_dir"), *missing = "";
 	if (d[0]) {
 		snprintf(daemon_dir, sizeof(daemon_dir), "%s", d);
 	} else {
@@ -287,14 +343,11 @@ static void find_daemon_dir(void)
 		daemon_dir[n] = '\0';
 		char *slash = strrchr(daemon_dir, '/');
 		*slash = '\0';
+		if (!daemons_in(daemon_dir, &missing) && MXF_DAEMON_DIR[0])
+			snprintf(daemon_dir, sizeof(daemon_dir), "%s", MXF_DAEMON_DIR);
 	}
-	for (size_t i = 0; i < NCHILD; i++) {
-		char prog[PATH_MAX];
-		snprintf(prog, sizeof(prog), "%s/%s", daemon_dir, children[i].name);
-		if (access(prog, X_OK) < 0)
-			mxf_fatal("daemon %s not found in %s ([main] daemon_dir)", children[i].name,
-				  daemon_dir);
-	}
+	if (!daemons_in(daemon_dir, &missing))
+		mxf_fatal("daemon %s not found in %s ([main] daemon_dir)", missing, daemon_dir);
 }
 
 static int take_pidfile(void)
@@ -349,6 +402,7 @@ int main(int argc, char **argv)
 	if (optind != argc)
 		usage();
 	mxf_log_init("mxferryd", 0);
+	take_notify_socket();
 	if (mxf_config_load(path, &cfg, err, sizeof(err)) < 0)
 		mxf_fatal("%s", err);
 	if (strcmp(mxf_config_str(cfg, "main", "log_level"), "debug") == 0)
@@ -396,6 +450,9 @@ int main(int argc, char **argv)
 
 	for (size_t i = 0; i < NCHILD; i++)
 		start_child(&children[i]);
+	/* Ready: the listeners are bound (connections wait in their backlog
+	 * until smtpd accepts) and every daemon has been started. */
+	notify("READY=1\nSTATUS=running");
 
 	bool running = true;
 	while (running) {
@@ -421,9 +478,11 @@ int main(int argc, char **argv)
 				break;
 			case SIGHUP:
 				mxf_info("reload requested; passing it to the daemons");
+				notify("RELOADING=1");
 				for (size_t i = 0; i < NCHILD; i++)
 					if (children[i].pid > 0)
 						kill(children[i].pid, SIGHUP);
+				notify("READY=1");
 				break;
 			default:
 				running = false;
@@ -431,6 +490,7 @@ int main(int argc, char **argv)
 		}
 	}
 	mxf_info("stopping");
+	notify("STOPPING=1");
 	stop_all();
 	for (int i = 0; i < nlisten; i++)
 		close(listen_fds[i]);
