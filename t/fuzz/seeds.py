@@ -1,0 +1,202 @@
+#!/usr/bin/python3
+"""Writes the seed corpora of the fuzz targets into corpus/<target>/seed-*.
+
+Run once when a target or a format changes; the files are kept in git and
+replayed by run.sh in every CI run. Inputs that once crashed a target are
+added by hand as corpus/<target>/crash-<what> and never removed."""
+import os
+import struct
+import zlib
+
+here = os.path.dirname(os.path.abspath(__file__))
+QID = "0DQ5ZK3M0000AB12CD34EF56GH"
+
+
+def put(target, name, data):
+    d = os.path.join(here, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+# ---- SMTP commands (one line each)
+cmds = {
+    "ehlo": "EHLO client.example.org", "helo": "HELO client", "ehlo-lit": "EHLO [192.0.2.1]",
+    "ehlo-v6": "EHLO [IPv6:2001:db8::1]",
+    "mail": "MAIL FROM:<alice@example.org>", "mail-null": "MAIL FROM:<>",
+    "mail-params": "MAIL FROM:<a@b.example> SIZE=12345 BODY=8BITMIME",
+    "mail-space": "mail from: <a@b.example>", "mail-7bit": "MAIL FROM:<a@b.example> BODY=7BIT",
+    "mail-size-big": "MAIL FROM:<a@b.example> SIZE=99999999999999999999999",
+    "mail-unknown-param": "MAIL FROM:<a@b.example> FOO=BAR",
+    "rcpt": "RCPT TO:<info@gw.test>", "rcpt-pm": "RCPT TO:<Postmaster>",
+    "rcpt-route": "RCPT TO:<@relay1.example,@relay2.example:user@gw.test>",
+    "rcpt-quoted": 'RCPT TO:<"john doe"@gw.test>', "rcpt-quoted-at": 'RCPT TO:<"a@b"@gw.test>',
+    "rcpt-percent": "RCPT TO:<user%victim.example@gw.test>",
+    "rcpt-bang": "RCPT TO:<victim.example!user@gw.test>",
+    "rcpt-iplit": "RCPT TO:<user@[127.0.0.1]>",
+    "rcpt-idn": "RCPT TO:<user@xn--bcher-kva.test>",
+    "data": "DATA", "rset": "RSET", "noop": "NOOP hello", "quit": "QUIT", "vrfy": "VRFY user",
+    "help": "HELP", "bad": "XYZZY", "nul": "MAIL FROM:<a\0b@c.example>",
+    "cr": "RCPT TO:<a@b.example>\rRCPT TO:<c@d.example>", "8bit": "EHLO h\xc3\xa9llo",
+    "long-local": "MAIL FROM:<" + "a" * 70 + "@b.example>",
+    "shell": "MAIL FROM:<$(id)`id`;rm@b.example>",
+    "sql": "RCPT TO:<'; DROP TABLE rules;--@gw.test>",
+}
+for k, v in cmds.items():
+    put("fuzz_smtp_cmd", k, v.encode("latin-1"))
+
+# ---- line splitter: two chunk-seed bytes, then a pipelined session
+sessions = {
+    "pipelined": b"EHLO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@gw.test>\r\nDATA\r\n",
+    "bare-lf": b"EHLO a\nMAIL FROM:<a@b>\r\n",
+    "long": b"NOOP " + b"x" * 600 + b"\r\nQUIT\r\n",
+    "cr-mix": b"HELO a\r\r\nNOOP\rQUIT\r\n",
+    "partial": b"EHLO partial",
+}
+for i, (k, v) in enumerate(sessions.items()):
+    put("fuzz_smtp_lines", k, bytes([i, 7 * i]) + v)
+
+# ---- DATA decoder: two chunk-seed bytes, then DATA content
+msg = b"From: a@b.example\r\nSubject: hi\r\n\r\nbody\r\n..leading dot\r\n.\r\n"
+datas = {"plain": msg, "empty": b".\r\n", "stuffed": b"..\r\n...\r\n.\r\n",
+         "pipelined-after": msg + b"QUIT\r\n", "unterminated": b"no end",
+         "long-line": b"x" * 1200 + b"\r\n.\r\n"}
+# SMTP smuggling: none of these may end the data.
+smuggle = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\r.\r\n",
+           b"\r\n.\r", b"\r\n.\r\r\n", b"\r\n\0.\r\n"]
+for i, s in enumerate(smuggle):
+    datas[f"smuggle-{i}"] = (b"Subject: a\r\n\r\nfirst" + s +
+                             b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<v@gw.test>\r\nDATA\r\n"
+                             b"second\r\n.\r\n")
+for i, (k, v) in enumerate(datas.items()):
+    put("fuzz_smtp_data", k, bytes([i, 3 * i + 1]) + v)
+
+# ---- replies (client side)
+replies = {
+    "greeting": b"220 mx.example ESMTP\r\n",
+    "ehlo": b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+    "esc": b"250 2.1.5 Ok\r\n550 5.1.1 <x@y>: no such user\r\n",
+    "multi-err": b"451-4.3.0 first\r\n451 4.3.0 second\r\n",
+    "bare-lf": b"250 ok\n",
+    "mismatch": b"250-a\r\n251 b\r\n",
+    "bad-code": b"650 nope\r\n", "short": b"25\r\n", "no-sep": b"250x\r\n",
+    "code-only": b"354\r\n", "nul": b"250 a\0b\r\n", "partial": b"250-more to come",
+    "wrong-class": b"550 2.0.0 mixed\r\n",
+}
+for i, (k, v) in enumerate(replies.items()):
+    put("fuzz_smtpreply", k, bytes([i, 5 * i]) + v)
+
+
+# ---- envelopes (canonical, with checksum)
+def enc(v):
+    if v == "":
+        return "-"
+    if v == "-":
+        return "%2D"
+    out = []
+    for b in v.encode():
+        out.append(chr(b) if 0x21 <= b <= 0x7e and b != 0x25 else "%%%02X" % b)
+    return "".join(out)
+
+
+def envelope(rcpts, **kv):
+    f = {"sender": "alice@sender.test", "srs_sender": "SRS0=abcd=TT=sender.test=alice@fwd.test",
+         "client_ip": "127.0.0.1", "client_name": "localhost", "helo": "client.sender.test",
+         "proto": "ESMTP", "origin": "smtpd",
+         "headers": "Received: from client.sender.test (localhost [127.0.0.1])\r\n"
+                    "\tby mx.gateway.test with ESMTP id " + QID + "\r\n"}
+    f.update(kv)
+    lines = ["V 1", "qid " + QID, "arrival 1767225600", "size 1234"]
+    for k in ("sender", "srs_sender", "client_ip", "client_name", "helo", "proto", "origin",
+              "headers"):
+        lines.append(f"{k} {enc(f[k])}")
+    for r in rcpts:
+        lines.append("rcpt " + " ".join([enc(r[0]), enc(r[1]), enc(r[2]), enc(r[3]), r[4],
+                                         str(r[5]), str(r[6]), enc(r[7]), enc(r[8])]))
+    body = "\n".join(lines) + "\n"
+    return body + "E %08x\n" % (zlib.crc32(body.encode()) & 0xffffffff)
+
+
+r1 = ("info@gw.test", "bob@dest.test", "r1", "forward", "pending", 0, 0, "", "")
+r2 = ("info@gw.test", "carol@dest.test", "r1", "forward", "deferred", 3, 1767229200,
+      "451 4.3.0 Try again later", "mx1.dest.test[127.0.0.2]:25")
+r3 = ("junk@gw.test", "", "", "drop", "dropped", 0, 0, "", "")
+put("fuzz_envelope", "one", envelope([r1]))
+put("fuzz_envelope", "three", envelope([r1, r2, r3]))
+put("fuzz_envelope", "null-sender", envelope([r1], sender="", srs_sender="", origin="bouncer"))
+put("fuzz_envelope", "hostile", envelope(
+    [("a b@gw.test", "x\r\ny@dest.test", "-", "forward", "failed", 1, 5, "550 %00 no", "\0")],
+    helo="evil\r\nrcpt x", client_name="%41"))
+put("fuzz_envelope", "bad-crc", envelope([r1]).replace("E ", "E 0", 1)[:-3] + "0\n")
+put("fuzz_envelope", "truncated", envelope([r1, r2])[:200])
+
+
+# ---- IPC frames
+def frame(t, fields):
+    body = b"".join(struct.pack("<HI", tag, len(v)) + v for tag, v in fields)
+    return struct.pack("<HHI", 0x4d58, t, len(body)) + body
+
+
+u64 = lambda v: struct.pack("<Q", v)  # noqa: E731
+put("fuzz_ipc", "hello", frame(1, [(1, b"smtpd"), (2, u64(1)), (3, u64(1234))]))
+put("fuzz_ipc", "rcpt-check", frame(3, [(4, u64(7)), (5, b"info@gw.test")]))
+put("fuzz_ipc", "commit", frame(7, [(4, u64(9)), (9, QID.encode()), (10, b"a@b.example"),
+                                   (11, b"info@gw.test"), (11, b"x@gw.test"), (12, u64(100)),
+                                   (13, b"127.0.0.1"), (14, b"localhost"), (15, b"helo"),
+                                   (16, b"ESMTP")]))
+put("fuzz_ipc", "deliver-result", frame(11, [(4, u64(1)), (9, QID.encode()), (18, u64(0)),
+                                            (6, u64(250)), (7, b"2.0.0"), (8, b"ok"),
+                                            (20, b"mx[127.0.0.2]:25")]))
+put("fuzz_ipc", "bad-len", frame(3, [(4, u64(7))])[:-1])
+put("fuzz_ipc", "nul-str", frame(3, [(4, u64(7)), (5, b"a\0b@gw.test")]))
+put("fuzz_ipc", "huge-field", struct.pack("<HHI", 0x4d58, 3, 6) + struct.pack("<HI", 5, 0xffffffff))
+
+# ---- addresses
+addrs = ["alice@example.org", "Alice.B+tag@Example.ORG", '"quoted local"@example.org',
+         '"a\\"b"@example.org', "user@bücher.test", "用户@例え.テスト", "user@xn--bcher-kva.test",
+         "a@b", "@nolocal", "nodomain@", "a..b@c", ".a@b", "a@-b.c", "a@b-.c", "a@[127.0.0.1]",
+         "user%victim@gw.test", "victim!user@gw.test", "a@" + "x" * 64 + ".test",
+         "a@" + ".".join(["abcdefghi"] * 30), "x" * 65 + "@a.test", "a@\u00df.test",
+         "a@xn--zz.test", "a@b\r\n.test", "user@ＧＷ．ｔｅｓｔ"]
+for i, a in enumerate(addrs):
+    put("fuzz_address", f"{i:02d}", a)
+
+# ---- SRS
+srs = ["SRS0=HHHH=TT=example.org=alice@fwd.gateway.test", "alice@example.org",
+       '"quoted@local"@example.org', "SRS0=abcd=AB=d=l@FWD.GATEWAY.TEST",
+       "SRS0+abcd=AB=example.org=a=b@fwd.gateway.test", "SRS0==AB=d=l@fwd.gateway.test",
+       "SRS1=HHHH=fwd.other=HHHH=TT=example.org=alice@fwd.gateway.test", "bob@bücher.test",
+       "SRS0=abcd=A=d=l@fwd.gateway.test"]
+for i, a in enumerate(srs):
+    put("fuzz_srs", f"{i:02d}", a)
+
+# ---- rules lookup
+rules = ["info@gw.test", "INFO@GW.TEST", "other@gw.test", "x@bücher.test", "x@xn--bcher-kva.test",
+         "info@gw.test.evil.example", "info@evil.example", "info%evil.example@gw.test",
+         "evil.example!info@gw.test", '"q u"@gw.test', '"Q U"@gw.test', "info@[127.0.0.1]",
+         "@gw.test:info@evil.example", "info@gw.test@evil.example", "info@GW.test.", ""]
+for i, a in enumerate(rules):
+    put("fuzz_rules", f"{i:02d}", a)
+
+# ---- DSN inputs: sender \0 (rcpt orig status remote diag)*3 \0 headers
+def dsn(sender, rcpts, headers):
+    parts = [sender]
+    for r in rcpts:
+        parts += list(r)
+    parts += [""] * (16 - len(parts))
+    return "\0".join(parts) + "\0" + headers
+
+
+hdr = "From: a@b\r\nTo: c@d\r\nSubject: hello\r\n\r\nbody not copied\r\n"
+put("fuzz_dsn", "one", dsn("alice@sender.test",
+                          [("bob@dest.test", "info@gw.test", "5.1.1", "mx1.dest.test",
+                            "550 5.1.1 no such user")], hdr))
+put("fuzz_dsn", "hostile", dsn("a@b\r\nBcc: victim@x",
+                              [("r\r\n\r\n--x", "", "5.0.0\r\nX: y", "h\n", "550 a\r\n.\r\nb"),
+                               ("\x80\xff", "o", "4.4.7", "", "\t\0")],
+                              "Subject: x\n\nFrom: injected\r\n\r\n\r\n"))
+put("fuzz_dsn", "bare-lf-headers", dsn("s@x", [("r@y", "", "5.1.1", "", "550")],
+                                      "A: 1\nB: 2\n\n"))
+print("seeds written")
