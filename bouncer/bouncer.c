@@ -308,6 +308,9 @@ int main(int argc, char **argv)
 
 	cfg = mxf_daemon_init(argc, argv, "bouncer");
 	signal(SIGPIPE, SIG_IGN);
+	/* The master reloads by replacing smtpd and HUPping the router only; a
+	 * stray SIGHUP must not kill a daemon mid-work. */
+	signal(SIGHUP, SIG_IGN);
 	mxf_daemon_drop(cfg, "bouncer", true, sock, sizeof(sock));
 	if (mxf_routerlink_start(loop, sock, "bouncer", on_msg, on_state, NULL, &link_) < 0)
 		mxf_fatal("cannot start router link");

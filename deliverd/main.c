@@ -388,6 +388,9 @@ int main(int argc, char **argv)
 
 	g.cfg = mxf_daemon_init(argc, argv, "deliverd");
 	signal(SIGPIPE, SIG_IGN);
+	/* The master reloads by replacing smtpd and HUPping the router only; a
+	 * stray SIGHUP must not kill a daemon mid-work. */
+	signal(SIGHUP, SIG_IGN);
 
 	/* Before the drop: reading /etc/resolv.conf is impossible in the chroot. */
 	const char *server = mxf_config_str(g.cfg, "main", "dns_resolver");

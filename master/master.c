@@ -30,6 +30,8 @@
 
 #define MAX_LISTEN 16
 #define STOP_GRACE_MS 4500
+/* Of the grace time, how long smtpd may take to finish messages in DATA. */
+#define SMTPD_STOP_MS 3500
 
 struct child {
 	const char *name;    /* program name in daemon_dir */
@@ -245,8 +247,19 @@ static void start_child(struct child *c)
 	write_status();
 }
 
+/* smtpd processes replaced at a reload, finishing the messages they were
+ * receiving (they exit by themselves within [smtpd] shutdown_timeout). */
+#define MAX_RETIRING 8
+static pid_t retiring[MAX_RETIRING];
+
 static void reaped(pid_t pid, int status)
 {
+	for (size_t i = 0; i < MAX_RETIRING; i++)
+		if (retiring[i] == pid) {
+			retiring[i] = 0;
+			mxf_info("retired smtpd (pid %ld) has finished", (long)pid);
+			return;
+		}
 	for (size_t i = 0; i < NCHILD; i++) {
 		struct child *c = &children[i];
 		if (c->pid != pid)
@@ -283,33 +296,80 @@ static void reap_all(void)
 		reaped(pid, status);
 }
 
+static void retire(pid_t pid)
+{
+	for (size_t i = 0; i < MAX_RETIRING; i++)
+		if (retiring[i] == 0) {
+			retiring[i] = pid;
+			kill(pid, SIGTERM);
+			return;
+		}
+	kill(pid, SIGKILL); /* reloads faster than sessions end: no more room */
+}
+
+/* Reaps what exited; returns how many of the given pids are still alive. */
+static int reap_and_count(bool smtpd_only)
+{
+	int status, left = 0;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (size_t i = 0; i < NCHILD; i++)
+			if (children[i].pid == pid)
+				children[i].pid = 0;
+		for (size_t i = 0; i < MAX_RETIRING; i++)
+			if (retiring[i] == pid)
+				retiring[i] = 0;
+	}
+	for (size_t i = 0; i < NCHILD; i++)
+		if (!smtpd_only || strcmp(children[i].name, "smtpd") == 0)
+			left += children[i].pid > 0;
+	for (size_t i = 0; i < MAX_RETIRING; i++)
+		left += retiring[i] > 0;
+	return left;
+}
+
+static void kill_left(void)
+{
+	int status;
+	for (size_t i = 0; i < NCHILD; i++) {
+		if (children[i].pid > 0) {
+			mxf_warn("%s (pid %ld) did not stop; killing it", children[i].name,
+				 (long)children[i].pid);
+			kill(children[i].pid, SIGKILL);
+			waitpid(children[i].pid, &status, 0);
+			children[i].pid = 0;
+		}
+	}
+	for (size_t i = 0; i < MAX_RETIRING; i++) {
+		if (retiring[i] > 0) {
+			kill(retiring[i], SIGKILL);
+			waitpid(retiring[i], &status, 0);
+			retiring[i] = 0;
+		}
+	}
+}
+
+/* smtpd stops first and may finish the messages it is receiving; the router
+ * (and what it needs) keeps running until then, so those messages can still
+ * be committed and answered 250. */
 static void stop_all(void)
 {
+	int64_t deadline = now_ms() + STOP_GRACE_MS;
+	for (size_t i = 0; i < NCHILD; i++)
+		if (children[i].pid > 0 && strcmp(children[i].name, "smtpd") == 0)
+			kill(children[i].pid, SIGTERM);
+	for (size_t i = 0; i < MAX_RETIRING; i++)
+		if (retiring[i] > 0)
+			kill(retiring[i], SIGTERM);
+	int64_t smtpd_deadline = now_ms() + SMTPD_STOP_MS;
+	while (reap_and_count(true) > 0 && now_ms() < smtpd_deadline)
+		usleep(20000);
 	for (size_t i = 0; i < NCHILD; i++)
 		if (children[i].pid > 0)
 			kill(children[i].pid, SIGTERM);
-	int64_t deadline = now_ms() + STOP_GRACE_MS;
-	for (;;) {
-		int status, left = 0;
-		pid_t pid;
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-			for (size_t i = 0; i < NCHILD; i++)
-				if (children[i].pid == pid)
-					children[i].pid = 0;
-		for (size_t i = 0; i < NCHILD; i++)
-			left += children[i].pid > 0;
-		if (!left)
-			break;
+	while (reap_and_count(false) > 0) {
 		if (now_ms() >= deadline) {
-			for (size_t i = 0; i < NCHILD; i++) {
-				if (children[i].pid > 0) {
-					mxf_warn("%s (pid %ld) did not stop; killing it", children[i].name,
-						 (long)children[i].pid);
-					kill(children[i].pid, SIGKILL);
-					waitpid(children[i].pid, &status, 0);
-					children[i].pid = 0;
-				}
-			}
+			kill_left();
 			break;
 		}
 		usleep(20000);
@@ -477,11 +537,26 @@ int main(int argc, char **argv)
 				reap_all();
 				break;
 			case SIGHUP:
-				mxf_info("reload requested; passing it to the daemons");
+				/* The router reloads its rules in place; smtpd is replaced
+				 * by a new one that reads the new configuration while the
+				 * old one finishes what it is receiving. deliverd and the
+				 * bouncer keep running (their settings need a restart). */
+				mxf_info("reload requested");
 				notify("RELOADING=1");
-				for (size_t i = 0; i < NCHILD; i++)
-					if (children[i].pid > 0)
-						kill(children[i].pid, SIGHUP);
+				for (size_t i = 0; i < NCHILD; i++) {
+					struct child *ch = &children[i];
+					if (ch->pid <= 0)
+						continue;
+					if (strcmp(ch->name, "router") == 0) {
+						kill(ch->pid, SIGHUP);
+					} else if (strcmp(ch->name, "smtpd") == 0) {
+						pid_t old = ch->pid;
+						start_child(ch);
+						mxf_info("smtpd (pid %ld) retires after its sessions",
+							 (long)old);
+						retire(old);
+					}
+				}
 				notify("READY=1");
 				break;
 			default:

@@ -169,6 +169,9 @@ int main(int argc, char **argv)
 	char sock[4096];
 
 	signal(SIGPIPE, SIG_IGN);
+	/* The master reloads by replacing smtpd and HUPping the router only; a
+	 * stray SIGHUP must not kill a daemon mid-work. */
+	signal(SIGHUP, SIG_IGN);
 	smtpd.loop = uv_default_loop();
 	smtpd.hostname = mxf_config_str(cfg, "main", "hostname");
 	smtpd.max_size = (uint64_t)mxf_config_int(cfg, "smtpd", "max_message_size");

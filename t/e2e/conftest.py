@@ -177,7 +177,7 @@ def mxf_bin():
 
 @pytest.fixture
 def workdir(tmpbase, request):
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:24]  # unix socket paths under it must stay < 108 bytes
     return make_dir(tempfile.mkdtemp(prefix=name + "-", dir=tmpbase))
 
 

@@ -280,6 +280,35 @@ def test_relayhost(dns_server, ext_sinks, gateway, sink_port):
     assert mx.connections == 0
 
 
+def test_transport_override_from_rules_db(dns_server, ext_sinks, gateway, sink_port):
+    """A per-domain transport in rules.db (mxferryctl transport set) replaces the
+    MX lookup for that domain only: by address literal, and by host name."""
+    base_zones(dns_server)
+    dns_server.zone("tr.test", mx=[(10, "mx.tr.test")], a={"mx.tr.test": "127.0.0.61"})
+    dns_server.zone("tr2.test", mx=[(10, "mx.tr2.test")],
+                    a={"mx.tr2.test": "127.0.0.64", "hop.tr2.test": "127.0.0.63"})
+    dns_server.zone("plain.test", mx=[(10, "mx.plain.test")], a={"mx.plain.test": "127.0.0.65"})
+    mx, hop = ext_sinks("127.0.0.61"), ext_sinks("127.0.0.62")
+    mx2, hop2 = ext_sinks("127.0.0.64"), ext_sinks("127.0.0.63")
+    plain = ext_sinks("127.0.0.65")
+    gw = gateway()
+    gw.forward("t1@gw.test", "bob@tr.test")
+    gw.forward("t2@gw.test", "bob@tr2.test")
+    gw.forward("t3@gw.test", "bob@plain.test")
+    rc, out, err = gw.ctl("transport", "set", "tr.test", f"[127.0.0.62]:{sink_port}")
+    assert rc == 0, err
+    rc, out, err = gw.ctl("transport", "set", "tr2.test", f"hop.tr2.test:{sink_port}")
+    assert rc == 0, err
+    for n in ("t1", "t2", "t3"):
+        gw.send_retrying(SENDER, f"{n}@gw.test", make_message(SENDER, f"{n}@gw.test"))
+    [m] = hop.wait_for(1)
+    assert m.rcpt_tos == ["bob@tr.test"]
+    [m] = hop2.wait_for(1)
+    assert m.rcpt_tos == ["bob@tr2.test"]
+    plain.wait_for(1)  # other domains still follow their MX
+    assert mx.connections == 0 and mx2.connections == 0
+
+
 # ------------------------------------------------------------ the SMTP client
 
 
