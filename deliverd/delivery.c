@@ -931,6 +931,15 @@ static int body_convert(struct body *b)
 	}
 	b->conv_rc = mime7bit_convert(in, (size_t)b->fsize, &b->conv, &b->convlen);
 	free(in);
+	/* RFC 6152: a peer without 8BITMIME must never get an 8-bit byte. What
+	 * the converter could not make 7-bit (a part lying about its encoding,
+	 * MIME nested past the parser's limit, ...) fails as unconvertible. */
+	if (b->conv_rc == 0 && mime7bit_is_8bit(b->conv, b->convlen)) {
+		free(b->conv);
+		b->conv = NULL;
+		b->convlen = 0;
+		b->conv_rc = -EINVAL;
+	}
 	return b->conv_rc;
 }
 
@@ -1051,11 +1060,23 @@ static void rcpt_cmd(struct outbuf *ob, const struct conn *c, const struct dlv_r
 		  c->dsn && r->orcpt ? r->orcpt : "");
 }
 
-enum txn_rc { T_DONE, T_RETRY };
+enum txn_rc { T_DONE, T_RETRY, T_SOFT };
 
 /* One mail transaction on an open session. T_RETRY only for a reused
  * connection that failed before the server answered MAIL: nothing was
- * settled, so a fresh connection gets the message. */
+ * settled, so a fresh connection gets the message. T_SOFT: the session
+ * failed temporarily as a whole (4xx to MAIL, or the connection lost before
+ * the end of data was sent), so nothing was delivered and the next MX host
+ * may take the message (RFC 5321 §5.1); the results are set meanwhile. */
+/* True when no recipient has a 2xx or 5xx result: nothing was settled. */
+static bool accepted_none_final(const struct dlv_job *j)
+{
+	for (size_t i = 0; i < j->nrcpt; i++)
+		if (j->rcpt[i].code / 100 != 4)
+			return false;
+	return true;
+}
+
 static enum txn_rc transact(struct dlv_job *j, struct conn *c, struct body *b, bool reused)
 {
 	struct mxf_smtpreply *r = NULL;
@@ -1137,11 +1158,14 @@ static enum txn_rc transact(struct dlv_job *j, struct conn *c, struct body *b, b
 		goto io_fail;
 	got_mail_reply = true;
 	mail_ok = r->code / 100 == 2;
-	if (!mail_ok)
+	if (!mail_ok) {
 		for (size_t i = 0; i < j->nrcpt; i++) {
 			set_reply(&j->rcpt[i], r);
 			settled[i] = true;
 		}
+		if (r->code / 100 == 4)
+			rc = T_SOFT;
+	}
 	mxf_smtpreply_free(r);
 	r = NULL;
 	if (!mail_ok && !pipe)
@@ -1238,6 +1262,9 @@ io_fail:
 	for (size_t i = 0; i < j->nrcpt; i++)
 		open[i] = !settled[i];
 	fail_open(j, c, open, stage);
+	/* Lost before the end of data went out: nothing was delivered here. */
+	if (strcmp(stage, "waiting for the reply to end of data") != 0 && accepted_none_final(j))
+		rc = T_SOFT;
 out:
 	mxf_smtpreply_free(r);
 	free(ob.p);
@@ -1336,7 +1363,15 @@ static enum try_rc try_addr(struct dlv_job *j, struct body *b, const char *dest,
 	}
 	if (o != OPEN_OK)
 		return TRY_NEXT;
-	transact(j, c, b, false);
+	if (transact(j, c, b, false) == T_SOFT) {
+		/* Try the next host; if none takes it, this is the reason. */
+		const struct dlv_rcpt *r = &j->rcpt[0];
+		snprintf(lasterr, lasterrlen, "host %s said: %d %s %s", c->peer, r->code, r->esc,
+			 r->text ? r->text : "");
+		mxf_info("%s: %s; trying the next host", j->qid, lasterr);
+		conn_quit(c, true);
+		return TRY_NEXT;
+	}
 	conn_release(c);
 	return TRY_DONE;
 }
