@@ -20,6 +20,12 @@
 #include "queueid.h"
 
 #define MAX_HEADERS 65536
+/* RET=FULL returns the whole message up to this size; a bigger one is
+ * returned as headers only, and the notification says so (like Postfix's
+ * bounce_size_limit: a bounce should not carry a large attachment back). */
+#define MAX_RETURNED (128 * 1024)
+/* How much of a returned bounce is read to find what it reports on. */
+#define MAX_PARSE (256 * 1024)
 
 enum job_state { JOB_OPENING, JOB_COMMITTING };
 
@@ -33,6 +39,7 @@ struct job {
 	char *dsn;
 	size_t dsn_len;
 	char new_qid[MXF_QID_SIZE];
+	bool delay; /* a delay warning, not a bounce */
 };
 
 static struct mxf_config *cfg;
@@ -144,28 +151,31 @@ static void on_commit_reply(struct job *j, const struct mxf_ipc_view *v)
 		return;
 	}
 	char s[600];
-	mxf_info("%s: sender non-delivery notification: %s, to=<%s>", j->qid, j->new_qid,
+	mxf_info("%s: sender %s notification: %s, to=<%s>", j->qid,
+		 j->delay ? "delay" : "non-delivery", j->new_qid,
 		 mxf_log_escape(s, sizeof(s), j->sender, strlen(j->sender)));
 	send_done(j->bounce_req, j->qid, 250, j->new_qid);
 	job_unlink(j);
 	job_free(j);
 }
 
-static char *read_headers(int fd, size_t *len)
+/* Up to max bytes from the start of fd; *whole: all of it fitted. */
+static char *read_upto(int fd, size_t max, size_t *len, bool *whole)
 {
-	char *buf = malloc(MAX_HEADERS);
+	char *buf = malloc(max + 1);
 	size_t n = 0;
 	if (!buf)
 		return NULL;
-	while (n < MAX_HEADERS) {
-		ssize_t r = pread(fd, buf + n, MAX_HEADERS - n, (off_t)n);
+	while (n < max + 1) {
+		ssize_t r = pread(fd, buf + n, max + 1 - n, (off_t)n);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
 			break;
 		n += (size_t)r;
 	}
-	*len = mxf_dsn_header_len(buf, n, n);
+	*whole = n <= max;
+	*len = n > max ? max : n;
 	return buf;
 }
 
@@ -201,9 +211,25 @@ static void on_bounce(const struct mxf_ipc_view *v, int fd)
 		if (rc[i].remote_mta && strcmp(rc[i].remote_mta, "none") == 0)
 			rc[i].remote_mta = NULL;
 	}
-	size_t hlen = 0;
-	char *headers = read_headers(fd, &hlen);
+	const char *ret = mxf_ipc_str(v, F_RET, 0);
+	const char *proto = mxf_ipc_str(v, F_PROTO, 0);
+	bool want_full = ret && strcmp(ret, "FULL") == 0;
+	size_t clen = 0, hlen = 0;
+	bool whole = false;
+	char *headers = read_upto(fd, want_full ? MAX_RETURNED : MAX_HEADERS, &clen, &whole);
 	close(fd);
+	if (headers)
+		hlen = mxf_dsn_header_len(headers, clen, clen);
+	const char *action = mxf_ipc_str(v, F_ACTION, 0);
+	j->delay = action && strcmp(action, "delayed") == 0;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t t = 0;
+		rc[i].action = j->delay ? "delayed" : NULL;
+		const char *oc = mxf_ipc_count(v, F_ORCPT) == n ? mxf_ipc_str(v, F_ORCPT, i) : NULL;
+		rc[i].orig_rcpt = oc && *oc ? oc : NULL;
+		if (mxf_ipc_count(v, F_LAST_ATTEMPT) == n && mxf_ipc_u64(v, F_LAST_ATTEMPT, i, &t) == 0)
+			rc[i].last_attempt = (time_t)t;
+	}
 	struct mxf_dsn d = {
 		.reporting_mta = mxf_config_str(cfg, "main", "hostname"),
 		.qid = qid,
@@ -214,6 +240,13 @@ static void on_bounce(const struct mxf_ipc_view *v, int fd)
 		.nrcpt = n,
 		.headers = headers ? headers : "",
 		.headers_len = headers ? hlen : 0,
+		.envid = mxf_ipc_str(v, F_ENVID, 0),
+		.full = want_full && headers ? headers : NULL,
+		.full_len = clen,
+		.full_too_big = !whole,
+		.full_cap = MAX_RETURNED,
+		/* RFC 6533: SMTPUTF8 mail arrived with UTF8SMTP(S)(A). */
+		.utf8 = proto && strstr(proto, "UTF8") != NULL,
 	};
 	snprintf(j->qid, sizeof(j->qid), "%s", qid);
 	j->bounce_req = breq;
@@ -240,6 +273,38 @@ static void on_bounce(const struct mxf_ipc_view *v, int fd)
 	mxf_ipc_msg_free(m);
 }
 
+/* Mail that came to one of our SRS addresses: what does it report on? The
+ * router must not parse it (DESIGN.md: hostile input is parsed in the
+ * unprivileged daemons), so it asks here and writes the activity row. */
+static void on_dsn_parse(const struct mxf_ipc_view *v, int fd)
+{
+	uint64_t req;
+	const char *qid = mxf_ipc_str(v, F_QID, 0);
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || !mxf_qid_valid(qid) || fd < 0)
+		mxf_fatal("malformed DSN_PARSE request from router");
+	size_t len = 0;
+	bool whole;
+	char *buf = read_upto(fd, MAX_PARSE, &len, &whole);
+	close(fd);
+	struct mxf_dsn_info in;
+	int r = buf ? mxf_dsn_parse(buf, len, mxf_config_str(cfg, "main", "hostname"), &in) : -ENOMEM;
+	free(buf);
+	if (r < 0)
+		memset(&in, 0, sizeof(in));
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_DSN_PARSE_REPLY);
+	if (!m || mxf_ipc_put_u64(m, F_REQ, req) < 0 || mxf_ipc_put_str(m, F_QID, qid) < 0 ||
+	    mxf_ipc_put_u64(m, F_CODE, r == 0 ? 250 : 550) < 0 ||
+	    mxf_ipc_put_str(m, F_BOUNCE_QID, in.qid) < 0 ||
+	    mxf_ipc_put_str(m, F_MSGID, in.message_id) < 0 || mxf_ipc_put_str(m, F_RCPT, in.rcpt) < 0 ||
+	    mxf_ipc_put_str(m, F_ACTION, in.action) < 0 ||
+	    mxf_ipc_put_str(m, F_ESC, in.status) < 0 || mxf_ipc_put_str(m, F_TEXT, in.diagnostic) < 0 ||
+	    mxf_ipc_put_str(m, F_RELAY, in.remote_mta) < 0)
+		mxf_fatal("out of memory");
+	if (mxf_routerlink_send(link_, m, -1) < 0)
+		mxf_warn("%s: cannot report on the returned mail: router link down", qid);
+	mxf_ipc_msg_free(m);
+}
+
 static struct job *find_job(uint64_t req, enum job_state st)
 {
 	for (struct job *j = jobs; j; j = j->next)
@@ -256,6 +321,9 @@ static void on_msg(const struct mxf_ipc_view *v, int fd, void *arg)
 	switch (mxf_ipc_type(v)) {
 	case MXF_MSG_BOUNCE:
 		on_bounce(v, fd);
+		return;
+	case MXF_MSG_DSN_PARSE:
+		on_dsn_parse(v, fd);
 		return;
 	case MXF_MSG_OPEN_REPLY:
 		mxf_ipc_u64(v, F_REQ, 0, &req);

@@ -49,13 +49,22 @@ enum mxf_ipc_type {
 	                             F_RELAY* (parallel lists, one entry per recipient; all u64
 	                             except the strings F_ESC, F_TEXT, F_RELAY) */
 	MXF_MSG_BOUNCE,           /* r->bouncer: F_REQ, F_QID, F_SENDER (original), F_RCPT*, F_CODE*,
-	                             F_ESC*, F_TEXT*, F_RELAY* (parallel lists); fd (O_RDONLY content) */
+	                             F_ESC*, F_TEXT*, F_RELAY* (parallel lists); fd (O_RDONLY content)
+	                             [, F_ORCPT*, F_LAST_ATTEMPT* (parallel too), F_RET, F_ENVID,
+	                             F_PROTO (of the failed message), F_ACTION "delayed" (a delay
+	                             warning for deferred recipients: no state changes)] */
 	MXF_MSG_BOUNCE_DONE,      /* bouncer->r: F_REQ, F_QID, F_CODE (250: the bounce is queued as
 	                             F_BOUNCE_QID; 4xx: try again later; 5xx: give up, log) */
 	MXF_MSG_RELOAD,           /* ctl->r: F_REQ */
 	MXF_MSG_RELOAD_REPLY,     /* r->ctl: F_REQ, F_CODE, F_TEXT */
 	MXF_MSG_QUEUE_CTL,        /* ctl->r: F_REQ, F_TEXT (hold|release|delete|retry|flush), F_QID* */
 	MXF_MSG_QUEUE_CTL_REPLY,  /* r->ctl: F_REQ, F_CODE, F_TEXT, F_COUNT (messages acted on) */
+	MXF_MSG_DSN_PARSE,        /* r->bouncer: F_REQ, F_QID (mail that came to an SRS address);
+	                             fd (O_RDONLY content): is it a returned bounce, and of what? */
+	MXF_MSG_DSN_PARSE_REPLY,  /* bouncer->r: F_REQ, F_QID, F_CODE (250: a report or our queue ID
+	                             found; 550: neither), F_BOUNCE_QID (original queue ID or ""),
+	                             F_MSGID, F_RCPT, F_ACTION, F_ESC, F_TEXT, F_RELAY (from the
+	                             report; "" when absent) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -69,6 +78,9 @@ enum mxf_ipc_tag {
 	 * F_TLS "version=V cipher=C bits=N" or "" (F_PROTO is the RFC 3848 keyword). */
 	F_RET, F_ENVID, F_DSN_NOTIFY, F_ORCPT, F_TLS, /* F_NOTIFY is a fcntl.h macro */
 	F_COUNT, /* QUEUE_CTL_REPLY: u64 */
+	F_MSGID, /* DSN_PARSE_REPLY: Message-ID of the returned message */
+	F_LAST_ATTEMPT, /* BOUNCE: u64 unix seconds per F_RCPT (0: never tried) */
+	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "" */
 	F_TAG_MAX
 };
 

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "config.h"
 #include "log.h"
 #include "router.h"
 
@@ -12,6 +13,9 @@
 
 static sqlite3 *db;
 static sqlite3_stmt *ins;
+static time_t next_prune; /* retention: when to prune next (issue 8) */
+
+static void activity_prune(void);
 
 static const char schema_v1[] =
 	"CREATE TABLE activity ("
@@ -70,6 +74,8 @@ int activity_open(const char *path)
 			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
 			       -1, &ins, NULL) != SQLITE_OK)
 		goto fail;
+	next_prune = 0;
+	activity_prune();
 	return 0;
 fail:
 	mxf_err("%s: %s", path, err ? err : db ? sqlite3_errmsg(db) : "cannot open");
@@ -123,4 +129,63 @@ void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const c
 	if (sqlite3_step(ins) != SQLITE_DONE)
 		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
 	sqlite3_reset(ins);
+	activity_prune();
+}
+
+bool activity_sent_by(const char *qid, const char *sender)
+{
+	sqlite3_stmt *st = NULL;
+	bool found = false;
+	if (!db)
+		return false;
+	if (sqlite3_prepare_v2(db,
+			       "SELECT 1 FROM activity WHERE queue_id = ?1 AND mail_from = ?2 "
+			       "COLLATE NOCASE LIMIT 1",
+			       -1, &st, NULL) != SQLITE_OK) {
+		mxf_err("activity log read failed: %s", sqlite3_errmsg(db));
+		return false;
+	}
+	sqlite3_bind_text(st, 1, qid, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, sender, -1, SQLITE_STATIC);
+	found = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return found;
+}
+
+/* Retention ([router] activity_retention): rows older than that go, at start
+ * and then at most once an hour, piggybacked on writes (an idle log gains no
+ * rows, so it may wait). In batches, so a large backlog never holds the event
+ * loop for long: a full batch makes the next write prune again. */
+#define PRUNE_BATCH 5000
+#define PRUNE_EVERY 3600
+
+static void activity_prune(void)
+{
+	time_t now = time(NULL);
+	if (!db || now < next_prune)
+		return;
+	long long keep = R.cfg ? mxf_config_int(R.cfg, "router", "activity_retention") : 0;
+	if (keep <= 0)
+		keep = 31 * 86400;
+	sqlite3_stmt *st = NULL;
+	if (sqlite3_prepare_v2(db,
+			       "DELETE FROM activity WHERE id IN (SELECT id FROM activity "
+			       "WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+			       -1, &st, NULL) != SQLITE_OK) {
+		mxf_err("activity log prune failed: %s", sqlite3_errmsg(db));
+		next_prune = now + PRUNE_EVERY;
+		return;
+	}
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)(now - keep));
+	sqlite3_bind_int(st, 2, PRUNE_BATCH);
+	int n = 0;
+	if (sqlite3_step(st) == SQLITE_DONE) {
+		n = sqlite3_changes(db);
+	} else {
+		mxf_err("activity log prune failed: %s", sqlite3_errmsg(db));
+	}
+	sqlite3_finalize(st);
+	if (n > 0)
+		mxf_info("activity log: pruned %d row(s) older than %lld s", n, keep);
+	next_prune = n >= PRUNE_BATCH ? now : now + PRUNE_EVERY;
 }

@@ -183,7 +183,7 @@ static bool type_allowed(enum role role, uint16_t t)
 		       t == MXF_MSG_ABORT;
 	case ROLE_BOUNCER:
 		return t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT ||
-		       t == MXF_MSG_BOUNCE_DONE;
+		       t == MXF_MSG_BOUNCE_DONE || t == MXF_MSG_DSN_PARSE_REPLY;
 	case ROLE_DELIVERD:
 		return t == MXF_MSG_DELIVER_RESULT;
 	case ROLE_CTL:
@@ -213,6 +213,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_ABORT: recv_abort(p, v); return 0;
 	case MXF_MSG_DELIVER_RESULT: return queue_deliver_result(p, v);
 	case MXF_MSG_BOUNCE_DONE: return queue_bounce_done(p, v);
+	case MXF_MSG_DSN_PARSE_REPLY: return recv_dsn_parsed(p, v);
 	case MXF_MSG_RELOAD: return on_reload(p, v);
 	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
 	default: return -1;

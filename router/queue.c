@@ -9,10 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "log.h"
 #include "queueid.h"
 #include "router.h"
@@ -36,6 +38,8 @@ struct qmsg {
 	uint64_t bounce_req;
 	struct peer *bounce_peer;
 	int64_t bounce_after; /* no bounce attempt before this time */
+	bool bounce_delay;    /* the bounce in flight is a delay warning */
+	bool delay_warned;    /* one was sent (in memory: a restart may send another) */
 	int64_t wake;         /* 0, or when to look at this message again */
 	bool held;            /* mxferryctl queue hold: nothing is delivered until released */
 	bool del;             /* mxferryctl queue delete: removed when nothing is in flight */
@@ -528,7 +532,38 @@ static unsigned make_jobs(struct qmsg *m, int64_t now)
 }
 
 /* ---- bounces ---- */
-static bool send_bounce(struct qmsg *m)
+/* NOTIFY (RFC 3461 §4.1): none given means the MTA's default, a failure DSN;
+ * NEVER, or a list without FAILURE, means none. */
+static bool notify_failure(const char *notify)
+{
+	if (!notify || !*notify)
+		return true;
+	char buf[64];
+	snprintf(buf, sizeof(buf), "%s", notify);
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		if (strcasecmp(t, "FAILURE") == 0)
+			return true;
+	return false;
+}
+
+/* Delay warnings: only when the operator enabled them ([bouncer]
+ * delay_warning_time); then NOTIFY absent counts as "FAILURE,DELAY", which
+ * RFC 3461 §4.1 allows. */
+static bool notify_delay(const char *notify)
+{
+	if (!notify || !*notify)
+		return true;
+	char buf[64];
+	snprintf(buf, sizeof(buf), "%s", notify);
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		if (strcasecmp(t, "DELAY") == 0)
+			return true;
+	return false;
+}
+
+/* Asks the bouncer for a DSN: for the FAILED recipients, or (delay) a delay
+ * warning for the DEFERRED recipients that want one. */
+static bool send_bounce(struct qmsg *m, bool delay)
 {
 	struct peer *p = peer_find_role(ROLE_BOUNCER);
 	if (!p)
@@ -544,20 +579,31 @@ static bool send_bounce(struct qmsg *m)
 	int r = msg ? 0 : -ENOMEM;
 	if (r == 0 && ((r = mxf_ipc_put_u64(msg, F_REQ, req)) < 0 ||
 		       (r = mxf_ipc_put_str(msg, F_QID, e->qid)) < 0 ||
-		       (r = mxf_ipc_put_str(msg, F_SENDER, e->sender)) < 0))
+		       (r = mxf_ipc_put_str(msg, F_SENDER, e->sender)) < 0 ||
+		       (r = mxf_ipc_put_str(msg, F_RET, e->ret)) < 0 ||
+		       (r = mxf_ipc_put_str(msg, F_ENVID, e->envid)) < 0 ||
+		       (r = mxf_ipc_put_str(msg, F_PROTO, e->proto)) < 0 ||
+		       (delay && (r = mxf_ipc_put_str(msg, F_ACTION, "delayed")) < 0)))
 		goto out;
 	size_t added = 0;
+	int64_t now = now_s();
 	for (size_t i = 0; i < e->nrcpt && r == 0; i++) {
 		const struct mxf_env_rcpt *rc = &e->rcpt[i];
-		if (rc->status != MXF_RS_FAILED)
+		if (delay ? rc->status != MXF_RS_DEFERRED || !notify_delay(rc->notify)
+			  : rc->status != MXF_RS_FAILED)
 			continue;
 		unsigned code;
 		char ecode[32], text[512];
 		const char *t;
 		split_reply(rc->reply, &code, ecode, sizeof(ecode), &t);
 		if (code < 400 || code > 599)
-			code = 550;
-		if (!ecode[0]) /* 4.4.7: delivery time expired */
+			code = delay ? 451 : 550;
+		/* A temporary failure that became final did so because the
+		 * message outlived max_queue_lifetime: 4.4.7 (RFC 3463), the
+		 * last reply stays in the diagnostic. */
+		if (delay && !ecode[0])
+			snprintf(ecode, sizeof(ecode), "4.0.0");
+		else if (!delay && (code < 500 || !ecode[0]))
 			snprintf(ecode, sizeof(ecode), "%s", code < 500 ? "4.4.7" : "5.0.0");
 		snprintf(text, sizeof(text), "%s", t);
 		const char *to = *rc->dest ? rc->dest : rc->orig;
@@ -566,14 +612,17 @@ static bool send_bounce(struct qmsg *m)
 		 * Those that do not fit go in a later bounce. */
 		size_t cur;
 		mxf_ipc_msg_data(msg, &cur);
-		size_t need = 5 * 6 + strlen(to) + 8 + strlen(ecode) + strlen(text) + strlen(relay);
+		size_t need = 7 * 6 + strlen(to) + 16 + strlen(ecode) + strlen(text) + strlen(relay) +
+			      strlen(rc->orcpt);
 		if (cur + need > MXF_IPC_MAX)
 			break;
 		if ((r = mxf_ipc_put_str(msg, F_RCPT, to)) < 0 ||
 		    (r = mxf_ipc_put_u64(msg, F_CODE, code)) < 0 ||
 		    (r = mxf_ipc_put_str(msg, F_ESC, ecode)) < 0 ||
 		    (r = mxf_ipc_put_str(msg, F_TEXT, text)) < 0 ||
-		    (r = mxf_ipc_put_str(msg, F_RELAY, relay)) < 0)
+		    (r = mxf_ipc_put_str(msg, F_RELAY, relay)) < 0 ||
+		    (r = mxf_ipc_put_str(msg, F_ORCPT, rc->orcpt)) < 0 ||
+		    (r = mxf_ipc_put_u64(msg, F_LAST_ATTEMPT, rc->attempts ? (uint64_t)now : 0)) < 0)
 			break;
 		m->bouncing[i] = true;
 		added++;
@@ -591,6 +640,7 @@ out:
 		return false;
 	}
 	m->bounce_inflight = true;
+	m->bounce_delay = delay;
 	m->bounce_req = req;
 	m->bounce_peer = p;
 	return true;
@@ -672,18 +722,59 @@ static void msg_run(struct qmsg *m)
 		}
 	}
 	if (failed) {
-		if (!*e->sender || strcmp(e->origin, "bouncer") == 0) {
-			/* Never bounce a bounce: that is how mail loops start. */
-			mxf_info("%s: bounce suppressed for null sender", e->qid);
-			for (size_t i = 0; i < e->nrcpt; i++)
-				if (e->rcpt[i].status == MXF_RS_FAILED)
-					e->rcpt[i].status = MXF_RS_BOUNCED;
+		bool dsn_owed = false;
+		changed = false;
+		bool ours = strcmp(e->origin, "bouncer") == 0;
+		for (size_t i = 0; i < e->nrcpt; i++) {
+			struct mxf_env_rcpt *r = &e->rcpt[i];
+			if (r->status != MXF_RS_FAILED)
+				continue;
+			char e1[1400], e2[2200];
+			if (ours) {
+				/* A notification of ours that cannot be delivered
+				 * (refused, or outlived its lifetime) is dropped
+				 * here: never bounced, never retried forever. */
+				mxf_warn("%s: double-bounce: undeliverable notification to <%s> dropped: %s",
+					 e->qid, mxf_log_escape(e1, sizeof(e1), r->dest, strlen(r->dest)),
+					 mxf_log_escape(e2, sizeof(e2), r->reply, strlen(r->reply)));
+			} else if (!*e->sender) {
+				/* Never bounce to the null sender: that is how mail
+				 * loops start (RFC 5321 4.5.5). */
+				if (!changed)
+					mxf_info("%s: bounce suppressed for null sender", e->qid);
+			} else if (!notify_failure(r->notify)) {
+				mxf_info("%s: to=<%s>: no bounce: the sender asked for NOTIFY=%s", e->qid,
+					 mxf_log_escape(e1, sizeof(e1), r->orig, strlen(r->orig)),
+					 r->notify);
+			} else {
+				dsn_owed = true;
+				continue;
+			}
+			r->status = MXF_RS_BOUNCED;
+			changed = true;
+		}
+		if (changed)
 			msg_save(m);
-		} else if (now >= m->bounce_after && send_bounce(m)) {
+		if (!dsn_owed) {
+			/* nothing owed */
+		} else if (now >= m->bounce_after && send_bounce(m, false)) {
 			return; /* BOUNCE_DONE brings us back */
 		} else {
 			bounce_wait = true;
 		}
+	}
+	int64_t dw = mxf_config_int(R.cfg, "bouncer", "delay_warning_time");
+	if (deferred && !bounce_wait && dw > 0 && !m->delay_warned && now - e->arrival >= dw) {
+		bool want = *e->sender && strcmp(e->origin, "bouncer") != 0;
+		bool any = false;
+		for (size_t i = 0; i < e->nrcpt && want && !any; i++)
+			any = e->rcpt[i].status == MXF_RS_DEFERRED && notify_delay(e->rcpt[i].notify);
+		if (!any)
+			m->delay_warned = true;
+		else if (now >= m->bounce_after && send_bounce(m, true))
+			return; /* BOUNCE_DONE brings us back */
+		else
+			bounce_wait = true;
 	}
 	if (!deferred && !bounce_wait) {
 		msg_remove(m);
@@ -818,6 +909,21 @@ int queue_bounce_done(struct peer *p, const struct mxf_ipc_view *v)
 	const char *bqid = mxf_ipc_str(v, F_BOUNCE_QID, 0);
 	m->bounce_inflight = false;
 	m->bounce_peer = NULL;
+	if (m->bounce_delay) {
+		/* A delay warning changes no recipient's state. */
+		m->bounce_delay = false;
+		if (code / 100 == 2 || code / 100 == 5) {
+			m->delay_warned = true;
+			if (code / 100 == 2)
+				mxf_info("%s: sender delay notification: %s", e->qid,
+					 bqid && mxf_qid_valid(bqid) ? bqid : "?");
+		} else {
+			m->bounce_after = now_s() + BOUNCE_RETRY;
+		}
+		memset(m->bouncing, 0, e->nrcpt * sizeof(bool));
+		msg_run(m);
+		return 0;
+	}
 	if (code / 100 == 2 || code / 100 == 5) {
 		if (code / 100 == 2)
 			mxf_info("%s: sender non-delivery notification: %s", e->qid,
@@ -897,6 +1003,7 @@ void queue_peer_gone(struct peer *p)
 			if (!m->bounce_inflight || m->bounce_peer != p)
 				continue;
 			m->bounce_inflight = false;
+			m->bounce_delay = false;
 			m->bounce_peer = NULL;
 			memset(m->bouncing, 0, m->env->nrcpt * sizeof(bool));
 			m->bounce_after = now + BOUNCE_RETRY;

@@ -327,6 +327,119 @@ static void commit_detach(struct commit *c)
 	}
 }
 
+/* ---- mail returned to an SRS address ----
+ * It is relayed to the original sender like any mail (add_routed). If it is
+ * a bounce of a message we forwarded, that message's activity gets a
+ * 'bounced' row with the upstream's diagnostic. The bouncer reads the
+ * hostile content and answers with a few cleaned strings; the router only
+ * checks them and writes the row. A bouncer that is down or slow only
+ * costs the row, never the mail. */
+#define RETURNED_MAX 64
+static struct returned {
+	uint64_t req;
+	char qid[MXF_QID_SIZE];
+	char back[MXF_ADDR_SIZE]; /* the original sender it is relayed to */
+} returned[RETURNED_MAX];
+static size_t returned_next;
+
+static void returned_ask(const struct mxf_env *e)
+{
+	const char *back = NULL;
+	if (strcmp(e->origin, "smtpd") != 0)
+		return;
+	for (size_t i = 0; i < e->nrcpt && !back; i++)
+		if (strcmp(e->rcpt[i].action, "relay") == 0)
+			back = e->rcpt[i].dest;
+	if (!back)
+		return;
+	struct peer *p = peer_find_role(ROLE_BOUNCER);
+	if (!p) {
+		mxf_info("%s: returned mail not examined: no bouncer connected", e->qid);
+		return;
+	}
+	int fd = mxf_spool_open_content(R.spool, e->qid);
+	if (fd < 0) {
+		mxf_err("%s: cannot open returned mail: %s", e->qid, strerror(-fd));
+		return;
+	}
+	struct returned *rt = &returned[returned_next++ % RETURNED_MAX];
+	rt->req = ++R.next_req;
+	snprintf(rt->qid, sizeof(rt->qid), "%s", e->qid);
+	snprintf(rt->back, sizeof(rt->back), "%s", back);
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_DSN_PARSE);
+	int r = m ? 0 : -ENOMEM;
+	if (r == 0 && (r = mxf_ipc_put_u64(m, F_REQ, rt->req)) == 0 &&
+	    (r = mxf_ipc_put_str(m, F_QID, e->qid)) == 0)
+		r = peer_send(p, m, fd);
+	if (r < 0) {
+		mxf_err("%s: cannot ask the bouncer about returned mail: %s", e->qid, strerror(-r));
+		rt->req = 0;
+	}
+	mxf_ipc_msg_free(m);
+	close(fd);
+}
+
+int recv_dsn_parsed(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req, code;
+	const char *qid = mxf_ipc_str(v, F_QID, 0), *bqid = mxf_ipc_str(v, F_BOUNCE_QID, 0);
+	const char *rcpt = mxf_ipc_str(v, F_RCPT, 0), *esc = mxf_ipc_str(v, F_ESC, 0);
+	const char *diag = mxf_ipc_str(v, F_TEXT, 0), *relay = mxf_ipc_str(v, F_RELAY, 0);
+	const char *action = mxf_ipc_str(v, F_ACTION, 0);
+	(void)p;
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || mxf_ipc_u64(v, F_CODE, 0, &code) < 0 || !qid ||
+	    !bqid || !rcpt || !esc || !diag || !relay)
+		return -1;
+	struct returned *rt = NULL;
+	for (size_t i = 0; i < RETURNED_MAX && !rt; i++)
+		if (returned[i].req == req && req && strcmp(returned[i].qid, qid) == 0)
+			rt = &returned[i];
+	if (!rt)
+		return 0; /* forgotten (more than RETURNED_MAX at once): only a row lost */
+	rt->req = 0;
+	char e1[MXF_ADDR_SIZE * 4], e2[2200], e3[1100];
+	mxf_log_escape(e1, sizeof(e1), rt->back, strlen(rt->back));
+	if (code != 250 || !*bqid) {
+		mxf_info("%s: mail returned to <%s> %s", qid, e1,
+			 code != 250 ? "is not a delivery report"
+				     : "is a delivery report naming no message of ours");
+		return 0;
+	}
+	if (!mxf_qid_valid(bqid) || !action)
+		return -1;
+	if (*action && strcasecmp(action, "failed") != 0) {
+		/* A success or delay report (NOTIFY passed on to the peer):
+		 * relayed to the sender, but the message did not bounce. */
+		mxf_info("%s: delivery report for %s with action=%s: relayed, not a bounce", qid, bqid,
+			 mxf_log_escape(e2, sizeof(e2), action, strlen(action)));
+		return 0;
+	}
+	/* Only a message that sender sent through us: a valid SRS address
+	 * is proof of one forward to the holder, not of every queue ID. */
+	if (!activity_sent_by(bqid, rt->back)) {
+		mxf_warn("%s: delivery report names %s, which <%s> did not send; ignored", qid, bqid,
+			 e1);
+		return 0;
+	}
+	char reply[1100];
+	if (*esc && !strstr(diag, esc))
+		snprintf(reply, sizeof(reply), "%s %s", esc, diag);
+	else
+		snprintf(reply, sizeof(reply), "%s", *diag ? diag : esc);
+	struct mxf_env *orig = mxf_env_new(bqid);
+	if (!orig || mxf_env_set(&orig->sender, rt->back) < 0) {
+		mxf_env_free(orig);
+		return 0;
+	}
+	activity_add(orig, NULL, *rcpt ? rcpt : NULL, "bounced", *relay ? relay : NULL, reply);
+	mxf_env_free(orig);
+	mxf_info("%s: returned bounce of %s: to=<%s>, status=%s, reply=%s", qid, bqid,
+		 mxf_log_escape(e3, sizeof(e3), rcpt, strlen(rcpt)),
+		 *esc ? mxf_log_escape(e2, sizeof(e2), esc, strlen(esc)) : "unknown",
+		 mxf_log_escape(e2, sizeof(e2), reply, strlen(reply)));
+	return 0;
+}
+
 static void commit_done(uv_work_t *w, int status)
 {
 	struct commit *c = w->data;
@@ -347,6 +460,7 @@ static void commit_done(uv_work_t *w, int status)
 			mxf_warn("%s: committed, but the client went away before the reply", e->qid);
 		mxf_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", e->qid,
 			 esc(e1, sizeof(e1), e->sender), (unsigned long long)e->size, e->nrcpt);
+		returned_ask(e);
 		queue_add(e, c->moved ? MXF_SD_ACTIVE : MXF_SD_INCOMING);
 	} else {
 		mxf_err("%s: queue file commit failed: %s", c->e->qid, strerror(-c->result));

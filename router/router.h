@@ -93,6 +93,8 @@ void recv_open(struct peer *p, const struct mxf_ipc_view *v);
 int recv_commit(struct peer *p, const struct mxf_ipc_view *v);
 void recv_abort(struct peer *p, const struct mxf_ipc_view *v);
 void recv_peer_gone(struct peer *p);
+/* DSN_PARSE_REPLY: the bouncer's reading of mail returned to an SRS address. */
+int recv_dsn_parsed(struct peer *p, const struct mxf_ipc_view *v);
 
 /* queue.c: the in-memory index and the queue manager */
 void queue_init(void);
@@ -117,6 +119,8 @@ void activity_close(void);
 /* One row. e and r may be NULL (a refused RCPT has neither). */
 void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const char *rcpt,
 		  const char *status, const char *remote_host, const char *reply);
+/* Whether a row says queue ID qid came from sender (case-insensitive). */
+bool activity_sent_by(const char *qid, const char *sender);
 
 /* util */
 void rfc5322_date(time_t t, char *out, size_t len);

@@ -34,11 +34,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t nrcpt = size % 4; /* 0..3 */
 	for (size_t i = 0; i < 3; i++)
 		rc[i] = (struct mxf_dsn_rcpt){f[1 + 5 * i], f[2 + 5 * i][0] ? f[2 + 5 * i] : NULL,
-					      f[3 + 5 * i], f[4 + 5 * i], f[5 + 5 * i]};
+					      f[3 + 5 * i], f[4 + 5 * i], f[5 + 5 * i], NULL, 0};
 	struct mxf_dsn d = {
 		.reporting_mta = "mx.gateway.test", .qid = "0DQ5ZK3M0000AB12CD34EF56GH", .sender = f[0],
 		.arrival = 1700000000, .now = 1700003600,
-		.rcpt = rc, .nrcpt = nrcpt, .headers = headers,
+		.rcpt = rc, .nrcpt = nrcpt, .headers = headers, .envid = NULL,
 		.headers_len = mxf_dsn_header_len(headers, hlen, 65536),
 	};
 	FUZZ_CHECK(d.headers_len <= hlen);

@@ -199,4 +199,50 @@ put("fuzz_dsn", "hostile", dsn("a@b\r\nBcc: victim@x",
                               "Subject: x\n\nFrom: injected\r\n\r\n\r\n"))
 put("fuzz_dsn", "bare-lf-headers", dsn("s@x", [("r@y", "", "5.1.1", "", "550")],
                                       "A: 1\nB: 2\n\n"))
+# ---- returned bounces (fuzz_dsn_parse): whole messages to an SRS address
+ours = ("Received: from client.sender.test (client.sender.test [192.0.2.9])\r\n"
+        f"\tby mx.gateway.test (mxferry) with ESMTP id {QID}\r\n"
+        "\tfor <info@gw.test>; Thu, 01 Jan 2026 00:00:00 +0000\r\n")
+report = ("From: MAILER-DAEMON@dest.test\r\n"
+          "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+          "\tboundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsorry\r\n"
+          "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+          "Reporting-MTA: dns; mx.dest.test\r\n\r\n"
+          "Final-Recipient: rfc822; bob@dest.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+          "Remote-MTA: dns; in.dest.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no\r\n"
+          "  such user\r\n\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+          + ours + "Message-ID: <m@sender.test>\r\n\r\n--B--\r\n")
+put("fuzz_dsn_parse", "report", report)
+put("fuzz_dsn_parse", "report-lf", report.replace("\r\n", "\n"))
+put("fuzz_dsn_parse", "global", report.replace("message/delivery-status",
+                                               "message/global-delivery-status")
+                                       .replace("text/rfc822-headers", "message/global-headers"))
+put("fuzz_dsn_parse", "plain", "Subject: failed\r\n\r\nyour mail failed:\r\n" + ours)
+put("fuzz_dsn_parse", "reply", "From: bob@dest.test\r\nSubject: re: hi\r\n\r\nthanks\r\n")
+put("fuzz_dsn_parse", "truncated", report[:300])
+# ---- deliverd's 7-bit converter (fuzz_mime7bit): whole 8-bit messages
+M7_HEAD = "From: <a@sender.test>\r\nTo: <b@gw.test>\r\nSubject: Gr\u00fc\u00dfe\r\nMIME-Version: 1.0\r\n"
+m7 = {
+    "plain-8bit": M7_HEAD + "Content-Type: text/plain; charset=utf-8\r\n"
+                  "Content-Transfer-Encoding: 8bit\r\n\r\nK\u00f6ln\r\n.dot\r\n",
+    "no-mime": "From: a@b\r\nSubject: x\r\n\r\nStra\u00dfe\r\n",
+    "multipart": M7_HEAD + "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+                 "pre\u00e4mble\r\n--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\n"
+                 "\u00e4\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n\u00ff\u00fe\r\n"
+                 "--b--\r\nepil\u00f6g\r\n",
+    "rfc822": M7_HEAD + "Content-Type: message/rfc822\r\n\r\nSubject: \u00e4\r\n\r\nb\u00f6dy\r\n",
+    "cte-lie": M7_HEAD + "Content-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+               "b\u00f6dy\r\n",
+    "nested": M7_HEAD + "".join(f"Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+                                for i in range(40)) + "\r\n\u00e4\r\n"
+              + "".join(f"--b{i}--\r\n" for i in reversed(range(40))),
+    "encoded-words": M7_HEAD.replace("Subject: Gr\u00fc\u00dfe", "Subject: =?utf-8?q?=C3=A4?= \u00e4")
+                     + "Content-Type: text/plain; charset=\"unknown-8bit\"\r\n\r\n\u00e4\r\n",
+    "header-name-8bit": "From: a@b\r\nX-\u00e4: v\r\n\r\nbody\r\n",
+    "bad-boundary": M7_HEAD + "Content-Type: multipart/alternative; boundary=\r\n\r\n--\r\n\u00e4\r\n",
+    "lf-only": "From: a@b\nMIME-Version: 1.0\nContent-Type: text/plain\n\n\u00e4\n",
+}
+for k, v in m7.items():
+    put("fuzz_mime7bit", k, v.encode("latin-1", "replace") if k in ("multipart",) else v.encode())
+
 print("seeds written")
