@@ -463,3 +463,30 @@ size_t mxf_dns_mx_order(struct mxf_mx *mx, size_t n, bool *nullmx, mxf_dns_rand_
 	}
 	return k;
 }
+
+int mxf_dns_ptr(struct mxf_dns *d, const char *revname, char (*names)[MXF_DNS_NAME_MAX + 1],
+		size_t cap, size_t *n, char *why, size_t whylen)
+{
+	ldns_rr_list *rrs;
+
+	*n = 0;
+	int rc = query(d, revname, LDNS_RR_TYPE_PTR, "PTR", &rrs, why, whylen);
+	if (rc != MXF_DNS_OK)
+		return rc;
+	size_t k = 0;
+	for (size_t i = 0; i < ldns_rr_list_rr_count(rrs) && k < cap; i++) {
+		ldns_rr *rr = ldns_rr_list_rr(rrs, i);
+		/* A PTR to "." or to something that is no host name is no name. */
+		if (ldns_rr_rd_count(rr) == 1 && dname_to_host(ldns_rr_rdf(rr, 0), names[k],
+								MXF_DNS_NAME_MAX + 1) &&
+		    names[k][0])
+			k++;
+	}
+	ldns_rr_list_deep_free(rrs);
+	if (k == 0) {
+		set_why(why, whylen, "PTR", "no usable records");
+		return MXF_DNS_NODATA;
+	}
+	*n = k;
+	return MXF_DNS_OK;
+}

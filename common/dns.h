@@ -80,6 +80,13 @@ struct mxf_dns_addr {
 int mxf_dns_addrs(struct mxf_dns *d, const char *host, int family, struct mxf_dns_addr *out,
 		  size_t cap, size_t *n, char *why, size_t whylen);
 
+/* PTR records at revname (the in-addr.arpa or ip6.arpa name; see
+ * mxf_dnsbl_ip_name), as host names (lower case, no trailing dot), up to cap.
+ * Records that are not host names are dropped (NODATA when none is left).
+ * Returns an mxf_dns_rc (MXF_DNS_OK with *n >= 1), -EINVAL, -ENOMEM. */
+int mxf_dns_ptr(struct mxf_dns *d, const char *revname, char (*names)[MXF_DNS_NAME_MAX + 1],
+		size_t cap, size_t *n, char *why, size_t whylen);
+
 /* TTL (seconds) of the last lookup's answer on this handle: the smallest TTL
  * of the records used (CNAMEs included) for MXF_DNS_OK, the negative-caching
  * TTL (RFC 2308) for NODATA and NXDOMAIN, 0 for TEMPFAIL. For caches. */

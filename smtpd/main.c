@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "abuse.h"
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
@@ -180,6 +181,13 @@ int main(int argc, char **argv)
 	smtpd.greet_delay_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "greet_delay");
 	smtpd.max_conn_per_ip = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_per_ip");
 	smtpd.max_conn_rate = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_rate");
+	smtpd.max_conn_per_net = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_per_net");
+	smtpd.max_conn_rate_net = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_rate_net");
+	smtpd.max_msg_rate = (unsigned)mxf_config_int(cfg, "smtpd", "max_msg_rate");
+	smtpd.max_msg_rate_net = (unsigned)mxf_config_int(cfg, "smtpd", "max_msg_rate_net");
+	smtpd.max_rcpt_rate = (unsigned)mxf_config_int(cfg, "smtpd", "max_rcpt_rate");
+	smtpd.max_rcpt_rate_net = (unsigned)mxf_config_int(cfg, "smtpd", "max_rcpt_rate_net");
+	smtpd.rate_window_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "rate_window") * 1000;
 	shutdown_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "shutdown_timeout") * 1000;
 
 	/* The certificate and key are read now: after the drop smtpd is
@@ -194,6 +202,13 @@ int main(int argc, char **argv)
 			mxf_fatal("TLS: %s", err);
 	}
 	raise_nofile();
+	/* Before the chroot: the resolver may read /etc/resolv.conf. */
+	bl_init(cfg);
+	/* Block-list lookups block a pool thread each (abuse.c keeps at most
+	 * 16 running): the pool must keep threads for queue-file writes.
+	 * libuv reads this when the pool first starts. */
+	if (bl_enabled() && !getenv("UV_THREADPOOL_SIZE"))
+		setenv("UV_THREADPOOL_SIZE", "24", 1);
 
 	nlisten = listen_fds();
 	for (int i = 0; i < nlisten; i++) {

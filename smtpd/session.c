@@ -19,7 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "abuse.h"
 #include "address.h"
+#include "dnsbl.h"
 #include "log.h"
 #include "queueid.h"
 #include "smtp.h"
@@ -32,32 +34,34 @@
 #define OUT_FLUSH 65536     /* replies collected before a socket write */
 #define OUT_MAX (256 * 1024) /* unsent replies before input processing pauses */
 #define MAX_ERRORS 10
+#define RCPT_OVERSHOOT_MAX 1000
 #define CLOSE_GRACE_MS 10000
 #define TEMPFAIL_TEXT "Error: temporary failure, try again later"
 #define IP_BUCKETS 4096
-#define RATE_WINDOW_MS 60000
 
-enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE };
+enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE, W_DNSBL };
 
 struct rcpt {
 	char *addr, *orcpt;
 	char notify[32];
 };
 
-/* Per client IP: concurrent sessions and sessions begun in the current
- * one-minute window. */
+/* Per client IP, and per network (/24, /64): concurrent sessions, and
+ * sessions, messages and recipients in the current one-minute window. */
 struct ipent {
 	struct ipent *next;
-	unsigned conns, rate;
+	unsigned conns, rate, msgs, rcpts;
 	uint64_t window;
-	char ip[INET6_ADDRSTRLEN];
+	char ip[INET6_ADDRSTRLEN + 4];
 };
-static struct ipent *ip_table[IP_BUCKETS];
+enum { BY_IP, BY_NET };
+static struct ipent *ip_table[2][IP_BUCKETS];
 
 struct session {
 	struct session *prev, *next;
 	uv_tcp_t tcp;
 	uv_timer_t timer;
+	uv_timer_t bltimer; /* the bounded wait for block lists at RCPT */
 	uv_shutdown_t shutreq;
 	uv_fs_t fsreq;
 	int refs; /* open handles + an in-flight file write */
@@ -66,7 +70,8 @@ struct session {
 	bool greeted;
 	bool out_blocked; /* a client that pipelines but does not read */
 	char ip[INET6_ADDRSTRLEN];
-	struct ipent *ipent;
+	struct ipent *ipent[2]; /* BY_IP, BY_NET */
+	struct blstate *bl; /* NULL: no block lists */
 
 	/* input: in[inoff..inlen) is not yet processed (plaintext) */
 	char *in;
@@ -82,6 +87,11 @@ struct session {
 	enum mxf_smtp_verb last_verb;
 
 	bool helo_done, esmtp;
+	bool bl_logged, bl_late_logged; /* the score, the lists that failed */
+	bool bl_refused;     /* refused on its score once (counted in the history) */
+	int score;           /* at the last RCPT verdict, hundredths */
+	bool bad_pipelining; /* sent commands ahead before PIPELINING was offered */
+	unsigned bad_commands;
 	char helo[MXF_SMTP_LINE_MAX];
 	/* the transaction */
 	bool mail_done, smtputf8;
@@ -110,6 +120,7 @@ struct session {
 	size_t wlen;
 	uint64_t written;
 	bool write_error, too_big;
+	unsigned rcpt_overshoot; /* RCPTs refused past max_recipients */
 	bool disk_full; /* the write error was ENOSPC/EDQUOT */
 
 	unsigned errors;
@@ -141,12 +152,18 @@ static unsigned ip_hash(const char *ip)
 	return h % IP_BUCKETS;
 }
 
+static bool rate_limits(void)
+{
+	return smtpd.max_conn_rate || smtpd.max_conn_rate_net || smtpd.max_msg_rate ||
+	       smtpd.max_msg_rate_net || smtpd.max_rcpt_rate || smtpd.max_rcpt_rate_net;
+}
+
 /* Drops entries that count nothing any more. */
 static void ip_sweep(struct ipent **pp, uint64_t now)
 {
 	while (*pp) {
 		struct ipent *e = *pp;
-		if (e->conns == 0 && (smtpd.max_conn_rate == 0 || now - e->window >= RATE_WINDOW_MS)) {
+		if (e->conns == 0 && (!rate_limits() || now - e->window >= smtpd.rate_window_ms)) {
 			*pp = e->next;
 			free(e);
 		} else {
@@ -157,45 +174,87 @@ static void ip_sweep(struct ipent **pp, uint64_t now)
 
 static void ip_release(struct session *s)
 {
-	if (!s->ipent)
-		return;
-	s->ipent->conns--;
-	s->ipent = NULL;
-	ip_sweep(&ip_table[ip_hash(s->ip)], now_ms());
+	for (int k = BY_IP; k <= BY_NET; k++) {
+		if (!s->ipent[k])
+			continue;
+		s->ipent[k]->conns--;
+		ip_sweep(&ip_table[k][ip_hash(s->ipent[k]->ip)], now_ms());
+		s->ipent[k] = NULL;
+	}
 }
 
-/* Counts a new session of s->ip; false when it is past a limit. */
-static bool ip_admit(struct session *s, const char **why)
+/* The entry of key in table k (a new one if needed), its window current. */
+static struct ipent *ip_entry(int k, const char *key)
 {
 	uint64_t now = now_ms();
-	struct ipent **head = &ip_table[ip_hash(s->ip)];
+	struct ipent **head = &ip_table[k][ip_hash(key)];
 	ip_sweep(head, now);
 	struct ipent *e = *head;
-	while (e && strcmp(e->ip, s->ip) != 0)
+	while (e && strcmp(e->ip, key) != 0)
 		e = e->next;
 	if (!e) {
 		if (!(e = calloc(1, sizeof(*e))))
-			return true; /* no memory for bookkeeping: do not refuse */
-		snprintf(e->ip, sizeof(e->ip), "%s", s->ip);
+			return NULL; /* no memory for bookkeeping: do not refuse */
+		snprintf(e->ip, sizeof(e->ip), "%s", key);
 		e->window = now;
 		e->next = *head;
 		*head = e;
 	}
-	if (now - e->window >= RATE_WINDOW_MS) {
+	if (now - e->window >= smtpd.rate_window_ms) {
 		e->window = now;
-		e->rate = 0;
+		e->rate = e->msgs = e->rcpts = 0;
 	}
-	e->rate++;
-	e->conns++;
-	s->ipent = e;
-	if (smtpd.max_conn_per_ip && e->conns > smtpd.max_conn_per_ip) {
-		*why = "concurrency";
-		return false;
+	return e;
+}
+
+/* Counts a new session of s->ip and its network; false when past a limit. */
+static bool ip_admit(struct session *s, const char **why)
+{
+	char net[INET6_ADDRSTRLEN + 4];
+	const char *keys[2] = {s->ip, mxf_ip_prefix(s->ip, net, sizeof(net)) == 0 ? net : NULL};
+	unsigned maxc[2] = {smtpd.max_conn_per_ip, smtpd.max_conn_per_net};
+	unsigned maxr[2] = {smtpd.max_conn_rate, smtpd.max_conn_rate_net};
+	static const char *const cwhy[2] = {"concurrency", "network concurrency"};
+	static const char *const rwhy[2] = {"rate", "network rate"};
+	bool ok = true;
+	for (int k = BY_IP; k <= BY_NET; k++) {
+		struct ipent *e = keys[k] ? ip_entry(k, keys[k]) : NULL;
+		if (!e)
+			continue;
+		e->rate++;
+		e->conns++;
+		s->ipent[k] = e;
+		if (ok && maxc[k] && e->conns > maxc[k]) {
+			*why = cwhy[k];
+			ok = false;
+		}
+		if (ok && maxr[k] && e->rate > maxr[k]) {
+			*why = rwhy[k];
+			ok = false;
+		}
 	}
-	if (smtpd.max_conn_rate && e->rate > smtpd.max_conn_rate) {
-		*why = "rate";
-		return false;
+	return ok;
+}
+
+/* Counts a message (MAIL) or a recipient (RCPT) of the session's address
+ * and network; false when past the per-minute limit (why: which). */
+static bool ip_count(struct session *s, bool rcpt, const char **why)
+{
+	unsigned max[2] = {rcpt ? smtpd.max_rcpt_rate : smtpd.max_msg_rate,
+			   rcpt ? smtpd.max_rcpt_rate_net : smtpd.max_msg_rate_net};
+	struct ipent *e[2];
+	for (int k = BY_IP; k <= BY_NET; k++) {
+		/* The session's entries, their window refreshed. */
+		e[k] = s->ipent[k] ? ip_entry(k, s->ipent[k]->ip) : NULL;
+		unsigned n = !e[k] ? 0 : rcpt ? e[k]->rcpts : e[k]->msgs;
+		if (max[k] && n >= max[k]) {
+			*why = k == BY_IP ? "address" : "network";
+			return false; /* a refused one counts nowhere */
+		}
 	}
+	for (int k = BY_IP; k <= BY_NET; k++)
+		if (e[k])
+			(*(rcpt ? &e[k]->rcpts : &e[k]->msgs))++;
 	return true;
 }
 
@@ -237,6 +296,8 @@ static void close_handles(struct session *s)
 		uv_close((uv_handle_t *)&s->tcp, handle_closed);
 	if (!uv_is_closing((uv_handle_t *)&s->timer))
 		uv_close((uv_handle_t *)&s->timer, handle_closed);
+	if (!uv_is_closing((uv_handle_t *)&s->bltimer))
+		uv_close((uv_handle_t *)&s->bltimer, handle_closed);
 }
 
 static void reset_transaction(struct session *s)
@@ -462,6 +523,7 @@ static void do_helo(struct session *s, const struct mxf_smtp_cmd *c)
 	s->helo_done = true;
 	s->esmtp = c->verb == MXF_SMTP_EHLO;
 	snprintf(s->helo, sizeof(s->helo), "%s", c->arg);
+	bl_lookup_domain(s->bl, s->helo);
 	s->ok[c->verb]++;
 	if (!s->esmtp) {
 		reply(s, 250, NULL, smtpd.hostname);
@@ -503,6 +565,17 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 		reply_err(s, 552, "5.3.4", "Message size exceeds fixed limit");
 		return;
 	}
+	const char *why;
+	if (!ip_count(s, false, &why)) {
+		/* Past the messages per minute: the session ends, the client
+		 * comes back later (RFC 5321 4.2.3: 421 closes). */
+		mxf_info("reject: MAIL from unknown[%s]: too many messages per minute (%s limit)",
+			 s->ip, why);
+		put_line(s, 421, false, "4.7.0", "Error: too many messages from your address, "
+						 "try again later");
+		session_close(s, true);
+		return;
+	}
 	if (c->null_path) {
 		s->sender[0] = '\0';
 	} else if (mxf_addr_normalize(c->path, c->smtputf8 ? MXF_ADDR_UTF8 : 0, s->sender,
@@ -513,10 +586,115 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 	}
 	s->mail_done = true;
 	s->smtputf8 = c->smtputf8;
+	if (strchr(s->sender, '@'))
+		bl_lookup_domain(s->bl, strrchr(s->sender, '@') + 1);
 	snprintf(s->ret, sizeof(s->ret), "%s", c->ret);
 	snprintf(s->envid, sizeof(s->envid), "%s", c->envid);
 	s->ok[MXF_SMTP_MAIL]++;
 	reply(s, 250, "2.1.0", "Ok");
+}
+
+static void rcpt_to_router(struct session *s);
+
+static void facts(const struct session *s, struct bl_facts *f)
+{
+	const char *at = strrchr(s->sender, '@');
+	f->ip = s->ip;
+	f->helo = s->helo;
+	f->sdomain = at ? at + 1 : NULL;
+	f->pipelining = s->bad_pipelining;
+	f->bad_commands = s->bad_commands;
+}
+
+/* The block-list verdict, taken at the first RCPT (as Postfix's
+ * reject_rbl_client does) and again at each later one: by then the HELO and
+ * sender domains are known too, and the refusal is logged with the envelope. */
+static void rcpt_decide(struct session *s)
+{
+	char reason[400], detail[400];
+	struct bl_facts f;
+	facts(s, &f);
+	int score = bl_verdict(s->bl, &f, reason, sizeof(reason), detail, sizeof(detail));
+	int th = bl_reject_threshold();
+	s->score = score;
+	if (s->bl && !s->bl_late_logged) {
+		char late[600];
+		bl_unanswered(s->bl, late, sizeof(late));
+		if (late[0]) {
+			s->bl_late_logged = true;
+			mxf_info("block lists: no usable answer for %s; unknown[%s] judged "
+				 "without them",
+				 late, s->ip);
+		}
+	}
+	if (s->bl && !s->bl_logged) {
+		s->bl_logged = true;
+		mxf_info("reputation: unknown[%s] score %s%d.%02d (reject at %d.%02d): %s", s->ip,
+			 score < 0 ? "-" : "", abs(score) / 100, abs(score) % 100, th / 100, th % 100,
+			 detail[0] ? detail : "nothing");
+	}
+	if (s->bl && score >= th) {
+		char text[480];
+		snprintf(text, sizeof(text), "Service unavailable; %s",
+			 reason[0] ? reason : "listed on block lists");
+		log_reject(s, "RCPT", 554, "5.7.1", text, s->pending_rcpt);
+		if (!s->bl_refused) { /* one refusal per session in the history */
+			s->bl_refused = true;
+			bl_history_add(s->ip);
+		}
+		reply_err(s, 554, "5.7.1", text);
+		return;
+	}
+	rcpt_to_router(s);
+}
+
+static void on_bl_wait_over(uv_timer_t *t)
+{
+	struct session *s = t->data;
+	if (s->closing || s->wait != W_DNSBL)
+		return;
+	s->wait = W_NONE;
+	rcpt_decide(s);
+	process(s);
+}
+
+/* How long the verdict may still wait for lookups; 0: take it now. */
+static uint64_t verdict_wait(const struct session *s)
+{
+	uint64_t wait = bl_wait_ms(s->bl);
+	char reason[400], detail[400];
+	struct bl_facts f;
+	facts(s, &f);
+	/* Already past the threshold and nothing can lower it: no need to
+	 * wait for the slow lists. */
+	if (wait > 0 && !bl_can_lower() &&
+	    bl_verdict(s->bl, &f, reason, sizeof(reason), detail, sizeof(detail)) >=
+		    bl_reject_threshold())
+		wait = 0;
+	return wait;
+}
+
+/* A lookup ended: a session waiting at RCPT goes on once it can decide. */
+static void on_bl_ready(void *owner)
+{
+	struct session *s = owner;
+	if (s->closing || s->wait != W_DNSBL || verdict_wait(s) > 0)
+		return;
+	uv_timer_stop(&s->bltimer);
+	s->wait = W_NONE;
+	rcpt_decide(s);
+	process(s);
+}
+
+static void rcpt_gate(struct session *s)
+{
+	uint64_t wait = verdict_wait(s);
+	if (wait == 0) {
+		rcpt_decide(s);
+		return;
+	}
+	s->wait = W_DNSBL; /* later input stays buffered, in order */
+	uv_timer_start(&s->bltimer, on_bl_wait_over, wait, 0);
 }
 
 static void do_rcpt(struct session *s, const struct mxf_smtp_cmd *c)
@@ -526,7 +704,23 @@ static void do_rcpt(struct session *s, const struct mxf_smtp_cmd *c)
 		return;
 	}
 	if (s->nrcpt >= smtpd.max_rcpt) {
-		reply_err(s, 452, "4.5.3", "Error: too many recipients");
+		/* RFC 5321 4.5.3.1.10: the client sends the rest in another
+		 * transaction. Not an error (that would end the session and its
+		 * accepted recipients) until it overshoots absurdly, as Postfix's
+		 * smtpd_recipient_overshoot_limit. */
+		if (++s->rcpt_overshoot > RCPT_OVERSHOOT_MAX)
+			reply_err(s, 452, "4.5.3", "Error: too many recipients");
+		else
+			reply(s, 452, "4.5.3", "Error: too many recipients");
+		return;
+	}
+	const char *why;
+	if (!ip_count(s, true, &why)) {
+		/* 452: this recipient later; those already accepted go now. */
+		mxf_info("reject: RCPT from unknown[%s]: too many recipients per minute (%s limit)",
+			 s->ip, why);
+		reply(s, 452, "4.5.3", "Error: too many recipients from your address, try again "
+				       "later");
 		return;
 	}
 	if (c->utf8_path && !s->smtputf8) {
@@ -551,6 +745,12 @@ static void do_rcpt(struct session *s, const struct mxf_smtp_cmd *c)
 		return;
 	}
 
+	rcpt_gate(s);
+}
+
+/* The recipient passed the block lists: the router decides. */
+static void rcpt_to_router(struct session *s)
+{
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_RCPT_CHECK);
 	s->req = ++smtpd.next_req;
 	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0 ||
@@ -685,6 +885,7 @@ static void handle_command(struct session *s, const char *line, size_t len)
 		/* A refused BDAT whose size is known still brings its octets. */
 		if (c.verb == MXF_SMTP_BDAT && c.bdat_size)
 			s->skip_left = c.bdat_size;
+		s->bad_commands++;
 		reply_err(s, c.err.code, c.err.esc, c.err.text);
 		return;
 	}
@@ -733,6 +934,7 @@ static void handle_command(struct session *s, const char *line, size_t len)
 		session_close(s, true);
 		return;
 	default:
+		s->bad_commands++;
 		reply_err(s, 500, "5.5.2", "Error: command not recognized");
 		return;
 	}
@@ -1065,8 +1267,17 @@ static void process(struct session *s)
 		else if (memchr(line, '\r', ll))
 			/* A bare CR inside a command line: never a line end. */
 			reply_err(s, 500, "5.5.2", "Error: bare CR received (only CRLF ends a line)");
-		else
+		else {
+			/* More input behind this command, and PIPELINING was not
+			 * offered (no EHLO yet, or HELO): the client does not wait
+			 * for replies, as spam engines do (RFC 2920 3.1). */
+			if (!s->esmtp && s->inoff < s->inlen && !s->bad_pipelining) {
+				s->bad_pipelining = true;
+				mxf_info("improper command pipelining after %s from unknown[%s]",
+					 s->helo_done ? "HELO" : "CONNECT", s->ip);
+			}
 			handle_command(s, line, ll);
+		}
 	}
 	if (s->closing)
 		return;
@@ -1111,6 +1322,18 @@ static void on_rcpt_reply(struct session *s, const struct mxf_ipc_view *v)
 	if (code >= 400) {
 		log_reject(s, "RCPT", (int)code, escode, text, s->pending_rcpt);
 		reply_err(s, (int)code, escode, text);
+		return;
+	}
+	/* Greylisting only recipients that exist: unknown ones get their 5xx
+	 * at once. Not counted as an error: a message to many recipients
+	 * gets one 451 each. */
+	uint64_t left;
+	if (s->bl && bl_greylist(s->ip, s->sender, s->pending_rcpt, s->score, &left) == GL_DEFER) {
+		char gt[128];
+		snprintf(gt, sizeof(gt), "Greylisted, try again in %llu seconds",
+			 (unsigned long long)(left + 999) / 1000);
+		log_reject(s, "RCPT", 451, "4.7.1", gt, s->pending_rcpt);
+		reply(s, 451, "4.7.1", gt);
 		return;
 	}
 	bool dup = false;
@@ -1418,6 +1641,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		/* RFC 5321 3.1: the client waits for the greeting. One that
 		 * talks first is a spam engine, not an MTA. */
 		mxf_info("PREGREET %zd bytes from unknown[%s]", nread, s->ip);
+		if (s->bl)
+			bl_history_add(s->ip);
 		s->greeted = true;
 		put_line(s, 554, false, "5.5.0", "Error: talked before the greeting");
 		session_close(s, true);
@@ -1505,6 +1730,8 @@ static void session_close(struct session *s, bool graceful)
 	s->prev = s->next = NULL;
 	smtpd.nsessions--;
 	ip_release(s);
+	bl_detach(s->bl);
+	s->bl = NULL;
 	if (s->fd >= 0 && s->wait != W_WRITE) {
 		close(s->fd);
 		s->fd = -1;
@@ -1559,6 +1786,9 @@ void session_accept(uv_stream_t *listener)
 	uv_timer_init(smtpd.loop, &s->timer);
 	s->timer.data = s;
 	s->refs++;
+	uv_timer_init(smtpd.loop, &s->bltimer);
+	s->bltimer.data = s;
+	s->refs++;
 	mxf_smtp_lines_init(&s->lines);
 	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0) {
 		s->closing = true;
@@ -1581,6 +1811,13 @@ void session_accept(uv_stream_t *listener)
 		put_line(s, 421, false, "4.7.0", "Error: too many connections from your address");
 		session_close(s, true);
 		return;
+	}
+	/* Block lists are asked now, in parallel with the greeting delay. */
+	if (bl_enabled()) {
+		s->bl = bl_new(s, on_bl_ready);
+		bl_lookup_ip(s->bl, s->ip);
+		bl_lookup_rdns(s->bl, s->ip);
+		bl_history_load(s->bl, s->ip);
 	}
 	/* Reading starts at once: input before the greeting is a pregreet. */
 	read_toggle(s, true);

@@ -23,6 +23,10 @@ struct smtpd {
 	uint64_t timeout_ms;
 	uint64_t greet_delay_ms;
 	unsigned max_conn_per_ip, max_conn_rate; /* 0: no limit */
+	/* Per /24 or /64, and per minute messages and recipients (issue 11). */
+	unsigned max_conn_per_net, max_conn_rate_net;
+	unsigned max_msg_rate, max_msg_rate_net, max_rcpt_rate, max_rcpt_rate_net;
+	uint64_t rate_window_ms; /* the "minute" of the rate limits */
 	SSL_CTX *tls;                            /* NULL: no STARTTLS */
 	size_t nsessions;
 	struct mxf_routerlink *link;
