@@ -31,6 +31,7 @@
 struct mxf_rulesdb {
 	sqlite3 *db;
 	bool writable;
+	char actor[128]; /* who the audit log names for our writes */
 };
 
 /* ---- schema ---- */
@@ -114,6 +115,18 @@ static const char *const migrations[] = {
 	"    AND domain NOT GLOB '*[^a-z0-9.-]*'),"
 	"  nexthop TEXT NOT NULL CHECK (length(nexthop) BETWEEN 3 AND 300),"
 	"  created INTEGER NOT NULL) WITHOUT ROWID;",
+	/* 3: the audit log (issue 8): one row per configuration change, written
+	 * in the change's own transaction; before/after are JSON snapshots of
+	 * the object (NULL when it did not exist / no longer exists). */
+	"CREATE TABLE audit ("
+	"  id INTEGER PRIMARY KEY,"
+	"  ts INTEGER NOT NULL,"
+	"  who TEXT NOT NULL CHECK (length(who) <= 200),"
+	"  action TEXT NOT NULL,"
+	"  object TEXT NOT NULL,"
+	"  before TEXT,"
+	"  after TEXT);"
+	"CREATE INDEX audit_ts ON audit(ts);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -414,6 +427,134 @@ static int new_tag(char out[TAG_LEN + 1])
 	return 0;
 }
 
+static const char *col_text(sqlite3_stmt *st, int i);
+
+/* ---- audit ---- */
+
+void mxf_rulesdb_set_actor(struct mxf_rulesdb *db, const char *who)
+{
+	snprintf(db->actor, sizeof(db->actor), "%s", who ? who : "");
+}
+
+/* JSON snapshots of one object, taken inside the writer's transaction. */
+#define SNAP_DOMAIN                                                                               \
+	"SELECT json_object('domain', name, 'enabled', enabled, 'subaddressing', subaddressing, "  \
+	"'unverified', unverified) FROM domains WHERE name = ?1"
+#define SNAP_ADDRESS                                                                              \
+	"SELECT json_object('address', email, 'verified', verified) FROM addresses WHERE email = ?1"
+#define SNAP_TRANSPORT                                                                            \
+	"SELECT json_object('domain', domain, 'nexthop', nexthop) FROM transports WHERE domain = ?1"
+#define SNAP_RULE                                                                                 \
+	"SELECT json_object('tag', r.tag, 'domain', d.name, 'name', r.name, 'priority', "         \
+	"r.priority, 'enabled', r.enabled, 'matcher', r.matcher, 'to', r.match_to, 'action', "    \
+	"r.action, 'argument', r.action_arg, 'destinations', (SELECT json_group_array(email) "    \
+	"FROM (SELECT a.email FROM rule_dests rd JOIN addresses a ON a.id = rd.address_id "       \
+	"WHERE rd.rule_id = r.id ORDER BY a.email))) FROM rules r "                               \
+	"JOIN domains d ON d.id = r.domain_id WHERE r.id = ?1"
+
+/* *out: malloc'd JSON, or NULL when there is no such row. */
+static int snapshot(struct mxf_rulesdb *db, const char *sql, const char *key, sqlite3_int64 id,
+		    char **out, char *err, size_t errlen)
+{
+	sqlite3_stmt *st;
+	*out = NULL;
+	int r = prep(db, sql, &st, err, errlen);
+	if (r < 0)
+		return r;
+	if (key)
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_int64(st, 1, id);
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const char *j = (const char *)sqlite3_column_text(st, 0);
+		if (j && !(*out = strdup(j))) {
+			seterr(err, errlen, "out of memory");
+			r = -ENOMEM;
+		}
+	} else if (rc != SQLITE_DONE) {
+		r = fail_sql(db, rc, err, errlen);
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* Records a change; the caller commits it with the change or not at all. */
+static int audit(struct mxf_rulesdb *db, const char *action, const char *object,
+		 const char *before, const char *after, char *err, size_t errlen)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "INSERT INTO audit (ts, who, action, object, before, after) "
+			 "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+		     &st, err, errlen);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)time(NULL));
+	sqlite3_bind_text(st, 2, db->actor[0] ? db->actor : "unknown", -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3, action, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, object, -1, SQLITE_TRANSIENT);
+	if (before)
+		sqlite3_bind_text(st, 5, before, -1, SQLITE_TRANSIENT);
+	if (after)
+		sqlite3_bind_text(st, 6, after, -1, SQLITE_TRANSIENT);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : fail_sql(db, rc, err, errlen);
+}
+
+/* Snapshot after the change and record it (before: taken by the caller). */
+static int audit_after(struct mxf_rulesdb *db, const char *action, const char *object,
+		       const char *before, const char *sql, const char *key, sqlite3_int64 id,
+		       char *err, size_t errlen)
+{
+	char *after = NULL;
+	int r = snapshot(db, sql, key, id, &after, err, errlen);
+	if (r == 0)
+		r = audit(db, action, object, before, after, err, errlen);
+	free(after);
+	return r;
+}
+
+int mxf_rulesdb_audit_list(struct mxf_rulesdb *db, long long since, long long limit,
+			   int (*cb)(const struct mxf_audit_entry *e, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	/* The newest "limit" entries since "since", oldest first. */
+	int r = prep(db,
+		     /* Whoever can write the file (the router's user) must not be
+		      * able to hand readers malformed JSON: invalid text comes out
+		      * as a JSON string. */
+		     "SELECT id, ts, who, action, object, "
+		     "  CASE WHEN before IS NULL THEN NULL WHEN json_valid(before) THEN json(before) "
+		     "    ELSE json_quote(before) END, "
+		     "  CASE WHEN after IS NULL THEN NULL WHEN json_valid(after) THEN json(after) "
+		     "    ELSE json_quote(after) END "
+		     "FROM (SELECT * FROM audit WHERE ts >= ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+		     &st, NULL, 0);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, since);
+	sqlite3_bind_int64(st, 2, limit > 0 ? limit : -1);
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_audit_entry e = {
+			.id = sqlite3_column_int64(st, 0),
+			.ts = sqlite3_column_int64(st, 1),
+			.who = (const char *)sqlite3_column_text(st, 2),
+			.action = (const char *)sqlite3_column_text(st, 3),
+			.object = (const char *)sqlite3_column_text(st, 4),
+			.before = (const char *)sqlite3_column_text(st, 5),
+			.after = (const char *)sqlite3_column_text(st, 6),
+		};
+		if ((r = cb(&e, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
+}
+
 /* ---- writes ---- */
 
 int mxf_rulesdb_domain_add(struct mxf_rulesdb *db, const char *domain, char *err, size_t errlen)
@@ -440,6 +581,8 @@ int mxf_rulesdb_domain_add(struct mxf_rulesdb *db, const char *domain, char *err
 			r = fail_sql(db, rc, err, errlen);
 	}
 	sqlite3_finalize(st);
+	if (r == 0)
+		r = audit_after(db, "domain.add", name, NULL, SNAP_DOMAIN, name, 0, err, errlen);
 	if (r == 0)
 		return commit(db, err, errlen);
 out:
@@ -472,6 +615,8 @@ int mxf_rulesdb_address_add(struct mxf_rulesdb *db, const char *email, bool veri
 			r = fail_sql(db, rc, err, errlen);
 	}
 	sqlite3_finalize(st);
+	if (r == 0)
+		r = audit_after(db, "address.add", addr, NULL, SNAP_ADDRESS, addr, 0, err, errlen);
 	if (r == 0)
 		return commit(db, err, errlen);
 out:
@@ -725,7 +870,9 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 			r = fail_sql(db, rc, err, errlen);
 		goto out;
 	}
-	if ((r = insert_dests(db, sqlite3_last_insert_rowid(db->db), ids, nids, err, errlen)) < 0)
+	sqlite3_int64 new_id = sqlite3_last_insert_rowid(db->db);
+	if ((r = insert_dests(db, new_id, ids, nids, err, errlen)) < 0 ||
+	    (r = audit_after(db, "rule.add", tag, NULL, SNAP_RULE, NULL, new_id, err, errlen)) < 0)
 		goto out;
 	if ((r = commit(db, err, errlen)) < 0)
 		return r;
@@ -745,6 +892,11 @@ int mxf_rulesdb_rule_add(struct mxf_rulesdb *db, const char *domain, const char 
 				  .action = action, .dests = dests, .ndest = ndest};
 	return mxf_rulesdb_rule_create(db, &s, tag_out, err, errlen);
 }
+
+static int catchall_write(struct mxf_rulesdb *db, const struct mxf_rule_spec *s,
+			  sqlite3_int64 dom_id, sqlite3_int64 *rule_idp, const char *tag,
+			  const char *arg, const sqlite3_int64 *ids, size_t nids, char *err,
+			  size_t errlen);
 
 int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *err,
 			     size_t errlen)
@@ -785,6 +937,30 @@ int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec 
 		r = fail_sql(db, rc, err, errlen);
 		goto out;
 	}
+	char *before = NULL;
+	if (rule_id && (r = snapshot(db, SNAP_RULE, NULL, rule_id, &before, err, errlen)) < 0)
+		goto out;
+	r = catchall_write(db, s, dom_id, &rule_id, tag, arg, ids, nids, err, errlen);
+	if (r == 0)
+		r = audit_after(db, "catchall.set", name, before, SNAP_RULE, NULL, rule_id, err,
+				errlen);
+	free(before);
+	if (r < 0)
+		goto out;
+	return commit(db, err, errlen);
+out:
+	rollback(db);
+	return r;
+}
+
+static int catchall_write(struct mxf_rulesdb *db, const struct mxf_rule_spec *s,
+			  sqlite3_int64 dom_id, sqlite3_int64 *rule_idp, const char *tag,
+			  const char *arg, const sqlite3_int64 *ids, size_t nids, char *err,
+			  size_t errlen)
+{
+	sqlite3_stmt *st;
+	sqlite3_int64 rule_id = *rule_idp;
+	int r;
 	if (rule_id) {
 		if ((r = prep(db, "UPDATE rules SET action = ?1, action_arg = ?2, enabled = 1 "
 				  "WHERE id = ?3",
@@ -816,11 +992,9 @@ int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec 
 			goto out;
 		rule_id = sqlite3_last_insert_rowid(db->db);
 	}
-	if ((r = insert_dests(db, rule_id, ids, nids, err, errlen)) < 0)
-		goto out;
-	return commit(db, err, errlen);
+	*rule_idp = rule_id;
+	r = insert_dests(db, rule_id, ids, nids, err, errlen);
 out:
-	rollback(db);
 	return r;
 }
 
@@ -862,48 +1036,185 @@ static int find_rule(struct mxf_rulesdb *db, const char *which, sqlite3_int64 *i
 	return 0;
 }
 
+static int rule_tag(struct mxf_rulesdb *db, sqlite3_int64 id, char tag[TAG_LEN + 1], char *err,
+		    size_t errlen)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT tag FROM rules WHERE id = ?1", &st, err, errlen);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, id);
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		snprintf(tag, TAG_LEN + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+	else
+		r = rc == SQLITE_DONE ? -ENOENT : fail_sql(db, rc, err, errlen);
+	sqlite3_finalize(st);
+	return r;
+}
+
 static int rule_update(struct mxf_rulesdb *db, const char *which, const char *sql, int val,
-		       char *err, size_t errlen)
+		       const char *action, char *err, size_t errlen)
 {
 	sqlite3_int64 id = 0;
 	sqlite3_stmt *st;
+	char tag[TAG_LEN + 1], *before = NULL;
 	int r = begin_write(db, err, errlen);
 	if (r < 0)
 		return r;
 	if ((r = find_rule(db, which, &id, err, errlen)) < 0 ||
+	    (r = rule_tag(db, id, tag, err, errlen)) < 0 ||
+	    (r = snapshot(db, SNAP_RULE, NULL, id, &before, err, errlen)) < 0 ||
 	    (r = prep(db, sql, &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
 	if (val >= 0)
 		sqlite3_bind_int(st, 2, val);
-	if ((r = step_done(db, st, err, errlen)) < 0)
+	if ((r = step_done(db, st, err, errlen)) < 0 ||
+	    (r = audit_after(db, action, tag, before, SNAP_RULE, NULL, id, err, errlen)) < 0)
 		goto out;
+	free(before);
 	return commit(db, err, errlen);
 out:
+	free(before);
 	rollback(db);
 	return r;
 }
 
 int mxf_rulesdb_rule_remove(struct mxf_rulesdb *db, const char *which, char *err, size_t errlen)
 {
-	return rule_update(db, which, "DELETE FROM rules WHERE id = ?1", -1, err, errlen);
+	return rule_update(db, which, "DELETE FROM rules WHERE id = ?1", -1, "rule.remove", err,
+			   errlen);
 }
 
 int mxf_rulesdb_rule_enable(struct mxf_rulesdb *db, const char *which, bool enabled, char *err,
 			    size_t errlen)
 {
 	return rule_update(db, which, "UPDATE rules SET enabled = ?2 WHERE id = ?1", enabled ? 1 : 0,
-			   err, errlen);
+			   enabled ? "rule.enable" : "rule.disable", err, errlen);
 }
 
-/* A write of one bound text key that must touch exactly one row. */
+int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struct mxf_rule_edit *e,
+			  char *err, size_t errlen)
+{
+	char dom[MXF_DOMAIN_MAX + 1], matcher[16], to[MXF_ADDR_SIZE], action[16], arg[256];
+	char tag[TAG_LEN + 1], name[256], *before = NULL;
+	sqlite3_int64 id = 0, ids[MAX_DESTS];
+	size_t nids = 0;
+	int prio = 0, enabled = 1, r, rc;
+	sqlite3_stmt *st = NULL;
+
+	if (e->name && strlen(e->name) > 200) {
+		seterr(err, errlen, "rule name longer than 200 bytes");
+		return -EINVAL;
+	}
+	if (e->priority > 1000000 || e->priority < -1) {
+		seterr(err, errlen, "priority must be 0 to 1000000");
+		return -EINVAL;
+	}
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = find_rule(db, which, &id, err, errlen)) < 0 ||
+	    (r = prep(db, "SELECT d.name, r.matcher, r.match_to, r.action, r.action_arg, r.name, "
+			  "r.priority, r.enabled, r.tag FROM rules r JOIN domains d "
+			  "ON d.id = r.domain_id WHERE r.id = ?1",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	snprintf(dom, sizeof(dom), "%s", col_text(st, 0));
+	snprintf(matcher, sizeof(matcher), "%s", col_text(st, 1));
+	snprintf(to, sizeof(to), "%s", col_text(st, 2));
+	snprintf(action, sizeof(action), "%s", col_text(st, 3));
+	snprintf(arg, sizeof(arg), "%s", col_text(st, 4));
+	snprintf(name, sizeof(name), "%s", col_text(st, 5));
+	prio = sqlite3_column_int(st, 6);
+	enabled = sqlite3_column_int(st, 7);
+	snprintf(tag, sizeof(tag), "%s", col_text(st, 8));
+	sqlite3_finalize(st);
+	st = NULL;
+	if (e->matcher) {
+		if (strcmp(matcher, "all") == 0 || strcmp(e->matcher, "all") == 0) {
+			seterr(err, errlen, "a catch-all stays a catch-all (catchall set / disable)");
+			r = -EINVAL;
+			goto out;
+		}
+		if ((r = check_match(e->matcher, e->to, dom, to, sizeof(to), err, errlen)) < 0)
+			goto out;
+		snprintf(matcher, sizeof(matcher), "%s", e->matcher);
+	}
+	if (e->action) {
+		if ((r = check_arg(e->action, e->arg, arg, sizeof(arg), err, errlen)) < 0 ||
+		    (r = resolve_dests(db, e->action, e->dests, e->ndest, ids, &nids, err, errlen)) < 0)
+			goto out;
+		snprintf(action, sizeof(action), "%s", e->action);
+	}
+	if (e->name)
+		snprintf(name, sizeof(name), "%s", e->name);
+	if (e->priority >= 0)
+		prio = e->priority;
+	if (e->enabled >= 0)
+		enabled = e->enabled ? 1 : 0;
+	if ((r = snapshot(db, SNAP_RULE, NULL, id, &before, err, errlen)) < 0 ||
+	    (r = prep(db, "UPDATE rules SET matcher = ?2, match_to = ?3, action = ?4, "
+			  "action_arg = ?5, name = ?6, priority = ?7, enabled = ?8 WHERE id = ?1",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, matcher, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 3, to, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 4, action, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 5, arg, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 6, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 7, prio);
+	sqlite3_bind_int(st, 8, enabled);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc != SQLITE_DONE) {
+		r = sqlerr(rc);
+		if (r == -EEXIST)
+			seterr(err, errlen, "a rule for %s already exists", to);
+		else
+			r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if (e->action) {
+		if ((r = prep(db, "DELETE FROM rule_dests WHERE rule_id = ?1", &st, err, errlen)) < 0)
+			goto out;
+		sqlite3_bind_int64(st, 1, id);
+		r = step_done(db, st, err, errlen);
+		st = NULL;
+		if (r < 0 || (r = insert_dests(db, id, ids, nids, err, errlen)) < 0)
+			goto out;
+	}
+	if ((r = audit_after(db, "rule.edit", tag, before, SNAP_RULE, NULL, id, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	sqlite3_finalize(st);
+	free(before);
+	rollback(db);
+	return r;
+}
+
+/* A write of one bound text key that must touch exactly one row, audited
+ * as action on object a with snapshots by snap (keyed by a). */
 static int write_one(struct mxf_rulesdb *db, const char *sql, const char *a, const char *b, int c,
-		     const char *what, char *err, size_t errlen)
+		     const char *what, const char *action, const char *snap, char *err,
+		     size_t errlen)
 {
 	sqlite3_stmt *st;
+	char *before = NULL;
 	int r = begin_write(db, err, errlen);
 	if (r < 0)
 		return r;
+	if ((r = snapshot(db, snap, a, 0, &before, err, errlen)) < 0)
+		goto out;
 	if ((r = prep(db, sql, &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, a, -1, SQLITE_TRANSIENT);
@@ -919,8 +1230,12 @@ static int write_one(struct mxf_rulesdb *db, const char *sql, const char *a, con
 		r = -ENOENT;
 		goto out;
 	}
+	if ((r = audit_after(db, action, a, before, snap, a, 0, err, errlen)) < 0)
+		goto out;
+	free(before);
 	return commit(db, err, errlen);
 out:
+	free(before);
 	rollback(db);
 	return r;
 }
@@ -939,7 +1254,7 @@ int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const cha
 			return -EINVAL;
 		}
 		return write_one(db, "UPDATE domains SET subaddressing = ?2 WHERE name = ?1", name,
-				 NULL, on, "domain", err, errlen);
+				 NULL, on, "domain", "domain.set", SNAP_DOMAIN, err, errlen);
 	}
 	if (strcmp(key, "unverified") == 0) {
 		if (strcmp(value, "defer") != 0 && strcmp(value, "reject") != 0) {
@@ -947,7 +1262,7 @@ int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const cha
 			return -EINVAL;
 		}
 		return write_one(db, "UPDATE domains SET unverified = ?2 WHERE name = ?1", name, value,
-				 0, "domain", err, errlen);
+				 0, "domain", "domain.set", SNAP_DOMAIN, err, errlen);
 	}
 	seterr(err, errlen, "unknown domain setting %s (subaddressing, unverified)", key);
 	return -EINVAL;
@@ -961,7 +1276,173 @@ int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool v
 	if (r < 0)
 		return r;
 	return write_one(db, "UPDATE addresses SET verified = ?2 WHERE email = ?1", addr, NULL,
-			 verified ? 1 : 0, "address", err, errlen);
+			 verified ? 1 : 0, "address", verified ? "address.verify" : "address.unverify",
+			 SNAP_ADDRESS, err, errlen);
+}
+
+int mxf_rulesdb_domain_enable(struct mxf_rulesdb *db, const char *domain, bool enabled,
+			      char *err, size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1];
+	int r = check_domain(domain, name, sizeof(name), err, errlen);
+	if (r < 0)
+		return r;
+	return write_one(db, "UPDATE domains SET enabled = ?2 WHERE name = ?1", name, NULL,
+			 enabled ? 1 : 0, "domain", enabled ? "domain.enable" : "domain.disable",
+			 SNAP_DOMAIN, err, errlen);
+}
+
+/* Removes the domain and its rules (each rule's removal audited too, so the
+ * audit log can rebuild them). */
+int mxf_rulesdb_domain_remove(struct mxf_rulesdb *db, const char *domain, char *err,
+			      size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1], tag[TAG_LEN + 1], *before = NULL;
+	sqlite3_int64 dom_id;
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+	if ((r = check_domain(domain, name, sizeof(name), err, errlen)) < 0)
+		return r;
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = find_domain(db, name, name, sizeof(name), &dom_id, err, errlen)) < 0)
+		goto out;
+	if ((r = prep(db, "SELECT id FROM rules WHERE domain_id = ?1 ORDER BY id", &st, err,
+		      errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, dom_id);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		sqlite3_int64 id = sqlite3_column_int64(st, 0);
+		if ((r = rule_tag(db, id, tag, err, errlen)) < 0 ||
+		    (r = snapshot(db, SNAP_RULE, NULL, id, &before, err, errlen)) < 0 ||
+		    (r = audit(db, "rule.remove", tag, before, NULL, err, errlen)) < 0)
+			goto out;
+		free(before);
+		before = NULL;
+	}
+	if (rc != SQLITE_DONE) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if ((r = snapshot(db, SNAP_DOMAIN, name, 0, &before, err, errlen)) < 0)
+		goto out;
+	/* Rules and their destinations go by ON DELETE CASCADE. */
+	if ((r = prep(db, "DELETE FROM domains WHERE id = ?1", &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, dom_id);
+	r = step_done(db, st, err, errlen);
+	st = NULL;
+	if (r < 0 || (r = audit(db, "domain.remove", name, before, NULL, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	sqlite3_finalize(st);
+	free(before);
+	rollback(db);
+	return r;
+}
+
+/* An address still used as a destination cannot go: the rules would
+ * silently lose a destination (-EBUSY, with the count). */
+int mxf_rulesdb_address_remove(struct mxf_rulesdb *db, const char *email, char *err,
+			       size_t errlen)
+{
+	char addr[MXF_ADDR_SIZE], *before = NULL;
+	sqlite3_int64 id;
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+	if ((r = check_addr(email, addr, sizeof(addr), err, errlen)) < 0)
+		return r;
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	r = lookup_id(db, "SELECT id FROM addresses WHERE email = ?1", addr, &id, NULL, err, errlen);
+	if (r == -ENOENT)
+		seterr(err, errlen, "unknown address %s", addr);
+	if (r < 0)
+		goto out;
+	if ((r = prep(db, "SELECT count(*) FROM rule_dests WHERE address_id = ?1", &st, err,
+		      errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	long long uses = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+	sqlite3_finalize(st);
+	st = NULL;
+	if (uses < 0) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if (uses > 0) {
+		seterr(err, errlen, "address %s is a destination of %lld rule%s; change those first",
+		       addr, uses, uses == 1 ? "" : "s");
+		r = -EBUSY;
+		goto out;
+	}
+	if ((r = snapshot(db, SNAP_ADDRESS, addr, 0, &before, err, errlen)) < 0 ||
+	    (r = prep(db, "DELETE FROM addresses WHERE id = ?1", &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	r = step_done(db, st, err, errlen);
+	st = NULL;
+	if (r < 0 || (r = audit(db, "address.remove", addr, before, NULL, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	sqlite3_finalize(st);
+	free(before);
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_catchall_remove(struct mxf_rulesdb *db, const char *domain, char *err,
+				size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1], *before = NULL;
+	sqlite3_int64 dom_id, rule_id = 0;
+	sqlite3_stmt *st = NULL;
+	int r, rc;
+	if ((r = check_domain(domain, name, sizeof(name), err, errlen)) < 0)
+		return r;
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = find_domain(db, name, name, sizeof(name), &dom_id, err, errlen)) < 0 ||
+	    (r = prep(db, "SELECT id FROM rules WHERE domain_id = ?1 AND matcher = 'all'", &st, err,
+		      errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, dom_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		rule_id = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if (!rule_id) {
+		seterr(err, errlen, "domain %s has no catch-all", name);
+		r = -ENOENT;
+		goto out;
+	}
+	if ((r = snapshot(db, SNAP_RULE, NULL, rule_id, &before, err, errlen)) < 0 ||
+	    (r = prep(db, "DELETE FROM rules WHERE id = ?1", &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, rule_id);
+	r = step_done(db, st, err, errlen);
+	st = NULL;
+	if (r < 0 || (r = audit(db, "catchall.remove", name, before, NULL, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	sqlite3_finalize(st);
+	free(before);
+	rollback(db);
+	return r;
 }
 
 static int check_nexthop(const char *in, char *err, size_t errlen)
@@ -996,7 +1477,7 @@ int mxf_rulesdb_transport_set(struct mxf_rulesdb *db, const char *domain, const 
 		return r;
 	return write_one(db, "INSERT INTO transports (domain, nexthop, created) VALUES (?1, ?2, ?3) "
 			     "ON CONFLICT (domain) DO UPDATE SET nexthop = excluded.nexthop",
-			 name, nexthop, 0, "domain", err, errlen);
+			 name, nexthop, 0, "domain", "transport.set", SNAP_TRANSPORT, err, errlen);
 }
 
 int mxf_rulesdb_transport_remove(struct mxf_rulesdb *db, const char *domain, char *err,
@@ -1007,7 +1488,8 @@ int mxf_rulesdb_transport_remove(struct mxf_rulesdb *db, const char *domain, cha
 	if (r < 0)
 		return r;
 	return write_one(db, "DELETE FROM transports WHERE domain = ?1 AND ?2 = ?2 AND ?3 = ?3",
-			 name, NULL, 0, "transport for", err, errlen);
+			 name, NULL, 0, "transport for", "transport.remove", SNAP_TRANSPORT, err,
+			 errlen);
 }
 
 int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v)

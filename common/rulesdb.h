@@ -62,6 +62,21 @@ int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec 
 int mxf_rulesdb_rule_remove(struct mxf_rulesdb *db, const char *which, char *err, size_t errlen);
 int mxf_rulesdb_rule_enable(struct mxf_rulesdb *db, const char *which, bool enabled, char *err,
 			    size_t errlen);
+/* Changes a rule in place (it keeps its tag), validated as rule_create does:
+ * NULL / -1 fields stay. matcher+to change what it matches (not for a
+ * catch-all); action+dests/arg its action; enabled 0/1. */
+struct mxf_rule_edit {
+	const char *matcher, *to;
+	const char *action;
+	const char *const *dests;
+	size_t ndest;
+	const char *arg;
+	const char *name;
+	int priority; /* -1: keep */
+	int enabled;  /* -1: keep */
+};
+int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struct mxf_rule_edit *e,
+			  char *err, size_t errlen);
 /* Per-domain settings: "subaddressing" on|off; "unverified" defer|reject (what
  * a rule forwarding to an unverified destination does: queue and defer the copy
  * until verified, or refuse the recipient at RCPT). */
@@ -69,11 +84,38 @@ int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const cha
 			   const char *value, char *err, size_t errlen);
 int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool verified,
 			       char *err, size_t errlen);
+/* Issue 8. A disabled domain is not ours for the router (550 5.7.1) but keeps
+ * its rules. Removing a domain removes its rules. An address that is still a
+ * rule's destination is not removed (-EBUSY). catchall_remove: -ENOENT when
+ * the domain has none. */
+int mxf_rulesdb_domain_enable(struct mxf_rulesdb *db, const char *domain, bool enabled,
+			      char *err, size_t errlen);
+int mxf_rulesdb_domain_remove(struct mxf_rulesdb *db, const char *domain, char *err,
+			      size_t errlen);
+int mxf_rulesdb_address_remove(struct mxf_rulesdb *db, const char *email, char *err,
+			       size_t errlen);
+int mxf_rulesdb_catchall_remove(struct mxf_rulesdb *db, const char *domain, char *err,
+				size_t errlen);
 /* Per-destination-domain next hop for deliverd: "host:port" or "[addr]:port". */
 int mxf_rulesdb_transport_set(struct mxf_rulesdb *db, const char *domain, const char *nexthop,
 			      char *err, size_t errlen);
 int mxf_rulesdb_transport_remove(struct mxf_rulesdb *db, const char *domain, char *err,
 				 size_t errlen);
+/* ---- audit log (issue 8) ----
+ * Every write above records, in its own transaction, who made it (the actor
+ * set here: "unix:USER" for mxferryctl, "token:NAME" for the API), the action
+ * ("domain.add", "rule.remove", ...), the object (domain, address, rule tag)
+ * and JSON snapshots before and after (NULL: did not exist / removed). */
+void mxf_rulesdb_set_actor(struct mxf_rulesdb *db, const char *who);
+struct mxf_audit_entry {
+	long long id, ts;
+	const char *who, *action, *object;
+	const char *before, *after; /* JSON text or NULL */
+};
+/* Entries with ts >= since, the newest limit of them (limit <= 0: all), oldest first. */
+int mxf_rulesdb_audit_list(struct mxf_rulesdb *db, long long since, long long limit,
+			   int (*cb)(const struct mxf_audit_entry *e, void *arg), void *arg);
+
 /* PRAGMA data_version: changes when another connection commits. */
 int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v);
 

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "config.h"
@@ -33,6 +34,25 @@ size_t ctl_table_rows(const struct ctl_table *t);
 void ctl_table_print(const struct ctl_table *t);
 void ctl_table_free(struct ctl_table *t);
 
+/* --json given: commands print one JSON document on stdout instead of text. */
+extern bool ctl_json;
+void ctl_json_string(FILE *f, const char *s);
+/* A streaming JSON writer on stdout: key is NULL inside arrays (and for the
+ * outermost value); the outermost cj_end prints a newline. */
+void cj_begin(const char *key, bool array);
+void cj_end(bool array);
+void cj_str(const char *key, const char *v); /* NULL: null */
+void cj_int(const char *key, long long v);
+void cj_bool(const char *key, bool v);
+void cj_raw(const char *key, const char *json); /* already JSON; NULL or "": null */
+/* Seconds since the epoch as "2026-01-02T03:04:05Z" (UTC). */
+void ctl_iso(char *dst, size_t cap, time_t t);
+/* Parses a time for --since/--until: "30m", "2h", "7d", "90s" ago, an epoch
+ * number with '@', or "YYYY-MM-DD[ HH:MM[:SS]]" / "...T..." local time. */
+int ctl_parse_time(const char *s, time_t *out);
+/* "30m", "2h", "1d", "45s" or plain seconds. */
+int ctl_parse_duration(const char *s, long long *out);
+
 /* Commands (argv[0] is the first argument after the command words). */
 int ctl_domain(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_address(const struct mxf_config *cfg, int argc, char **argv);
@@ -41,5 +61,9 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_transport(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_queue(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_status(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_audit(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_check(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_log(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_stats(const struct mxf_config *cfg, int argc, char **argv);
 
 #endif

@@ -15,31 +15,47 @@
 #define DEFAULT_CONFIG "/etc/mxferry/mxferry.conf"
 
 static const char usage_text[] =
-	"usage: mxferryctl [-c CONFIG] COMMAND ...\n"
+	"usage: mxferryctl [-c CONFIG] [--json] COMMAND ...\n"
 	"  -c CONFIG   configuration file (default " DEFAULT_CONFIG ")\n"
+	"  --json      machine output: one JSON document on stdout (also after the command)\n"
 	"\n"
 	"commands:\n"
 	"  domain add DOMAIN                        add a domain (U-label or A-label)\n"
 	"  domain list\n"
+	"  domain remove|enable|disable DOMAIN      remove drops the domain's rules too\n"
 	"  domain set DOMAIN subaddressing on|off   user+tag@ falls back to user@\n"
 	"  domain set DOMAIN unverified defer|reject  unverified destinations: queue or refuse\n"
 	"  address add EMAIL [--verified]           add a destination address\n"
 	"  address verify|unverify EMAIL\n"
 	"  address list\n"
+	"  address remove EMAIL                     refused while a rule forwards to it\n"
 	"  rule add DOMAIN (--to ADDRESS | --match PATTERN)\n"
 	"           (--forward DEST[,DEST...] | --drop | --reject TEXT | --worker PROGRAM)\n"
 	"           [--name NAME] [--priority P] [--disabled]   prints the new rule's tag\n"
-	"  rule list\n"
+	"  rule list [DOMAIN]\n"
 	"  rule show|remove|enable|disable TAG|NAME\n"
+	"  rule edit TAG|NAME [--to A | --match P] [--forward L | --drop | --reject T |\n"
+	"           --worker P] [--name N] [--priority P] [--enable | --disable]\n"
 	"  catchall set DOMAIN (--forward DEST[,DEST...] | --drop | --reject TEXT | --worker P)\n"
+	"  catchall disable DOMAIN                  remove the domain's catch-all\n"
 	"  transport set DOMAIN HOST:PORT|[ADDR]:PORT   next hop for mail to DOMAIN\n"
 	"  transport remove DOMAIN\n"
-	"  queue list                               messages in the queue\n"
-	"  queue show ID                            one message in detail\n"
-	"  queue hold|release|delete|retry ID...    act at once (through the router)\n"
+	"  queue list [--state S] [--from X] [--to Y] [--older-than D]\n"
+	"                                           messages in the queue\n"
+	"  queue show ID [--body]                   one message in detail\n"
+	"  queue export ID                          the raw message as it would be sent\n"
+	"  queue hold|release|delete|retry ID...|--all  act at once (through the router)\n"
 	"  queue flush                              retry everything deferred now\n"
 	"  status                                   daemons, queue sizes, listeners\n"
-	"  config                                   the effective configuration\n";
+	"  config [--defaults|--changed]            the effective configuration\n"
+	"  check                                    validate the configuration and the DBs\n"
+	"  audit [--since T] [--limit N]            configuration changes, newest last\n"
+	"  log [--since T] [--until T] [--status S] [--from X] [--to Y] [--id QID]\n"
+	"      [--limit N] [--follow]               the activity log\n"
+	"  stats [--since T] [--by hour|day]        messages per status and bucket\n"
+	"\n"
+	"T: 30m, 2h, 7d ago; YYYY-MM-DD[THH:MM[:SS]] local time; @EPOCH\n"
+	"exit status: 0 done, 1 refused (reason on stderr), 2 usage error\n";
 
 int ctl_usage(void)
 {
@@ -47,12 +63,56 @@ int ctl_usage(void)
 	return CTL_USAGE;
 }
 
+/* config [--defaults|--changed]: the effective value of every key, the
+ * built-in defaults, or only the keys the file changes. */
 static int cmd_config(const struct mxf_config *cfg, int argc, char **argv)
 {
-	(void)argv;
-	if (argc != 0)
+	int mode = 0; /* 0 effective, 1 defaults, 2 changed */
+	if (argc > 1)
 		return ctl_usage();
-	mxf_config_dump(cfg, stdout);
+	if (argc == 1) {
+		if (strcmp(argv[0], "--defaults") == 0)
+			mode = 1;
+		else if (strcmp(argv[0], "--changed") == 0)
+			mode = 2;
+		else
+			return ctl_usage();
+	}
+	if (!ctl_json && mode == 0) {
+		mxf_config_dump(cfg, stdout);
+		return CTL_OK;
+	}
+	struct mxf_config_item it;
+	const char *sect = NULL;
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("file", mxf_config_file(cfg));
+		cj_begin("keys", true);
+	}
+	for (size_t i = 0; mxf_config_entry(cfg, i, &it) == 0; i++) {
+		if (mode == 2 && !it.changed)
+			continue;
+		const char *v = mode == 1 ? it.def : it.value;
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("section", it.section);
+			cj_str("key", it.key);
+			cj_str("value", v);
+			cj_str("default", it.def);
+			cj_bool("changed", it.changed);
+			cj_bool("reloadable", it.reloadable);
+			cj_end(false);
+			continue;
+		}
+		if (!sect || strcmp(sect, it.section) != 0)
+			printf("%s[%s]\n", sect ? "\n" : "", it.section);
+		sect = it.section;
+		printf("%s = %s\n", it.key, v);
+	}
+	if (ctl_json) {
+		cj_end(true);
+		cj_end(false);
+	}
 	return CTL_OK;
 }
 
@@ -63,7 +123,8 @@ static const struct {
 	{"domain", ctl_domain}, {"address", ctl_address}, {"rule", ctl_rule},
 	{"catchall", ctl_catchall}, {"queue", ctl_queue}, {"status", ctl_status},
 	{"transport", ctl_transport},
-	{"config", cmd_config},
+	{"config", cmd_config}, {"audit", ctl_audit}, {"log", ctl_log}, {"stats", ctl_stats},
+	{"check", ctl_check},
 };
 
 int main(int argc, char **argv)
@@ -82,6 +143,8 @@ int main(int argc, char **argv)
 			config = argv[++i];
 		} else if (strncmp(argv[i], "-c", 2) == 0 && argv[i][2] != '\0') {
 			config = argv[i] + 2;
+		} else if (strcmp(argv[i], "--json") == 0) {
+			ctl_json = true;
 		} else if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
@@ -91,6 +154,22 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc)
 		return ctl_usage();
+	/* -c CONFIG and --json are accepted after the command words too
+	 * ("mxferryctl queue list --json"); they are taken out before the
+	 * command parses its own arguments. An option value that is literally
+	 * "--json" must be written --opt=--json. */
+	int cargc = 0;
+	for (int k = i + 1; k < argc; k++) {
+		if (strcmp(argv[k], "--json") == 0) {
+			ctl_json = true;
+		} else if (strcmp(argv[k], "-c") == 0) {
+			if (k + 1 >= argc)
+				return ctl_usage();
+			config = argv[++k];
+		} else {
+			argv[i + 1 + cargc++] = argv[k];
+		}
+	}
 
 	for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++) {
 		if (strcmp(argv[i], commands[k].name) != 0)
@@ -99,7 +178,7 @@ int main(int argc, char **argv)
 		struct mxf_config *cfg = NULL;
 		if (mxf_config_load(config, &cfg, err, sizeof(err)) < 0)
 			return ctl_fail("%s", err);
-		int rc = commands[k].fn(cfg, argc - i - 1, argv + i + 1);
+		int rc = commands[k].fn(cfg, cargc, argv + i + 1);
 		mxf_config_free(cfg);
 		if (fflush(stdout) != 0 && rc == CTL_OK)
 			rc = ctl_fail("cannot write the output");

@@ -1,8 +1,10 @@
 /* mxferryctl: domains, addresses, rules and catch-alls in rules.db, then a
  * reload request to the router. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +61,27 @@ static int give_file(const char *path, uid_t uid, gid_t gid, bool must_exist)
 	return rc;
 }
 
+/* The audit log's "who": the unix user running us (and, as root through
+ * sudo, who invoked sudo: informative only, the environment is the caller's). */
+static void set_actor(struct mxf_rulesdb *h)
+{
+	char who[128];
+	uid_t uid = getuid();
+	struct passwd *pw = getpwuid(uid);
+	if (pw)
+		snprintf(who, sizeof(who), "unix:%s", pw->pw_name);
+	else
+		snprintf(who, sizeof(who), "unix:%lu", (unsigned long)uid);
+	const char *sudo = getenv("SUDO_USER");
+	if (uid == 0 && sudo && *sudo && strlen(sudo) < 64 &&
+	    strspn(sudo, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") ==
+		    strlen(sudo)) {
+		size_t l = strlen(who);
+		snprintf(who + l, sizeof(who) - l, " (sudo:%s)", sudo);
+	}
+	mxf_rulesdb_set_actor(h, who);
+}
+
 /* Opens data_dir/rules.db writable (creating and migrating it on first use)
  * or read-only (falling back to a writable open when it is missing or needs a
  * migration). */
@@ -94,6 +117,7 @@ static int db_open(const struct mxf_config *cfg, bool writable, struct db *db)
 	bool created = lstat(db->path, &st) < 0 && errno == ENOENT;
 	if (mxf_rulesdb_open(db->path, true, &db->h, err, sizeof(err)) < 0)
 		return ctl_fail("%s", err);
+	set_actor(db->h);
 	if (created && give) {
 		static const char *const sfx[] = {"-wal", "-shm", "-journal"};
 		if (give_file(db->path, uid, gid, true) != 0)
@@ -248,7 +272,7 @@ static int domain_list(const struct mxf_config *cfg)
 			       "  (SELECT count(*) FROM rules r WHERE r.domain_id = d.id "
 			       "     AND r.matcher = 'literal'), "
 			       "  (SELECT action FROM rules r WHERE r.domain_id = d.id "
-			       "     AND r.matcher = 'all'), d.created "
+			       "     AND r.matcher = 'all'), d.created, d.subaddressing, d.unverified "
 			       "FROM domains d ORDER BY d.name",
 			       -1, &st, NULL) != SQLITE_OK) {
 		rc = ctl_fail("%s: %s", db.path, s ? sqlite3_errmsg(s) : "cannot open");
@@ -259,10 +283,30 @@ static int domain_list(const struct mxf_config *cfg)
 					  "ADDED"};
 	struct ctl_table *t = ctl_table_new(6, hdr);
 	int step;
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_begin("domains", true);
+	}
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *name = (const char *)sqlite3_column_text(st, 0);
 		const char *ca = (const char *)sqlite3_column_text(st, 3);
 		char u[1024], a[512], n[32], when[64];
+		if (ctl_json) {
+			char ud[MXF_DOMAIN_MAX * 4 + 1];
+			if (mxf_domain_to_unicode(name ? name : "", ud, sizeof(ud)) < 0)
+				snprintf(ud, sizeof(ud), "%s", name ? name : "");
+			cj_begin(NULL, false);
+			cj_str("domain", name);
+			cj_str("unicode", ud);
+			cj_bool("enabled", sqlite3_column_int(st, 1));
+			cj_int("rules", sqlite3_column_int(st, 2));
+			cj_str("catchall", ca);
+			cj_int("created", sqlite3_column_int64(st, 4));
+			cj_bool("subaddressing", sqlite3_column_int(st, 5));
+			cj_str("unverified", (const char *)sqlite3_column_text(st, 6));
+			cj_end(false);
+			continue;
+		}
 		show_domain(u, sizeof(u), name ? name : "");
 		ctl_safe(a, sizeof(a), name ? name : "");
 		snprintf(n, sizeof(n), "%d", sqlite3_column_int(st, 2));
@@ -272,8 +316,14 @@ static int domain_list(const struct mxf_config *cfg)
 				       when};
 		ctl_table_add(t, cells);
 	}
+	if (ctl_json) {
+		cj_end(true);
+		cj_end(false);
+	}
 	if (step != SQLITE_DONE)
 		rc = ctl_fail("%s: %s", db.path, sqlite3_errmsg(s));
+	else if (ctl_json)
+		;
 	else if (ctl_table_rows(t) == 0)
 		puts("No domains");
 	else
@@ -301,8 +351,47 @@ int ctl_domain(const struct mxf_config *cfg, int argc, char **argv)
 		char a[MXF_DOMAIN_MAX + 1], u[1024], k[64], v[64];
 		mxf_domain_to_ascii(argv[1], a, sizeof(a));
 		show_domain(u, sizeof(u), a);
-		printf("domain %s: %s %s\n", u, ctl_safe(k, sizeof(k), argv[2]),
-		       ctl_safe(v, sizeof(v), argv[3]));
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("domain", a);
+			cj_str("key", argv[2]);
+			cj_str("value", argv[3]);
+			cj_end(false);
+		} else {
+			printf("domain %s: %s %s\n", u, ctl_safe(k, sizeof(k), argv[2]),
+			       ctl_safe(v, sizeof(v), argv[3]));
+		}
+		fflush(stdout);
+		reload_router(cfg);
+		return CTL_OK;
+	}
+	if (argc == 2 && (strcmp(argv[0], "remove") == 0 || strcmp(argv[0], "enable") == 0 ||
+			  strcmp(argv[0], "disable") == 0)) {
+		struct db db;
+		char err[512], a[MXF_DOMAIN_MAX + 1], u[1024];
+		if (db_open(cfg, true, &db) != 0)
+			return CTL_REFUSED;
+		int r = strcmp(argv[0], "remove") == 0
+				? mxf_rulesdb_domain_remove(db.h, argv[1], err, sizeof(err))
+				: mxf_rulesdb_domain_enable(db.h, argv[1],
+							    strcmp(argv[0], "enable") == 0, err,
+							    sizeof(err));
+		mxf_rulesdb_close(db.h);
+		if (r < 0)
+			return ctl_fail("%s", err);
+		const char *done = strcmp(argv[0], "remove") == 0   ? "removed"
+				   : strcmp(argv[0], "enable") == 0 ? "enabled"
+								    : "disabled";
+		mxf_domain_to_ascii(argv[1], a, sizeof(a));
+		show_domain(u, sizeof(u), a);
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("domain", a);
+			cj_str("result", done);
+			cj_end(false);
+		} else {
+			printf("domain %s %s\n", u, done);
+		}
 		fflush(stdout);
 		reload_router(cfg);
 		return CTL_OK;
@@ -320,7 +409,12 @@ int ctl_domain(const struct mxf_config *cfg, int argc, char **argv)
 	char a[MXF_DOMAIN_MAX + 1], u[1024];
 	mxf_domain_to_ascii(argv[1], a, sizeof(a));
 	show_domain(u, sizeof(u), a);
-	if (strcmp(u, a) != 0)
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("domain", a);
+		cj_str("result", "added");
+		cj_end(false);
+	} else if (strcmp(u, a) != 0)
 		printf("domain %s (%s) added\n", u, a);
 	else
 		printf("domain %s added\n", a);
@@ -354,17 +448,36 @@ static int address_list(const struct mxf_config *cfg)
 	static const char *const hdr[] = {"ADDRESS", "VERIFIED", "RULES", "ADDED"};
 	struct ctl_table *t = ctl_table_new(4, hdr);
 	int step;
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_begin("addresses", true);
+	}
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *email = (const char *)sqlite3_column_text(st, 0);
 		char e[2048], n[32], when[64];
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("address", email);
+			cj_bool("verified", sqlite3_column_int(st, 1));
+			cj_int("rules", sqlite3_column_int(st, 2));
+			cj_int("created", sqlite3_column_int64(st, 3));
+			cj_end(false);
+			continue;
+		}
 		show_addr(e, sizeof(e), email ? email : "");
 		snprintf(n, sizeof(n), "%d", sqlite3_column_int(st, 2));
 		ctl_time(when, sizeof(when), (time_t)sqlite3_column_int64(st, 3));
 		const char *cells[] = {e, sqlite3_column_int(st, 1) ? "yes" : "no", n, when};
 		ctl_table_add(t, cells);
 	}
+	if (ctl_json) {
+		cj_end(true);
+		cj_end(false);
+	}
 	if (step != SQLITE_DONE)
 		rc = ctl_fail("%s: %s", db.path, sqlite3_errmsg(s));
+	else if (ctl_json)
+		;
 	else if (ctl_table_rows(t) == 0)
 		puts("No addresses");
 	else
@@ -394,7 +507,37 @@ int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 			return ctl_fail("%s", err);
 		mxf_addr_normalize(argv[1], MXF_ADDR_UTF8, a, sizeof(a));
 		show_addr(shown, sizeof(shown), a);
-		printf("address %s %s\n", shown, on ? "verified" : "no longer verified");
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("address", a);
+			cj_bool("verified", on);
+			cj_end(false);
+		} else {
+			printf("address %s %s\n", shown, on ? "verified" : "no longer verified");
+		}
+		fflush(stdout);
+		reload_router(cfg);
+		return CTL_OK;
+	}
+	if (argc == 2 && strcmp(argv[0], "remove") == 0) {
+		struct db db;
+		char err[512], a[MXF_ADDR_SIZE], shown[2048];
+		if (db_open(cfg, true, &db) != 0)
+			return CTL_REFUSED;
+		int r = mxf_rulesdb_address_remove(db.h, argv[1], err, sizeof(err));
+		mxf_rulesdb_close(db.h);
+		if (r < 0)
+			return ctl_fail("%s", err);
+		mxf_addr_normalize(argv[1], MXF_ADDR_UTF8, a, sizeof(a));
+		show_addr(shown, sizeof(shown), a);
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("address", a);
+			cj_str("result", "removed");
+			cj_end(false);
+		} else {
+			printf("address %s removed\n", shown);
+		}
 		fflush(stdout);
 		reload_router(cfg);
 		return CTL_OK;
@@ -424,7 +567,13 @@ int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 	char a[MXF_ADDR_SIZE], shown[2048];
 	mxf_addr_normalize(email, MXF_ADDR_UTF8, a, sizeof(a));
 	show_addr(shown, sizeof(shown), a);
-	if (verified) {
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("address", a);
+		cj_str("result", "added");
+		cj_bool("verified", verified);
+		cj_end(false);
+	} else if (verified) {
 		printf("address %s added (verified by the operator)\n", shown);
 	} else {
 		printf("address %s added, not verified: rules cannot forward to it yet.\n"
@@ -523,9 +672,45 @@ static const char *action_name(const struct action_args *a)
 	return a->forward ? "forward" : a->drop ? "drop" : a->reject ? "reject" : "worker";
 }
 
+static void rule_json(const struct mxf_rule_info *r)
+{
+	cj_begin(NULL, false);
+	cj_str("tag", r->tag);
+	cj_str("domain", r->domain);
+	cj_str("name", r->name);
+	cj_int("priority", r->priority);
+	cj_bool("enabled", r->enabled);
+	cj_str("matcher", r->matcher);
+	cj_str("to", r->to);
+	cj_str("action", r->action);
+	cj_begin("destinations", true);
+	for (const char *p = r->dests; *p;) {
+		size_t l = strcspn(p, ",");
+		char one[MXF_ADDR_SIZE];
+		snprintf(one, sizeof(one), "%.*s", (int)l, p);
+		cj_str(NULL, one);
+		p += l + (p[l] == ',');
+	}
+	cj_end(true);
+	cj_str("argument", r->arg);
+	cj_end(false);
+}
+
+struct list_arg {
+	struct ctl_table *t;
+	const char *domain; /* A-label, or NULL for all */
+};
+
 static int rule_list_cb(const struct mxf_rule_info *r, void *arg)
 {
-	struct ctl_table *t = arg;
+	struct list_arg *la = arg;
+	struct ctl_table *t = la->t;
+	if (la->domain && strcmp(r->domain, la->domain) != 0)
+		return 0;
+	if (ctl_json) {
+		rule_json(r);
+		return 0;
+	}
 	char dom[1024], to[2048], dests[16384];
 	show_domain(dom, sizeof(dom), r->domain);
 	if (strcmp(r->matcher, "all") == 0)
@@ -556,18 +741,32 @@ static int rule_list_cb(const struct mxf_rule_info *r, void *arg)
 	return 0;
 }
 
-static int rule_list(const struct mxf_config *cfg)
+static int rule_list(const struct mxf_config *cfg, const char *domain)
 {
 	struct db db;
+	char a[MXF_DOMAIN_MAX + 1];
+	if (domain && mxf_domain_to_ascii(domain, a, sizeof(a)) < 0)
+		return ctl_fail("invalid domain name");
 	if (db_open(cfg, false, &db) != 0)
 		return CTL_REFUSED;
 	static const char *const hdr[] = {"TAG",    "DOMAIN", "NAME",		"PRIORITY", "MATCHER",
 					  "TO",     "ACTION", "DESTINATIONS", "ENABLED"};
 	struct ctl_table *t = ctl_table_new(9, hdr);
-	int r = mxf_rulesdb_rule_list(db.h, rule_list_cb, t);
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_begin("rules", true);
+	}
+	struct list_arg la = {t, domain ? a : NULL};
+	int r = mxf_rulesdb_rule_list(db.h, rule_list_cb, &la);
 	int rc = CTL_OK;
+	if (ctl_json) {
+		cj_end(true);
+		cj_end(false);
+	}
 	if (r < 0)
 		rc = ctl_fail("%s: cannot list rules: %s", db.path, strerror(-r));
+	else if (ctl_json)
+		;
 	else if (ctl_table_rows(t) == 0)
 		puts("No rules");
 	else
@@ -588,6 +787,14 @@ static int rule_show_cb(const struct mxf_rule_info *r, void *arg)
 	if (strcmp(r->tag, sa->which) != 0 && (!*r->name || strcmp(r->name, sa->which) != 0))
 		return 0;
 	char b1[2048], b2[2048];
+	if (ctl_json) {
+		if (!sa->found++) {
+			cj_begin(NULL, false);
+			cj_begin("rules", true);
+		}
+		rule_json(r);
+		return 0;
+	}
 	if (sa->found++)
 		putchar('\n');
 	printf("tag:          %s\n", ctl_safe(b1, sizeof(b1), r->tag));
@@ -619,6 +826,10 @@ static int rule_show(const struct mxf_config *cfg, const char *which)
 	struct show_arg sa = {which, 0};
 	int r = mxf_rulesdb_rule_list(db.h, rule_show_cb, &sa);
 	mxf_rulesdb_close(db.h);
+	if (ctl_json && sa.found) {
+		cj_end(true);
+		cj_end(false);
+	}
 	if (r < 0)
 		return ctl_fail("%s: cannot list rules: %s", db.path, strerror(-r));
 	if (!sa.found)
@@ -640,9 +851,113 @@ static int rule_change(const struct mxf_config *cfg, const char *op, const char 
 	if (r < 0)
 		return ctl_fail("%s", err);
 	char safe[512];
-	printf("rule %s %s\n", ctl_safe(safe, sizeof(safe), which),
-	       strcmp(op, "remove") == 0 ? "removed" : strcmp(op, "enable") == 0 ? "enabled"
-										: "disabled");
+	const char *done = strcmp(op, "remove") == 0   ? "removed"
+			   : strcmp(op, "enable") == 0 ? "enabled"
+						       : "disabled";
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("rule", which);
+		cj_str("result", done);
+		cj_end(false);
+	} else {
+		printf("rule %s %s\n", ctl_safe(safe, sizeof(safe), which), done);
+	}
+	fflush(stdout);
+	reload_router(cfg);
+	return CTL_OK;
+}
+
+/* rule edit TAG|NAME [--to A | --match P] [--forward L | --drop | --reject T |
+ * --worker P] [--name N] [--priority P] [--enable | --disable] */
+static int rule_edit(const struct mxf_config *cfg, int argc, char **argv)
+{
+	const char *which = NULL, *to = NULL, *match = NULL, *reject = NULL, *worker = NULL;
+	char *forward = NULL;
+	struct mxf_rule_edit e = {.priority = -1, .enabled = -1};
+	bool drop = false, any = false;
+	for (int i = 0; i < argc; i++) {
+		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char **slot = NULL;
+		any = any || o[0] == '-';
+		if (strcmp(o, "--drop") == 0 && !drop) {
+			drop = true;
+			continue;
+		}
+		if ((strcmp(o, "--enable") == 0 || strcmp(o, "--disable") == 0) && e.enabled < 0) {
+			e.enabled = strcmp(o, "--enable") == 0;
+			continue;
+		}
+		if (o[0] != '-') {
+			if (which)
+				return ctl_usage();
+			which = o;
+			continue;
+		}
+		if (!v)
+			return ctl_usage();
+		i++;
+		if (strcmp(o, "--to") == 0)
+			slot = &to;
+		else if (strcmp(o, "--match") == 0)
+			slot = &match;
+		else if (strcmp(o, "--reject") == 0)
+			slot = &reject;
+		else if (strcmp(o, "--worker") == 0)
+			slot = &worker;
+		else if (strcmp(o, "--name") == 0)
+			slot = &e.name;
+		else if (strcmp(o, "--forward") == 0 && !forward)
+			forward = (char *)v;
+		else if (strcmp(o, "--priority") == 0 && e.priority < 0) {
+			char *end;
+			long pr = strtol(v, &end, 10);
+			if (!*v || *end || pr < 0 || pr > 1000000)
+				return ctl_fail("--priority takes 0 to 1000000");
+			e.priority = (int)pr;
+		} else
+			return ctl_usage();
+		if (slot) {
+			if (*slot)
+				return ctl_usage();
+			*slot = v;
+		}
+	}
+	int nact = !!forward + drop + !!reject + !!worker;
+	if (!which || !any || nact > 1 || (to && match))
+		return ctl_usage();
+	if (to || match) {
+		e.matcher = match ? "wildcard" : "literal";
+		e.to = match ? match : to;
+	}
+	char **dests = NULL;
+	size_t n = 0;
+	if (forward && split_dests(forward, &dests, &n) != 0)
+		return CTL_REFUSED;
+	if (nact) {
+		e.action = forward ? "forward" : drop ? "drop" : reject ? "reject" : "worker";
+		e.dests = (const char *const *)dests;
+		e.ndest = n;
+		e.arg = reject ? reject : worker;
+	}
+	struct db db;
+	char err[512], safe[512];
+	if (db_open(cfg, true, &db) != 0) {
+		free(dests);
+		return CTL_REFUSED;
+	}
+	int r = mxf_rulesdb_rule_edit(db.h, which, &e, err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	free(dests);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("rule", which);
+		cj_str("result", "edited");
+		cj_end(false);
+	} else {
+		printf("rule %s edited\n", ctl_safe(safe, sizeof(safe), which));
+	}
 	fflush(stdout);
 	reload_router(cfg);
 	return CTL_OK;
@@ -650,8 +965,12 @@ static int rule_change(const struct mxf_config *cfg, const char *op, const char 
 
 int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 {
+	if (argc >= 1 && strcmp(argv[0], "edit") == 0)
+		return rule_edit(cfg, argc - 1, argv + 1);
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
-		return rule_list(cfg);
+		return rule_list(cfg, NULL);
+	if (argc == 2 && strcmp(argv[0], "list") == 0)
+		return rule_list(cfg, argv[1]);
 	if (argc == 2 && strcmp(argv[0], "show") == 0)
 		return rule_show(cfg, argv[1]);
 	if (argc == 2 && (strcmp(argv[0], "remove") == 0 || strcmp(argv[0], "enable") == 0 ||
@@ -691,7 +1010,14 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 	if (r < 0)
 		return ctl_fail("%s", err);
 	/* The tag alone on stdout, so scripts can capture it. */
-	printf("%s\n", tag);
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("tag", tag);
+		cj_str("result", "added");
+		cj_end(false);
+	} else {
+		printf("%s\n", tag);
+	}
 	fflush(stdout);
 	if (a.worker)
 		ctl_warn("note: the worker runtime is not available yet; mail to this rule is "
@@ -702,6 +1028,30 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 
 int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 {
+	if (argc == 2 && (strcmp(argv[0], "disable") == 0 || strcmp(argv[0], "remove") == 0)) {
+		struct db db;
+		char err[512], d[MXF_DOMAIN_MAX + 1], u[1024];
+		if (db_open(cfg, true, &db) != 0)
+			return CTL_REFUSED;
+		int r = mxf_rulesdb_catchall_remove(db.h, argv[1], err, sizeof(err));
+		mxf_rulesdb_close(db.h);
+		if (r < 0)
+			return ctl_fail("%s", err);
+		mxf_domain_to_ascii(argv[1], d, sizeof(d));
+		show_domain(u, sizeof(u), d);
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("domain", d);
+			cj_str("catchall", NULL);
+			cj_str("result", "removed");
+			cj_end(false);
+		} else {
+			printf("catch-all of %s removed\n", u);
+		}
+		fflush(stdout);
+		reload_router(cfg);
+		return CTL_OK;
+	}
 	if (argc < 1 || strcmp(argv[0], "set") != 0)
 		return ctl_usage();
 	struct action_args a;
@@ -734,7 +1084,14 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 	char d[MXF_DOMAIN_MAX + 1], u[1024];
 	mxf_domain_to_ascii(a.domain, d, sizeof(d));
 	show_domain(u, sizeof(u), d);
-	printf("catch-all of %s set to %s\n", u, action_name(&a));
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("domain", d);
+		cj_str("catchall", action_name(&a));
+		cj_end(false);
+	} else {
+		printf("catch-all of %s set to %s\n", u, action_name(&a));
+	}
 	fflush(stdout);
 	reload_router(cfg);
 	return CTL_OK;
@@ -759,11 +1116,224 @@ int ctl_transport(const struct mxf_config *cfg, int argc, char **argv)
 	char d[MXF_DOMAIN_MAX + 1], u[1024], h[600];
 	mxf_domain_to_ascii(argv[1], d, sizeof(d));
 	show_domain(u, sizeof(u), d);
-	if (set)
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("domain", d);
+		cj_str("nexthop", set ? argv[2] : NULL);
+		cj_str("result", set ? "set" : "removed");
+		cj_end(false);
+	} else if (set)
 		printf("mail for %s goes to %s\n", u, ctl_safe(h, sizeof(h), argv[2]));
 	else
 		printf("transport for %s removed\n", u);
 	fflush(stdout);
 	reload_router(cfg);
+	return CTL_OK;
+}
+
+/* ---- audit ---- */
+
+static int audit_cb(const struct mxf_audit_entry *e, void *arg)
+{
+	struct ctl_table *t = arg;
+	if (ctl_json) {
+		char iso[40];
+		ctl_iso(iso, sizeof(iso), (time_t)e->ts);
+		cj_begin(NULL, false);
+		cj_int("id", e->id);
+		cj_int("ts", e->ts);
+		cj_str("time", iso);
+		cj_str("who", e->who);
+		cj_str("action", e->action);
+		cj_str("object", e->object);
+		/* Stored by rulesdb as JSON: embedded as values, not strings. */
+		cj_raw("before", e->before);
+		cj_raw("after", e->after);
+		cj_end(false);
+		return 0;
+	}
+	char when[64], who[256], obj[1024], b[4096], a[4096];
+	ctl_time(when, sizeof(when), (time_t)e->ts);
+	const char *cells[] = {when, ctl_safe(who, sizeof(who), e->who ? e->who : ""),
+			       e->action ? e->action : "",
+			       ctl_safe(obj, sizeof(obj), e->object ? e->object : ""),
+			       ctl_safe(b, sizeof(b), e->before ? e->before : "-"),
+			       ctl_safe(a, sizeof(a), e->after ? e->after : "-")};
+	ctl_table_add(t, cells);
+	return 0;
+}
+
+/* audit [--since T] [--limit N] */
+int ctl_audit(const struct mxf_config *cfg, int argc, char **argv)
+{
+	time_t since = 0;
+	long long limit = 0;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--since") == 0 && i + 1 < argc) {
+			if (ctl_parse_time(argv[++i], &since) < 0)
+				return ctl_fail("--since: not a time: %s", argv[i]);
+		} else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc) {
+			char *end;
+			limit = strtoll(argv[++i], &end, 10);
+			if (!*argv[i] || *end || limit < 1)
+				return ctl_fail("--limit takes a positive number");
+		} else {
+			return ctl_usage();
+		}
+	}
+	struct db db;
+	if (db_open(cfg, false, &db) != 0)
+		return CTL_REFUSED;
+	static const char *const hdr[] = {"TIME", "WHO", "ACTION", "OBJECT", "BEFORE", "AFTER"};
+	struct ctl_table *t = ctl_table_new(6, hdr);
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_begin("entries", true);
+	}
+	int r = mxf_rulesdb_audit_list(db.h, (long long)since, limit, audit_cb, t);
+	mxf_rulesdb_close(db.h);
+	if (ctl_json) {
+		cj_end(true);
+		cj_end(false);
+	}
+	int rc = CTL_OK;
+	if (r < 0)
+		rc = ctl_fail("%s: cannot read the audit log: %s", db.path, strerror(-r));
+	else if (ctl_json)
+		;
+	else if (ctl_table_rows(t) == 0)
+		puts("No changes recorded");
+	else
+		ctl_table_print(t);
+	ctl_table_free(t);
+	return rc;
+}
+
+/* ---- check ---- */
+
+struct checks {
+	int problems;
+};
+
+static void check_line(struct checks *c, const char *what, bool ok, const char *detail)
+{
+	if (!ok)
+		c->problems++;
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("check", what);
+		cj_bool("ok", ok);
+		cj_str("detail", detail);
+		cj_end(false);
+	} else {
+		char safe[1024];
+		printf("%-8s %s%s%s\n", ok ? "ok" : "PROBLEM", what, detail && *detail ? ": " : "",
+		       ctl_safe(safe, sizeof(safe), detail ? detail : ""));
+	}
+}
+
+/* PRAGMA quick_check of an SQLite file, read-only. */
+static void check_sqlite(struct checks *c, const char *what, const char *path, bool must_exist)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0) {
+		check_line(c, what, !must_exist, errno == ENOENT ? "not created yet" : strerror(errno));
+		return;
+	}
+	sqlite3 *s = NULL;
+	sqlite3_stmt *q = NULL;
+	char detail[512] = "";
+	bool ok = sqlite3_open_v2(path, &s, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL) ==
+			  SQLITE_OK &&
+		  sqlite3_busy_timeout(s, 5000) == SQLITE_OK &&
+		  sqlite3_prepare_v2(s, "PRAGMA quick_check", -1, &q, NULL) == SQLITE_OK &&
+		  sqlite3_step(q) == SQLITE_ROW;
+	if (ok) {
+		const char *res = (const char *)sqlite3_column_text(q, 0);
+		ok = res && strcmp(res, "ok") == 0;
+		snprintf(detail, sizeof(detail), "%s", res ? res : "no answer");
+	} else {
+		snprintf(detail, sizeof(detail), "%s", s ? sqlite3_errmsg(s) : "cannot open");
+	}
+	sqlite3_finalize(q);
+	sqlite3_close(s);
+	check_line(c, what, ok, ok ? "integrity ok" : detail);
+}
+
+int ctl_check(const struct mxf_config *cfg, int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 0)
+		return ctl_usage();
+	struct checks c = {0};
+	char path[PATH_MAX + 32], detail[1024];
+	const char *data = mxf_config_str(cfg, "main", "data_dir");
+	const char *spool = mxf_config_str(cfg, "main", "spool_dir");
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_begin("checks", true);
+	}
+	/* The configuration parsed (or we would not be here). */
+	check_line(&c, "configuration", true, mxf_config_file(cfg));
+	const char *host = mxf_config_str(cfg, "main", "hostname");
+	check_line(&c, "[main] hostname", *host != '\0', *host ? host : "empty");
+	const char *srs = mxf_config_str(cfg, "router", "srs_domain");
+	check_line(&c, "[router] srs_domain", *srs != '\0',
+		   *srs ? srs : "empty: forwarding has no SRS domain");
+	struct stat st;
+	bool d_ok = stat(data, &st) == 0 && S_ISDIR(st.st_mode);
+	check_line(&c, "data_dir", d_ok, d_ok ? data : strerror(errno));
+	bool s_ok = stat(spool, &st) == 0 && S_ISDIR(st.st_mode);
+	check_line(&c, "spool_dir", s_ok || errno == ENOENT,
+		   s_ok ? spool : errno == ENOENT ? "not created yet (mxferryd makes it)" : strerror(errno));
+	snprintf(path, sizeof(path), "%s/rules.db", data);
+	check_sqlite(&c, "rules.db", path, false);
+	/* Load the rules exactly as the router does: what it would refuse is a problem. */
+	struct mxf_rulesdb *h = NULL;
+	char err[512];
+	int r = lstat(path, &st) == 0 ? mxf_rulesdb_open(path, false, &h, err, sizeof(err)) : 1;
+	if (r < 0) {
+		check_line(&c, "rules", false, err);
+	} else if (r == 0) {
+		struct mxf_ruleset *rs = NULL;
+		struct mxf_ruleset_opts o = {
+			.local_case_sensitive =
+				!mxf_config_bool(cfg, "router", "local_part_case_insensitive"),
+			.subaddr_sep = mxf_config_str(cfg, "router", "subaddress_separator"),
+		};
+		if (mxf_ruleset_load_opts(h, &o, &rs, err, sizeof(err)) < 0) {
+			check_line(&c, "rules", false, err);
+		} else {
+			snprintf(detail, sizeof(detail), "%zu rule(s) load", mxf_ruleset_count(rs));
+			check_line(&c, "rules", true, detail);
+		}
+		mxf_ruleset_free(rs);
+		mxf_rulesdb_close(h);
+	}
+	snprintf(path, sizeof(path), "%s/activity.db", data);
+	check_sqlite(&c, "activity.db", path, false);
+	snprintf(path, sizeof(path), "%s/corrupt", spool);
+	long ncorrupt = 0;
+	DIR *dir = opendir(path);
+	if (dir) {
+		struct dirent *de;
+		while ((de = readdir(dir)))
+			ncorrupt += de->d_name[0] != '.';
+		closedir(dir);
+	}
+	snprintf(detail, sizeof(detail), "%ld file(s) in %s", ncorrupt, path);
+	check_line(&c, "corrupt envelopes", ncorrupt == 0, detail);
+	if (ctl_json) {
+		cj_end(true);
+		cj_bool("ok", c.problems == 0);
+		cj_int("problems", c.problems);
+		cj_end(false);
+	} else {
+		printf("%d problem%s\n", c.problems, c.problems == 1 ? "" : "s");
+	}
+	if (c.problems) {
+		fflush(stdout);
+		return ctl_fail("%d problem%s found", c.problems, c.problems == 1 ? "" : "s");
+	}
 	return CTL_OK;
 }

@@ -151,3 +151,175 @@ void ctl_table_free(struct ctl_table *t)
 	free(t->cells);
 	free(t);
 }
+
+/* ---- JSON output ---- */
+
+bool ctl_json;
+
+static struct {
+	int depth;
+	bool first[32];
+} jw = {0, {true}};
+
+/* Writes s as a JSON string: controls as \u00XX, invalid UTF-8 as U+FFFD,
+ * so any bytes from the spool or the network still give valid JSON. */
+void ctl_json_string(FILE *f, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)(s ? s : "");
+	fputc('"', f);
+	while (*p) {
+		unsigned char c = *p;
+		if (c == '"' || c == '\\') {
+			fputc('\\', f);
+			fputc(c, f);
+			p++;
+		} else if (c < 0x20 || c == 0x7f) {
+			fprintf(f, "\\u%04x", c);
+			p++;
+		} else if (c < 0x80) {
+			fputc(c, f);
+			p++;
+		} else {
+			size_t n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+			bool ok = n > 0 && c < 0xf5;
+			for (size_t i = 1; ok && i < n; i++)
+				ok = (p[i] & 0xc0) == 0x80;
+			/* No overlongs or surrogates. */
+			if (ok && n == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f)))
+				ok = false;
+			if (ok && n == 4 && ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] > 0x8f)))
+				ok = false;
+			if (ok) {
+				fwrite(p, 1, n, f);
+				p += n;
+			} else {
+				fputs("\\ufffd", f);
+				p++;
+			}
+		}
+	}
+	fputc('"', f);
+}
+
+static void jkey(const char *key)
+{
+	if (!jw.first[jw.depth])
+		putchar(',');
+	jw.first[jw.depth] = false;
+	if (key) {
+		ctl_json_string(stdout, key);
+		putchar(':');
+	}
+}
+
+void cj_begin(const char *key, bool array)
+{
+	if (jw.depth > 0)
+		jkey(key);
+	putchar(array ? '[' : '{');
+	if (jw.depth < 31)
+		jw.depth++;
+	jw.first[jw.depth] = true;
+}
+
+void cj_end(bool array)
+{
+	putchar(array ? ']' : '}');
+	if (jw.depth > 0)
+		jw.depth--;
+	if (jw.depth == 0) {
+		putchar('\n');
+		jw.first[0] = true;
+	}
+}
+
+void cj_str(const char *key, const char *v)
+{
+	jkey(key);
+	if (v)
+		ctl_json_string(stdout, v);
+	else
+		fputs("null", stdout);
+}
+
+void cj_int(const char *key, long long v)
+{
+	jkey(key);
+	printf("%lld", v);
+}
+
+void cj_bool(const char *key, bool v)
+{
+	jkey(key);
+	fputs(v ? "true" : "false", stdout);
+}
+
+void cj_raw(const char *key, const char *json)
+{
+	jkey(key);
+	fputs(json && *json ? json : "null", stdout);
+}
+
+void ctl_iso(char *dst, size_t cap, time_t t)
+{
+	struct tm tm;
+	if (!gmtime_r(&t, &tm) || strftime(dst, cap, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(dst, cap, "%lld", (long long)t);
+}
+
+int ctl_parse_duration(const char *s, long long *out)
+{
+	char *end;
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -1;
+	long long v = strtoll(s, &end, 10);
+	if (end == s || v < 0 || v > 100LL * 365 * 86400)
+		return -1;
+	long long mul = 1;
+	if (*end == 's')
+		end++;
+	else if (*end == 'm')
+		mul = 60, end++;
+	else if (*end == 'h')
+		mul = 3600, end++;
+	else if (*end == 'd')
+		mul = 86400, end++;
+	else if (*end == 'w')
+		mul = 7 * 86400, end++;
+	if (*end)
+		return -1;
+	*out = v * mul;
+	return 0;
+}
+
+int ctl_parse_time(const char *s, time_t *out)
+{
+	long long d;
+	if (s[0] == '@') {
+		char *end;
+		long long v = strtoll(s + 1, &end, 10);
+		if (end == s + 1 || *end || v < 0)
+			return -1;
+		*out = (time_t)v;
+		return 0;
+	}
+	if (ctl_parse_duration(s, &d) == 0 && s[strlen(s) - 1] > '9') {
+		*out = time(NULL) - (time_t)d;
+		return 0;
+	}
+	static const char *const fmts[] = {"%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
+					   "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"};
+	for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
+		struct tm tm = {0};
+		const char *end = strptime(s, fmts[i], &tm);
+		if (end && *end == '\0') {
+			tm.tm_isdst = -1;
+			time_t t = mktime(&tm);
+			if (t == (time_t)-1)
+				return -1;
+			*out = t;
+			return 0;
+		}
+	}
+	return -1;
+}

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -671,10 +672,11 @@ static void test_migrate_v1(void **state)
 		 " action, created FROM rules;"
 		 "DROP TABLE rules; ALTER TABLE r1 RENAME TO rules;"
 		 "DROP TABLE transports; ALTER TABLE domains DROP COLUMN unverified;"
+		 "DROP TABLE audit;"
 		 "PRAGMA user_version = 1; COMMIT;");
 	assert_int_equal(user_version(f->path), 1);
 	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
-	assert_int_equal(user_version(f->path), 2);
+	assert_int_equal(user_version(f->path), 3);
 	struct mxf_ruleset *rs;
 	struct mxf_route rt;
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
@@ -683,6 +685,82 @@ static void test_migrate_v1(void **state)
 	assert_string_equal(rt.tag, tag);
 	assert_int_equal(rt.ndest, 1);
 	mxf_ruleset_free(rs);
+}
+
+struct audit_seen {
+	int n;
+	char action[16][32];
+	char who[16][64];
+	char object[16][80];
+	bool before[16], after[16];
+};
+
+static int audit_cb(const struct mxf_audit_entry *e, void *arg)
+{
+	struct audit_seen *a = arg;
+	if (a->n < 16) {
+		snprintf(a->action[a->n], 32, "%s", e->action);
+		snprintf(a->who[a->n], 64, "%s", e->who);
+		snprintf(a->object[a->n], 80, "%s", e->object);
+		a->before[a->n] = e->before != NULL;
+		a->after[a->n] = e->after != NULL;
+	}
+	a->n++;
+	return 0;
+}
+
+/* Issue 8: each write leaves exactly one audit row (a domain removal one per
+ * rule too), in its transaction: a refused write leaves none. */
+static void test_audit(void **state)
+{
+	struct fx *f = *state;
+	char tag[33];
+	struct audit_seen a = {0};
+	mxf_rulesdb_set_actor(f->db, "unix:tester");
+	populate(f->db);
+	const char *one[] = {"dest@dest.test"};
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward", one,
+					      1, tag, err, sizeof(err)),
+			 0);
+	/* Refused: unverified destination, duplicate domain, address in use. */
+	const char *unv[] = {"unv@dest.test"};
+	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "b@example.com", "forward", unv,
+					      1, NULL, err, sizeof(err)),
+			 -EPERM);
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), -EEXIST);
+	assert_int_equal(mxf_rulesdb_address_remove(f->db, "dest@dest.test", err, sizeof(err)),
+			 -EBUSY);
+	assert_int_equal(mxf_rulesdb_catchall_remove(f->db, "example.com", err, sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_rulesdb_domain_enable(f->db, "example.com", false, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_domain_remove(f->db, "example.com", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_address_remove(f->db, "dest@dest.test", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_audit_list(f->db, 0, 0, audit_cb, &a), 0);
+	static const char *const want[] = {"domain.add",     "address.add",	  "address.add",
+					   "address.add",    "rule.add",	  "domain.disable",
+					   "rule.remove",    "domain.remove", "address.remove"};
+	assert_int_equal(a.n, 9);
+	for (int i = 0; i < 9; i++) {
+		assert_string_equal(a.action[i], want[i]);
+		assert_string_equal(a.who[i], "unix:tester");
+	}
+	assert_string_equal(a.object[4], tag);
+	assert_false(a.before[4]);
+	assert_true(a.after[4]);
+	assert_true(a.before[5] && a.after[5]);
+	assert_true(a.before[6] && !a.after[6]);
+	assert_string_equal(a.object[8], "dest@dest.test");
+	/* limit: the newest entries, still oldest first. */
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(mxf_rulesdb_audit_list(f->db, 0, 2, audit_cb, &a), 0);
+	assert_int_equal(a.n, 2);
+	assert_string_equal(a.action[0], "domain.remove");
+	assert_string_equal(a.action[1], "address.remove");
+	memset(&a, 0, sizeof(a));
+	assert_int_equal(mxf_rulesdb_audit_list(f->db, (long long)time(NULL) + 3600, 0, audit_cb, &a),
+			 0);
+	assert_int_equal(a.n, 0);
 }
 
 int main(void)
@@ -698,6 +776,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_load_validates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

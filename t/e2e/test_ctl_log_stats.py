@@ -1,0 +1,142 @@
+"""mxferryctl log and stats over activity.db (issue 8), and the activity
+retention pruning in the router."""
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+from conftest import make_message, wait_until
+
+
+def j(gw, *args):
+    out = gw.ctl_ok(*args, "--json")
+    return json.loads(out)
+
+
+def rejected_rcpt(gw, rcpt):
+    s = gw.smtp()
+    try:
+        s.mail("mallory@sender.test")
+        code, msg = s.rcpt(rcpt)
+        assert code == 550, (code, msg)
+    finally:
+        s.quit()
+
+
+def test_log_and_stats(world):
+    gw, sink = world.gw, world.dest
+    gw.forward("info@gw.test", "bob@dest.test")
+    gw.ctl_ok("rule", "add", "gw.test", "--to", "spam@gw.test", "--drop")
+    assert gw.ctl_ok("log").strip() == "No activity" or "rejected" not in gw.ctl_ok("log")
+    q1 = gw.send_retrying("alice@sender.test", "info@gw.test",
+                          make_message("alice@sender.test", "info@gw.test"))
+    q2 = gw.send_retrying("carol@sender.test", "info@gw.test",
+                          make_message("carol@sender.test", "info@gw.test"))
+    q3 = gw.send_retrying("alice@sender.test", "spam@gw.test",
+                          make_message("alice@sender.test", "spam@gw.test"))
+    rejected_rcpt(gw, "nobody@gw.test")
+    rejected_rcpt(gw, "someone@elsewhere.test")
+    for q in (q1, q2):
+        gw.wait_activity(q, "forwarded")
+    gw.wait_activity(q3, "dropped")
+    sink.set_mode("permfail")
+    # The null sender: no bounce, so the counts stay exactly these.
+    q4 = gw.send_retrying("", "info@gw.test", make_message("", "info@gw.test"))
+    gw.wait_activity(q4, "delivery_failed")
+    wait_until(lambda: len([r for r in gw.activity() if r["status"] == "rejected"]) == 2, 10,
+               what="two rejected rows")
+
+    # log: human form, one line per row with the SPF/DKIM/DMARC columns.
+    out = gw.ctl_ok("log")
+    lines = out.strip().splitlines()
+    assert len(lines) == 6, out
+    assert all("spf=" in ln and "dkim=" in ln and "dmarc=" in ln for ln in lines)
+    fwd = [ln for ln in lines if q1 in ln][0]
+    assert "forwarded" in fwd and "from=<alice@sender.test>" in fwd
+    assert "to=<info@gw.test>" in fwd and "dest=<bob@dest.test>" in fwd
+    assert "relay=" in fwd and "(250 " in fwd  # the remote reply
+    assert "someone@elsewhere.test" in out
+
+    # JSON and the filters.
+    entries = j(gw, "log")["entries"]
+    assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    keys = {"id", "ts", "time", "queue_id", "client_ip", "helo", "from", "rcpt", "dest", "rule",
+            "action", "spf", "dkim", "dmarc", "status", "remote_host", "reply", "size"}
+    assert all(set(e) == keys for e in entries), entries[0]
+    by_q = {e["queue_id"]: e for e in entries if e["queue_id"]}
+    assert by_q[q1]["reply"].startswith("250") and by_q[q1]["size"] > 0
+    assert by_q[q4]["status"] == "delivery_failed" and by_q[q4]["reply"].startswith("5")
+    assert [e["queue_id"] for e in j(gw, "log", "--id", q2)["entries"]] == [q2]
+    assert {e["status"] for e in j(gw, "log", "--status", "rejected")["entries"]} == {"rejected"}
+    assert len(j(gw, "log", "--status", "rejected")["entries"]) == 2
+    assert {e["queue_id"] for e in j(gw, "log", "--from", "CAROL@")["entries"]} == {q2}
+    assert {e["queue_id"] for e in j(gw, "log", "--to", "spam@")["entries"]} == {q3}
+    assert len(j(gw, "log", "--to", "bob@dest.test")["entries"]) == 3  # dest matches too
+    last2 = j(gw, "log", "--limit", "2")["entries"]
+    assert len(last2) == 2 and last2 == entries[-2:]
+    assert j(gw, "log", "--since", "@%d" % (time.time() + 3600))["entries"] == []
+    assert j(gw, "log", "--until", "2000-01-01")["entries"] == []
+    assert len(j(gw, "log", "--since", "1h", "--until", "@%d" % (time.time() + 60))
+               ["entries"]) == 6
+    assert gw.ctl("log", "--status", "lost")[0] == 1
+    assert gw.ctl("log", "--since", "soon")[0] == 1
+    assert gw.ctl("log", "--bogus", "x")[0] == 2
+
+    # stats equal what was sent, by status.
+    st = j(gw, "stats")
+    want = {"received": 4, "forwarded": 2, "dropped": 1, "rejected": 2, "delivery_failed": 1,
+            "bounced": 0, "deferred": 0}
+    assert st["total"] == want, st
+    assert st["by"] == "hour" and len(st["buckets"]) in (1, 2)  # an hour may turn meanwhile
+    assert sum(b["forwarded"] for b in st["buckets"]) == 2
+    assert j(gw, "stats", "--by", "day")["total"] == want
+    assert j(gw, "stats", "--since", "@%d" % (time.time() + 3600))["total"]["received"] == 0
+    out = gw.ctl_ok("stats")
+    head = out.splitlines()[0].split()
+    assert head == ["HOUR", "RECEIVED", "FORWARDED", "DROPPED", "REJECTED", "FAILED", "BOUNCED",
+                    "DEFERRED"], out
+    total = [ln for ln in out.splitlines() if ln.startswith("total")][0].split()
+    assert total[1:] == ["4", "2", "1", "2", "1", "0", "0"], out
+    assert "##" in out and "xx" in out and "# forwarded" in out
+    assert gw.ctl("stats", "--by", "week")[0] == 1
+
+    # log --follow prints new rows as they come (JSON lines with --json).
+    p = subprocess.Popen([os.path.join(gw.bin, "mxferryctl"), "-c", gw.conf, "log", "--follow",
+                          "--json", "--status", "rejected", "--limit", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(p.stdout.readline())
+        assert first["status"] == "rejected"
+        rejected_rcpt(gw, "late@gw.test")
+        nxt = json.loads(p.stdout.readline())
+        assert nxt["rcpt"] == "late@gw.test" and nxt["id"] > first["id"]
+    finally:
+        p.terminate()
+        p.wait(5)
+    assert p.returncode == 0, p.stderr.read()
+
+
+def test_activity_retention(dns_server, sinks, gateway):
+    from conftest import make_world
+    w = make_world(dns_server, sinks, gateway, {"router": {"activity_retention": "2h"}})
+    gw = w.gw
+    gw.forward("info@gw.test", "bob@dest.test")
+    q = gw.send_retrying("alice@sender.test", "info@gw.test",
+                         make_message("alice@sender.test", "info@gw.test"))
+    gw.wait_activity(q, "forwarded")
+    assert gw.stop() is not None
+    # Rows from three hours and one hour ago: only the first is past retention.
+    db = sqlite3.connect(os.path.join(gw.data, "activity.db"))
+    now = int(time.time())
+    with db:
+        db.execute("INSERT INTO activity (ts, queue_id, status) VALUES (?, 'OLD', 'forwarded')",
+                   (now - 3 * 3600,))
+        db.execute("INSERT INTO activity (ts, queue_id, status) VALUES (?, 'RECENT', 'dropped')",
+                   (now - 3600,))
+    db.close()
+    gw.start()
+    wait_until(lambda: not gw.activity("OLD"), 10, what="old row pruned at start")
+    assert gw.activity("RECENT") and gw.activity(q)
+    assert "pruned 1 row(s)" in gw.log_text()
+    assert [e["queue_id"] for e in j(gw, "log", "--id", "RECENT")["entries"]] == ["RECENT"]
