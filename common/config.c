@@ -1,4 +1,5 @@
 #include "config.h"
+#include "dnsbl.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -45,6 +46,31 @@ static const struct key keys[] = {
 	{"smtpd", "max_conn_rate", T_INT, "0", 0, 1000000, true},
 	/* On SIGTERM, how long messages already in DATA may take to finish. */
 	{"smtpd", "shutdown_timeout", T_DURATION, "3", 0, 60, true},
+	/* Issue 11: block lists ("zone[=127.0.0.2;127.0.0.4][*weight], ...",
+	 * common/dnsbl.h) for the client IP and for the HELO and sender domains;
+	 * how long (ms) a verdict may wait for them; the score that refuses. */
+	{"smtpd", "dnsbl", T_STR, "", 0, 0, true},
+	{"smtpd", "rhsbl", T_STR, "", 0, 0, true},
+	{"smtpd", "dnsbl_timeout", T_INT, "2000", 100, 30000, true},
+	{"smtpd", "reject_threshold", T_STR, "1", 0, 0, true},
+	/* Weights of the reputation heuristics: "no_ptr=0.3, pipelining=0.5, ..." */
+	{"smtpd", "score_weights", T_STR, "", 0, 0, true},
+	/* Greylisting (client /24 or /64, sender, recipient), in smtpd's memory. */
+	{"smtpd", "greylisting", T_BOOL, "no", 0, 0, true},
+	{"smtpd", "greylist_delay", T_DURATION, "300", 1, 86400, true},
+	{"smtpd", "greylist_window", T_DURATION, "14400", 1, 7 * 86400, true},
+	{"smtpd", "greylist_threshold", T_STR, "0", 0, 0, true},
+	{"smtpd", "greylist_allow", T_STR, "", 0, 0, true},
+	/* Per /24 (IPv4) or /64 (IPv6): concurrent sessions, sessions per minute;
+	 * per address and per network: messages and recipients per minute (0: no limit). */
+	{"smtpd", "max_conn_per_net", T_INT, "0", 0, 1000000, true},
+	{"smtpd", "max_conn_rate_net", T_INT, "0", 0, 1000000, true},
+	{"smtpd", "max_msg_rate", T_INT, "0", 0, 1000000, true},
+	{"smtpd", "max_msg_rate_net", T_INT, "0", 0, 1000000, true},
+	{"smtpd", "max_rcpt_rate", T_INT, "0", 0, 1000000, true},
+	{"smtpd", "max_rcpt_rate_net", T_INT, "0", 0, 1000000, true},
+	/* The time unit of every per-minute limit above (tests shorten it). */
+	{"smtpd", "rate_window", T_DURATION, "60", 1, 3600, true},
 	{"router", "user", T_STR, "mxferry-router", 0, 0, false},
 	{"router", "srs_domain", T_STR, "", 0, 0, true},
 	{"router", "retry_min", T_DURATION, "300", 1, 86400, true},
@@ -60,6 +86,8 @@ static const struct key keys[] = {
 	/* Per destination domain: delivery jobs in flight, new jobs per minute (0: no limit). */
 	{"router", "domain_concurrency", T_INT, "20", 1, 10000, true},
 	{"router", "domain_rate", T_INT, "0", 0, 1000000, true},
+	/* Issue 8: activity.db rows older than this are pruned (hourly and at start). */
+	{"router", "activity_retention", T_DURATION, "2678400", 3600, 3650 * 86400, true},
 	{"deliverd", "user", T_STR, "mxferry-deliver", 0, 0, false},
 	{"deliverd", "smtp_port", T_INT, "25", 1, 65535, false},
 	{"deliverd", "connect_timeout", T_DURATION, "30", 1, 3600, true},
@@ -79,6 +107,9 @@ static const struct key keys[] = {
 	{"deliverd", "conn_cache_per_dest", T_INT, "10", 0, 10000, true},
 	{"deliverd", "conn_cache_total", T_INT, "100", 0, 100000, true},
 	{"bouncer", "user", T_STR, "mxferry-bounce", 0, 0, false},
+	/* Issue 6: a delay warning (DSN Action: delayed) once a message has
+	 * waited this long with recipients still deferred; 0 = never (default). */
+	{"bouncer", "delay_warning_time", T_DURATION, "0", 0, 60 * 86400, true},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -276,6 +307,49 @@ int mxf_config_load(const char *path, struct mxf_config **out, char *err, size_t
 			return -EINVAL;
 		}
 	}
+	static const char *const lists[] = {"dnsbl", "rhsbl"};
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		struct mxf_dnsbl_list *l = malloc(sizeof(*l));
+		char why[300];
+		int pr = l ? mxf_dnsbl_parse(cfg->val[key_index("smtpd", lists[i])], l, why,
+					     sizeof(why))
+			   : -ENOMEM;
+		free(l);
+		if (pr < 0) {
+			snprintf(err, errlen, "%s: [smtpd] %s: %s", abs, lists[i],
+				 pr == -ENOMEM ? "out of memory" : why);
+			mxf_config_free(cfg);
+			return pr;
+		}
+	}
+	int th, wts[MXF_SC_N];
+	const char *ts = cfg->val[key_index("smtpd", "reject_threshold")];
+	char why[300];
+	if (mxf_score_parse(ts, strlen(ts), &th) < 0 || th <= 0) {
+		snprintf(err, errlen, "%s: [smtpd] reject_threshold: expected a number > 0", abs);
+		mxf_config_free(cfg);
+		return -EINVAL;
+	}
+	if (mxf_score_weights_parse(cfg->val[key_index("smtpd", "score_weights")], wts, why,
+				    sizeof(why)) < 0) {
+		snprintf(err, errlen, "%s: [smtpd] score_weights: %s", abs, why);
+		mxf_config_free(cfg);
+		return -EINVAL;
+	}
+	const char *gs = cfg->val[key_index("smtpd", "greylist_threshold")];
+	struct mxf_cidr cidrs[MXF_CIDR_LIST_MAX];
+	size_t ncidr;
+	if (mxf_score_parse(gs, strlen(gs), &th) < 0) {
+		snprintf(err, errlen, "%s: [smtpd] greylist_threshold: expected a number", abs);
+		mxf_config_free(cfg);
+		return -EINVAL;
+	}
+	if (mxf_cidr_parse_list(cfg->val[key_index("smtpd", "greylist_allow")], cidrs,
+				MXF_CIDR_LIST_MAX, &ncidr, why, sizeof(why)) < 0) {
+		snprintf(err, errlen, "%s: [smtpd] greylist_allow: %s", abs, why);
+		mxf_config_free(cfg);
+		return -EINVAL;
+	}
 	*out = cfg;
 	return 0;
 }
@@ -318,6 +392,27 @@ void mxf_config_dump(const struct mxf_config *cfg, FILE *out)
 		}
 		fprintf(out, "%s = %s\n", keys[i].name, cfg->val[i]);
 	}
+}
+
+int mxf_config_entry(const struct mxf_config *cfg, size_t i, struct mxf_config_item *out)
+{
+	if (i >= NKEYS)
+		return -ENOENT;
+	const struct key *k = &keys[i];
+	out->section = k->section;
+	out->key = k->name;
+	out->value = cfg->val[i];
+	out->def = k->def;
+	out->reloadable = k->reloadable;
+	/* Numbers compare by value: "5m" is the default "300". */
+	long long d = 0;
+	if (k->type == T_BOOL)
+		out->changed = parse_bool(k->def, &d) < 0 || d != cfg->num[i];
+	else if (k->type == T_INT || k->type == T_DURATION)
+		out->changed = parse_num(k->def, k->type == T_DURATION, &d) < 0 || d != cfg->num[i];
+	else
+		out->changed = strcmp(cfg->val[i], k->def) != 0;
+	return 0;
 }
 
 int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsigned *port)

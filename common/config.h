@@ -24,6 +24,14 @@ const char *mxf_config_file(const struct mxf_config *cfg);
 /* Prints every effective value as INI. */
 void mxf_config_dump(const struct mxf_config *cfg, FILE *out);
 
+/* The i-th known key (0, 1, ...; -ENOENT past the last): effective value,
+ * built-in default, and whether the file changed it. */
+struct mxf_config_item {
+	const char *section, *key, *value, *def;
+	bool changed, reloadable;
+};
+int mxf_config_entry(const struct mxf_config *cfg, size_t i, struct mxf_config_item *out);
+
 /* Parses "host:port" / "[v6]:port" into host (brackets removed) and port. */
 int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsigned *port);
 

@@ -1346,7 +1346,9 @@ static void conn_release(struct conn *c)
 		conn_quit(c, true);
 }
 
-enum try_rc { TRY_DONE, TRY_NEXT };
+/* TRY_SOFT: the session failed as a whole but the recipients' results are
+ * set (the host's own reply); the next host may still take the message. */
+enum try_rc { TRY_DONE, TRY_NEXT, TRY_SOFT };
 
 /* Tries one address (STARTTLS, and in clear after a TLS failure). */
 static enum try_rc try_addr(struct dlv_job *j, struct body *b, const char *dest, const char *host,
@@ -1370,7 +1372,7 @@ static enum try_rc try_addr(struct dlv_job *j, struct body *b, const char *dest,
 			 r->text ? r->text : "");
 		mxf_info("%s: %s; trying the next host", j->qid, lasterr);
 		conn_quit(c, true);
-		return TRY_NEXT;
+		return TRY_SOFT;
 	}
 	conn_release(c);
 	return TRY_DONE;
@@ -1407,7 +1409,7 @@ void dlv_run(struct dlv_job *j)
 	struct mxf_mx *mx = NULL;
 	size_t nmx = 0;
 	char why[256], text[768], lasterr[768] = "", dest[DLV_DEST_SIZE];
-	bool last_dns = false, any_tempfail = false, implicit = false;
+	bool last_dns = false, any_tempfail = false, implicit = false, soft = false;
 	int attempts = 0, rc = MXF_DNS_OK;
 	unsigned port = S.port;
 	struct body b = {.fd = j->fd, .headers = j->headers, .hlen = strlen(j->headers)};
@@ -1456,9 +1458,8 @@ void dlv_run(struct dlv_job *j)
 		}
 		if (literal) {
 			if (try_addr(j, &b, dest, mx->host, &lit, port, lasterr, sizeof(lasterr)) ==
-			    TRY_DONE)
-				goto done;
-			set_all(j, 451, "4.4.1", lasterr);
+			    TRY_NEXT)
+				set_all(j, 451, "4.4.1", lasterr);
 			goto done;
 		}
 		nmx = 1;
@@ -1518,9 +1519,11 @@ void dlv_run(struct dlv_job *j)
 		for (size_t i = 0; i < na && attempts < MAX_CONNECT_ATTEMPTS; i++) {
 			attempts++;
 			last_dns = false;
-			if (try_addr(j, &b, dest, mx[h].host, &addrs[i], port, lasterr,
-				     sizeof(lasterr)) == TRY_DONE)
+			enum try_rc t = try_addr(j, &b, dest, mx[h].host, &addrs[i], port, lasterr,
+						 sizeof(lasterr));
+			if (t == TRY_DONE)
 				goto done;
+			soft = t == TRY_SOFT;
 		}
 	}
 	if (last_dns && attempts == 0 && !any_tempfail && implicit) {
@@ -1529,7 +1532,10 @@ void dlv_run(struct dlv_job *j)
 		set_all(j, 550, "5.4.4", text);
 		goto done;
 	}
-	set_all(j, 451, last_dns ? "4.4.3" : "4.4.1", lasterr);
+	/* The last host that answered failed the session softly: its own
+	 * replies stay the recipients' results. */
+	if (!soft || last_dns)
+		set_all(j, 451, last_dns ? "4.4.3" : "4.4.1", lasterr);
 done:
 	free(mx);
 	free(b.conv);

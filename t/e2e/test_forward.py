@@ -7,7 +7,7 @@ import time
 from conftest import GW_HOST, SRS_DOMAIN, make_message
 
 # postsrsd's SRS0 form: SRS0=HHHH=TT=domain=local@srs_domain
-SRS0_RE = re.compile(r"^SRS0=[A-Za-z0-9+/]{4}=[A-Za-z2-7]{2}=(?P<domain>[^=@]+)=(?P<local>[^@]+)@"
+SRS0_RE = re.compile(r"^SRS0=[A-Za-z0-9+/_]{4}=[A-Za-z2-7]{2}=(?P<domain>[^=@]+)=(?P<local>[^@]+)@"
                      + re.escape(SRS_DOMAIN) + "$", re.IGNORECASE)
 
 

@@ -323,10 +323,6 @@ def test_rcpt_flood_452_bounded(agw):
     assert quick_session(agw) < 5
 
 
-@pytest.mark.xfail(strict=True, reason="each 452 4.5.3 counts as a client error "
-                   "(smtpd/session.c do_rcpt -> reply_err, MAX_ERRORS 10): the 11th RCPT "
-                   "past max_recipients ends the session with 421 4.7.0 and the 100 "
-                   "accepted recipients are lost with it")
 def test_rcpt_flood_session_survives(agw):
     """RFC 5321 §4.5.3.1.10: a client told 452 sends the message to the
     recipients accepted so far and the rest later. After 1,000 pipelined

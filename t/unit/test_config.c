@@ -82,6 +82,13 @@ static void test_errors(void **state)
 	expect_error("[router]\nretry_min = 5w\n", "invalid value");
 	expect_error("[main]\ndns_resolver = 127.0.0.1\n", "dns_resolver");
 	expect_error("this is not ini\n", "syntax error");
+	/* Issue 11: the anti-abuse keys are checked at load, not at smtpd start. */
+	expect_error("[smtpd]\ndnsbl = bl.test=127.0.0\n", "[smtpd] dnsbl");
+	expect_error("[smtpd]\nrhsbl = a..b\n", "[smtpd] rhsbl");
+	expect_error("[smtpd]\nreject_threshold = 0\n", "reject_threshold");
+	expect_error("[smtpd]\nscore_weights = no_ptr=x\n", "score_weights");
+	expect_error("[smtpd]\ngreylist_threshold = high\n", "greylist_threshold");
+	expect_error("[smtpd]\ngreylist_allow = 10.0.0.0/33\n", "greylist_allow");
 	struct mxf_config *c;
 	char err[256];
 	assert_true(mxf_config_load("/nonexistent/x.conf", &c, err, sizeof(err)) < 0);
