@@ -532,31 +532,18 @@ static unsigned make_jobs(struct qmsg *m, int64_t now)
 }
 
 /* ---- bounces ---- */
-/* NOTIFY (RFC 3461 §4.1): none given means the MTA's default, a failure DSN;
- * NEVER, or a list without FAILURE, means none. */
-static bool notify_failure(const char *notify)
+/* Does a NOTIFY value (RFC 3461 §4.1) ask for this kind of DSN? None given
+ * means the MTA's default: a failure DSN, and delay warnings when the
+ * operator enabled them ([bouncer] delay_warning_time). NEVER, or a list
+ * without the keyword, means none. */
+static bool notify_has(const char *notify, const char *what)
 {
 	if (!notify || !*notify)
 		return true;
 	char buf[64];
 	snprintf(buf, sizeof(buf), "%s", notify);
 	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
-		if (strcasecmp(t, "FAILURE") == 0)
-			return true;
-	return false;
-}
-
-/* Delay warnings: only when the operator enabled them ([bouncer]
- * delay_warning_time); then NOTIFY absent counts as "FAILURE,DELAY", which
- * RFC 3461 §4.1 allows. */
-static bool notify_delay(const char *notify)
-{
-	if (!notify || !*notify)
-		return true;
-	char buf[64];
-	snprintf(buf, sizeof(buf), "%s", notify);
-	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
-		if (strcasecmp(t, "DELAY") == 0)
+		if (strcasecmp(t, what) == 0)
 			return true;
 	return false;
 }
@@ -589,7 +576,7 @@ static bool send_bounce(struct qmsg *m, bool delay)
 	int64_t now = now_s();
 	for (size_t i = 0; i < e->nrcpt && r == 0; i++) {
 		const struct mxf_env_rcpt *rc = &e->rcpt[i];
-		if (delay ? rc->status != MXF_RS_DEFERRED || !notify_delay(rc->notify)
+		if (delay ? rc->status != MXF_RS_DEFERRED || !notify_has(rc->notify, "DELAY")
 			  : rc->status != MXF_RS_FAILED)
 			continue;
 		unsigned code;
@@ -742,7 +729,7 @@ static void msg_run(struct qmsg *m)
 				 * loops start (RFC 5321 4.5.5). */
 				if (!changed)
 					mxf_info("%s: bounce suppressed for null sender", e->qid);
-			} else if (!notify_failure(r->notify)) {
+			} else if (!notify_has(r->notify, "FAILURE")) {
 				mxf_info("%s: to=<%s>: no bounce: the sender asked for NOTIFY=%s", e->qid,
 					 mxf_log_escape(e1, sizeof(e1), r->orig, strlen(r->orig)),
 					 r->notify);
@@ -768,7 +755,7 @@ static void msg_run(struct qmsg *m)
 		bool want = *e->sender && strcmp(e->origin, "bouncer") != 0;
 		bool any = false;
 		for (size_t i = 0; i < e->nrcpt && want && !any; i++)
-			any = e->rcpt[i].status == MXF_RS_DEFERRED && notify_delay(e->rcpt[i].notify);
+			any = e->rcpt[i].status == MXF_RS_DEFERRED && notify_has(e->rcpt[i].notify, "DELAY");
 		if (!any)
 			m->delay_warned = true;
 		else if (now >= m->bounce_after && send_bounce(m, true))
