@@ -11,6 +11,22 @@
 
 #include "dns.h"
 
+static bool is_sep(char c);
+
+/* The next token of a separated list at *p; false at the end. */
+static bool next_token(const char **p, const char **tok, size_t *len)
+{
+	while (**p && is_sep(**p))
+		(*p)++;
+	if (!**p)
+		return false;
+	*tok = *p;
+	while (**p && !is_sep(**p))
+		(*p)++;
+	*len = (size_t)(*p - *tok);
+	return true;
+}
+
 static bool is_sep(char c)
 {
 	return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
@@ -81,14 +97,10 @@ int mxf_score_weights_parse(const char *spec, int w[MXF_SC_N], char *err, size_t
 	memcpy(w, factor_defaults, sizeof(factor_defaults));
 	const char *p = spec;
 	for (;;) {
-		while (*p && is_sep(*p))
-			p++;
-		if (!*p)
+		const char *tok;
+		size_t len;
+		if (!next_token(&p, &tok, &len))
 			return 0;
-		const char *tok = p;
-		while (*p && !is_sep(*p))
-			p++;
-		size_t len = (size_t)(p - tok);
 		const char *eq = memchr(tok, '=', len);
 		size_t nl = eq ? (size_t)(eq - tok) : 0;
 		int f = -1;
@@ -166,14 +178,10 @@ int mxf_dnsbl_parse(const char *spec, struct mxf_dnsbl_list *out, char *err, siz
 
 	memset(out, 0, sizeof(*out));
 	for (;;) {
-		while (*p && is_sep(*p))
-			p++;
-		if (!*p)
+		const char *tok;
+		size_t len;
+		if (!next_token(&p, &tok, &len))
 			return 0;
-		const char *tok = p;
-		while (*p && !is_sep(*p))
-			p++;
-		size_t len = (size_t)(p - tok);
 		if (last && is_quad(tok, len)) {
 			const char *star = memchr(tok, '*', len);
 			size_t ql = star ? (size_t)(star - tok) : len;
@@ -339,14 +347,10 @@ int mxf_cidr_parse_list(const char *spec, struct mxf_cidr *out, size_t cap, size
 	const char *p = spec;
 	*n = 0;
 	for (;;) {
-		while (*p && is_sep(*p))
-			p++;
-		if (!*p)
+		const char *tok;
+		size_t len;
+		if (!next_token(&p, &tok, &len))
 			return 0;
-		const char *tok = p;
-		while (*p && !is_sep(*p))
-			p++;
-		size_t len = (size_t)(p - tok);
 		if (*n >= cap) {
 			snprintf(err, errlen, "more than %zu ranges", cap);
 			return -EINVAL;

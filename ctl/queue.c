@@ -336,17 +336,26 @@ static int read_content(const struct mxf_config *cfg, const char *qid, char **ou
 	return 0;
 }
 
+/* Reads the queue and finds qid in it (*it NULL when absent). */
+static int read_one(const struct mxf_config *cfg, const char *qid, struct item **items, size_t *n,
+		    const struct item **it)
+{
+	int rc = read_all(cfg, NULL, items, n);
+	*it = NULL;
+	for (size_t i = 0; i < *n && rc == CTL_OK; i++)
+		if (strcmp((*items)[i].qid, qid) == 0)
+			*it = &(*items)[i];
+	return rc;
+}
+
 static int queue_show(const struct mxf_config *cfg, const char *qid, bool body)
 {
 	if (!mxf_qid_valid(qid))
 		return ctl_fail("not a queue ID: %s", qid);
 	struct item *items = NULL;
 	size_t n = 0;
-	int rc = read_all(cfg, NULL, &items, &n);
 	const struct item *it = NULL;
-	for (size_t i = 0; i < n && rc == CTL_OK; i++)
-		if (strcmp(items[i].qid, qid) == 0)
-			it = &items[i];
+	int rc = read_one(cfg, qid, &items, &n, &it);
 	if (rc == CTL_OK && !it)
 		rc = ctl_fail("%s is not in the queue", qid);
 	char *content = NULL;
@@ -526,11 +535,8 @@ static int queue_export(const struct mxf_config *cfg, const char *qid)
 		return ctl_fail("not a queue ID: %s", qid);
 	struct item *items = NULL;
 	size_t n = 0;
-	int rc = read_all(cfg, NULL, &items, &n);
 	const struct item *it = NULL;
-	for (size_t i = 0; i < n && rc == CTL_OK; i++)
-		if (strcmp(items[i].qid, qid) == 0)
-			it = &items[i];
+	int rc = read_one(cfg, qid, &items, &n, &it);
 	char *content = NULL;
 	size_t clen = 0;
 	if (rc == CTL_OK && !it)

@@ -518,8 +518,9 @@ static bool cc_expired(const struct conn *c, long long now)
 	return now - c->idle_since >= S.cache_time_ms || now - c->born >= CONN_MAX_AGE_MS;
 }
 
-/* Takes a live cached connection to dest, or NULL. */
-static struct conn *cc_get(const char *dest)
+/* Walks the cache: closes what has expired and, with dest, takes the first
+ * live connection to it. */
+static struct conn *cc_walk(const char *dest)
 {
 	struct conn *found = NULL, *dead = NULL;
 	long long now = now_ms();
@@ -532,7 +533,7 @@ static struct conn *cc_get(const char *dest)
 			cc_count--;
 			continue;
 		}
-		if (!found && strcmp(c->dest, dest) == 0) {
+		if (dest && !found && strcmp(c->dest, dest) == 0) {
 			*pp = c->next;
 			c->next = NULL;
 			found = c;
@@ -589,25 +590,7 @@ static void cc_put(struct conn *c)
 
 void dlv_cache_sweep(void)
 {
-	struct conn *dead = NULL;
-	long long now = now_ms();
-	pthread_mutex_lock(&cc_lock);
-	for (struct conn **pp = &cc_head, *c; (c = *pp);) {
-		if (cc_expired(c, now)) {
-			*pp = c->next;
-			c->next = dead;
-			dead = c;
-			cc_count--;
-		} else {
-			pp = &c->next;
-		}
-	}
-	pthread_mutex_unlock(&cc_lock);
-	while (dead) {
-		struct conn *n = dead->next;
-		conn_quit(dead, false);
-		dead = n;
-	}
+	cc_walk(NULL);
 }
 
 /* ---- opening a session: connect, greeting, EHLO, STARTTLS ---- */
@@ -1428,7 +1411,7 @@ void dlv_run(struct dlv_job *j)
 
 	/* A cached session to the same destination first. */
 	dlv_dest_key(j, dest);
-	while ((c = cc_get(dest))) {
+	while ((c = cc_walk(dest))) {
 		if (!conn_probe(c)) {
 			conn_quit(c, false);
 			continue;
