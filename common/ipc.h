@@ -33,7 +33,7 @@
 enum mxf_ipc_type {
 	MXF_MSG_HELLO = 1,        /* c->r: F_ROLE, F_VERSION, F_PID */
 	MXF_MSG_HELLO_OK,         /* r->c: F_VERSION */
-	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR */
+	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR [, F_SENDER (the MAIL FROM, "" null)] */
 	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT */
 	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */

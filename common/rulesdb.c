@@ -127,6 +127,18 @@ static const char *const migrations[] = {
 	"  before TEXT,"
 	"  after TEXT);"
 	"CREATE INDEX audit_ts ON audit(ts);",
+	/* 4: a second matcher (issue 4): the envelope sender, a comma-separated
+	 * list of patterns (any may match) AND-ed with the recipient matcher.
+	 * Several rules may then name one address, each for other senders, so
+	 * the uniqueness of literal and wildcard rules takes the senders in. */
+	"ALTER TABLE rules ADD COLUMN match_from TEXT NOT NULL DEFAULT ''"
+	"  CHECK (length(match_from) <= 2000);"
+	"DROP INDEX rules_literal;"
+	"DROP INDEX rules_wildcard;"
+	"CREATE UNIQUE INDEX rules_literal ON rules(domain_id, match_to COLLATE NOCASE, match_from)"
+	"  WHERE matcher = 'literal';"
+	"CREATE UNIQUE INDEX rules_wildcard ON rules(domain_id, match_to COLLATE NOCASE, match_from)"
+	"  WHERE matcher = 'wildcard';",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -447,8 +459,8 @@ void mxf_rulesdb_set_actor(struct mxf_rulesdb *db, const char *who)
 #define SNAP_RULE                                                                                 \
 	"SELECT json_object('tag', r.tag, 'domain', d.name, 'name', r.name, 'priority', "         \
 	"r.priority, 'enabled', r.enabled, 'matcher', r.matcher, 'to', r.match_to, 'action', "    \
-	"r.action, 'argument', r.action_arg, 'destinations', (SELECT json_group_array(email) "    \
-	"FROM (SELECT a.email FROM rule_dests rd JOIN addresses a ON a.id = rd.address_id "       \
+	"r.action, 'argument', r.action_arg, 'from', r.match_from, 'destinations', "              \
+	"(SELECT json_group_array(email) FROM (SELECT a.email FROM rule_dests rd JOIN addresses a ON a.id = rd.address_id "       \
 	"WHERE rd.rule_id = r.id ORDER BY a.email))) FROM rules r "                               \
 	"JOIN domains d ON d.id = r.domain_id WHERE r.id = ?1"
 
@@ -799,6 +811,95 @@ static int check_match(const char *matcher, const char *to, const char *domain, 
 	return 0;
 }
 
+static void lower_ascii(char *s)
+{
+	for (; *s; s++)
+		if (*s >= 'A' && *s <= 'Z')
+			*s = (char)(*s - 'A' + 'a');
+}
+
+#define MAX_FROM 16
+
+/* One envelope-sender pattern, normalised into out: "<>" (the null sender),
+ * or an address pattern where '*' matches any run of characters; compared
+ * ASCII-case-insensitively, so stored lower-cased, the domain as A-labels
+ * when it has no '*'. */
+static int check_from_one(const char *in, size_t len, char *out, size_t outlen, char *err,
+			  size_t errlen)
+{
+	if (len == 0 || len >= outlen || len > 320) {
+		seterr(err, errlen, "--from: empty or over-long sender pattern");
+		return -EINVAL;
+	}
+	memcpy(out, in, len);
+	out[len] = '\0';
+	if (strcmp(out, "<>") == 0)
+		return 0;
+	for (const unsigned char *c = (const unsigned char *)out; *c; c++)
+		if (*c <= ' ' || *c == 0x7f || *c == '<' || *c == '>' || *c == '"' || *c == '\\') {
+			seterr(err, errlen, "--from: invalid character in sender pattern %s", out);
+			return -EINVAL;
+		}
+	lower_ascii(out);
+	char *at = strrchr(out, '@');
+	if (!at && strcmp(out, "*") != 0) {
+		seterr(err, errlen, "--from: %s is neither an address pattern, '*' nor '<>'", out);
+		return -EINVAL;
+	}
+	if (at && !strchr(at, '*')) {
+		char dom[MXF_DOMAIN_MAX + 1];
+		if (mxf_domain_to_ascii(at + 1, dom, sizeof(dom)) < 0 ||
+		    (size_t)(at + 1 - out) + strlen(dom) >= outlen) {
+			seterr(err, errlen, "--from: invalid domain in sender pattern %s", out);
+			return -EINVAL;
+		}
+		strcpy(at + 1, dom);
+	}
+	return 0;
+}
+
+static int cmp_pat(const void *a, const void *b)
+{
+	return strcmp((const char *)a, (const char *)b);
+}
+
+/* A comma-separated list of sender patterns (NULL or "": any sender),
+ * normalised into out: sorted, without duplicates or blanks, so one set of
+ * senders has one spelling (the uniqueness of rules relies on it). */
+static int check_from(const char *in, char *out, size_t outlen, char *err, size_t errlen)
+{
+	char pat[MAX_FROM][MXF_ADDR_SIZE];
+	size_t n = 0, o = 0;
+	out[0] = '\0';
+	for (const char *p = in ? in : ""; *p;) {
+		p += strspn(p, " \t");
+		size_t l = strcspn(p, ",");
+		size_t t = l;
+		while (t && (p[t - 1] == ' ' || p[t - 1] == '\t'))
+			t--;
+		if (n == MAX_FROM) {
+			seterr(err, errlen, "--from: at most %d sender patterns", MAX_FROM);
+			return -EINVAL;
+		}
+		int r = check_from_one(p, t, pat[n], sizeof(pat[n]), err, errlen);
+		if (r < 0)
+			return r;
+		n++;
+		p += l + (p[l] == ',');
+	}
+	qsort(pat, n, sizeof(pat[0]), cmp_pat);
+	for (size_t i = 0; i < n; i++) {
+		if (i && strcmp(pat[i], pat[i - 1]) == 0)
+			continue;
+		if (o + strlen(pat[i]) + 2 > outlen || o + strlen(pat[i]) + 1 > 2000) {
+			seterr(err, errlen, "--from: sender patterns too long");
+			return -EINVAL;
+		}
+		o += (size_t)snprintf(out + o, outlen - o, "%s%s", o ? "," : "", pat[i]);
+	}
+	return 0;
+}
+
 static int step_done(struct mxf_rulesdb *db, sqlite3_stmt *st, char *err, size_t errlen)
 {
 	int rc = sqlite3_step(st);
@@ -810,6 +911,7 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 			    char *err, size_t errlen)
 {
 	char name[MXF_DOMAIN_MAX + 1], addr[MXF_ADDR_SIZE], tag[TAG_LEN + 1], arg[256];
+	char from[2048];
 	sqlite3_int64 dom_id, ids[MAX_DESTS];
 	size_t nids;
 	int r;
@@ -824,7 +926,8 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 	}
 	if ((r = check_domain(s->domain, name, sizeof(name), err, errlen)) < 0 ||
 	    (r = check_match(s->matcher, s->to, name, addr, sizeof(addr), err, errlen)) < 0 ||
-	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0)
+	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0 ||
+	    (r = check_from(s->from, from, sizeof(from), err, errlen)) < 0)
 		return r;
 	if (s->priority < 0 || s->priority > 1000000) {
 		seterr(err, errlen, "priority must be 0 to 1000000");
@@ -846,8 +949,8 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 		goto out;
 	sqlite3_stmt *st;
 	if ((r = prep(db, "INSERT INTO rules (tag, domain_id, name, priority, enabled, matcher, "
-			  "match_to, action, action_arg, created) "
-			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+			  "match_to, action, action_arg, created, match_from) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, tag, -1, SQLITE_TRANSIENT);
@@ -860,12 +963,14 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 	sqlite3_bind_text(st, 8, s->action, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(st, 9, arg, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 10, (sqlite3_int64)time(NULL));
+	sqlite3_bind_text(st, 11, from, -1, SQLITE_TRANSIENT);
 	int rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
 		r = sqlerr(rc);
 		if (r == -EEXIST)
-			seterr(err, errlen, "a rule for %s already exists", addr);
+			seterr(err, errlen, "a rule for %s%s%s already exists", addr,
+			       *from ? " from " : "", from);
 		else
 			r = fail_sql(db, rc, err, errlen);
 		goto out;
@@ -909,6 +1014,12 @@ int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec 
 
 	if (!s->domain || !s->action) {
 		seterr(err, errlen, "incomplete catch-all");
+		return -EINVAL;
+	}
+	if (s->from && *s->from) {
+		/* The catch-all is the unconditional last resort; a rule for some
+		 * senders to any address is a "*@domain" wildcard with --from. */
+		seterr(err, errlen, "a catch-all takes no --from (use --match '*@DOMAIN' --from)");
 		return -EINVAL;
 	}
 	if ((r = check_domain(s->domain, name, sizeof(name), err, errlen)) < 0 ||
@@ -1098,7 +1209,7 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 			  char *err, size_t errlen)
 {
 	char dom[MXF_DOMAIN_MAX + 1], matcher[16], to[MXF_ADDR_SIZE], action[16], arg[256];
-	char tag[TAG_LEN + 1], name[256], *before = NULL;
+	char tag[TAG_LEN + 1], name[256], from[2048], *before = NULL;
 	sqlite3_int64 id = 0, ids[MAX_DESTS];
 	size_t nids = 0;
 	int prio = 0, enabled = 1, r, rc;
@@ -1116,7 +1227,7 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 		return r;
 	if ((r = find_rule(db, which, &id, err, errlen)) < 0 ||
 	    (r = prep(db, "SELECT d.name, r.matcher, r.match_to, r.action, r.action_arg, r.name, "
-			  "r.priority, r.enabled, r.tag FROM rules r JOIN domains d "
+			  "r.priority, r.enabled, r.tag, r.match_from FROM rules r JOIN domains d "
 			  "ON d.id = r.domain_id WHERE r.id = ?1",
 		      &st, err, errlen)) < 0)
 		goto out;
@@ -1134,8 +1245,18 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 	prio = sqlite3_column_int(st, 6);
 	enabled = sqlite3_column_int(st, 7);
 	snprintf(tag, sizeof(tag), "%s", col_text(st, 8));
+	snprintf(from, sizeof(from), "%s", col_text(st, 9));
 	sqlite3_finalize(st);
 	st = NULL;
+	if (e->from) {
+		if (strcmp(matcher, "all") == 0 && *e->from) {
+			seterr(err, errlen, "a catch-all takes no --from");
+			r = -EINVAL;
+			goto out;
+		}
+		if ((r = check_from(e->from, from, sizeof(from), err, errlen)) < 0)
+			goto out;
+	}
 	if (e->matcher) {
 		if (strcmp(matcher, "all") == 0 || strcmp(e->matcher, "all") == 0) {
 			seterr(err, errlen, "a catch-all stays a catch-all (catchall set / disable)");
@@ -1160,7 +1281,8 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 		enabled = e->enabled ? 1 : 0;
 	if ((r = snapshot(db, SNAP_RULE, NULL, id, &before, err, errlen)) < 0 ||
 	    (r = prep(db, "UPDATE rules SET matcher = ?2, match_to = ?3, action = ?4, "
-			  "action_arg = ?5, name = ?6, priority = ?7, enabled = ?8 WHERE id = ?1",
+			  "action_arg = ?5, name = ?6, priority = ?7, enabled = ?8, match_from = ?9 "
+			  "WHERE id = ?1",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
@@ -1171,13 +1293,15 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 	sqlite3_bind_text(st, 6, name, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int(st, 7, prio);
 	sqlite3_bind_int(st, 8, enabled);
+	sqlite3_bind_text(st, 9, from, -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	st = NULL;
 	if (rc != SQLITE_DONE) {
 		r = sqlerr(rc);
 		if (r == -EEXIST)
-			seterr(err, errlen, "a rule for %s already exists", to);
+			seterr(err, errlen, "a rule for %s%s%s already exists", to,
+			       *from ? " from " : "", from);
 		else
 			r = fail_sql(db, rc, err, errlen);
 		goto out;
@@ -1520,7 +1644,7 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 		     "  (SELECT group_concat(email, ',') FROM (SELECT a.email FROM rule_dests rd "
 		     "     JOIN addresses a ON a.id = rd.address_id WHERE rd.rule_id = r.id "
 		     "     ORDER BY a.email)), "
-		     "  r.priority, r.enabled, r.action_arg, r.name "
+		     "  r.priority, r.enabled, r.action_arg, r.name, r.match_from "
 		     "FROM rules r JOIN domains d ON d.id = r.domain_id "
 		     "ORDER BY d.name, r.matcher = 'all', r.priority, r.matcher = 'wildcard', "
 		     "  r.match_to, r.id",
@@ -1540,6 +1664,7 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 			.enabled = sqlite3_column_int(st, 7) != 0,
 			.arg = col_text(st, 8),
 			.name = col_text(st, 9),
+			.from = col_text(st, 10),
 		};
 		if ((r = cb(&ri, arg)) != 0)
 			break;
@@ -1566,6 +1691,8 @@ struct rs_rule {
 	size_t ndest, nverified;
 	char **dests;
 	bool *verified;
+	size_t nfrom; /* sender patterns, any of which must match; none: any sender */
+	char **from;
 };
 
 struct rs_domain {
@@ -1613,6 +1740,9 @@ void mxf_ruleset_free(struct mxf_ruleset *rs)
 			free(ru->dests[j]);
 		free(ru->dests);
 		free(ru->verified);
+		for (size_t j = 0; j < ru->nfrom; j++)
+			free(ru->from[j]);
+		free(ru->from);
 	}
 	for (size_t i = 0; i < rs->nverified; i++)
 		free(rs->verified[i]);
@@ -1626,13 +1756,6 @@ void mxf_ruleset_free(struct mxf_ruleset *rs)
 	free(rs->rules);
 	free(rs->lit);
 	free(rs);
-}
-
-static void lower_ascii(char *s)
-{
-	for (; *s; s++)
-		if (*s >= 'A' && *s <= 'Z')
-			*s = (char)(*s - 'A' + 'a');
 }
 
 /* The compared form of an address: domain lower-cased always, the local
@@ -1762,7 +1885,7 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 	sqlite3_stmt *st;
 	int r = prep(db,
 		     "SELECT r.id, r.tag, d.name, r.matcher, r.match_to, r.action, r.priority, "
-		     "  r.action_arg "
+		     "  r.action_arg, r.match_from "
 		     "FROM rules r JOIN domains d ON d.id = r.domain_id "
 		     "WHERE r.enabled = 1 AND d.enabled = 1 ORDER BY r.id",
 		     &st, err, errlen);
@@ -1774,7 +1897,8 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 		const char *tag = col_text(st, 1), *dom = col_text(st, 2);
 		const char *matcher = col_text(st, 3), *to = col_text(st, 4);
 		const char *action = col_text(st, 5), *arg = col_text(st, 7);
-		char addr[MXF_ADDR_SIZE], a2[256];
+		const char *from = col_text(st, 8);
+		char addr[MXF_ADDR_SIZE], a2[256], f2[2048];
 		/* The write-time checks again: a row another writer let through
 		 * fails the whole load. */
 		if (check_match(matcher, to, dom, addr, sizeof(addr), NULL, 0) < 0 ||
@@ -1785,6 +1909,12 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 		}
 		if (check_arg(action, arg, a2, sizeof(a2), NULL, 0) < 0 || strcmp(a2, arg) != 0) {
 			seterr(err, errlen, "rules database: rule %s: invalid action", tag);
+			r = -EINVAL;
+			break;
+		}
+		if (check_from(from, f2, sizeof(f2), NULL, 0) < 0 || strcmp(f2, from) != 0 ||
+		    (*from && strcmp(matcher, "all") == 0)) {
+			seterr(err, errlen, "rules database: rule %s: invalid sender matcher", tag);
 			r = -EINVAL;
 			break;
 		}
@@ -1825,6 +1955,25 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 		if (!ru->tag || !ru->key || !ru->dom || !ru->text) {
 			r = -ENOMEM;
 			break;
+		}
+		if (*from) {
+			size_t n = 1;
+			for (const char *c = from; *c; c++)
+				n += *c == ',';
+			if (!(ru->from = calloc(n, sizeof(*ru->from)))) {
+				r = -ENOMEM;
+				break;
+			}
+			for (const char *p = from; *p;) {
+				size_t l = strcspn(p, ",");
+				if (!(ru->from[ru->nfrom++] = strndup(p, l))) {
+					r = -ENOMEM;
+					break;
+				}
+				p += l + (p[l] == ',');
+			}
+			if (r < 0)
+				break;
 		}
 	}
 	if (r == 0 && rc != SQLITE_DONE)
@@ -2082,12 +2231,30 @@ static bool glob_match(const char *p, const char *s)
 	return *p == '\0';
 }
 
-/* The best rule for a folded address (key) whose local part is local. */
-static const struct rs_rule *match_rules(const struct mxf_ruleset *rs, const struct rs_domain *d,
-					 const char *key, const char *local)
+/* Whether the rule's sender matcher admits sender (folded; "" the null
+ * sender; NULL unknown, which no sender matcher admits). */
+static bool from_ok(const struct rs_rule *ru, const char *sender)
 {
-	const struct rs_rule *lit = NULL;
-	size_t lo = 0, hi = rs->nlit;
+	if (ru->nfrom == 0)
+		return true;
+	if (!sender)
+		return false;
+	for (size_t i = 0; i < ru->nfrom; i++) {
+		const char *p = ru->from[i];
+		if (*sender ? strcmp(p, "<>") != 0 && glob_match(p, sender) : strcmp(p, "<>") == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The best rule for a folded address (key) whose local part is local: the
+ * literal rules for key and the domain's wildcard rules matching local, in
+ * priority order (a literal first among equals, then the older rule), the
+ * first whose sender matcher admits sender. */
+static const struct rs_rule *match_rules(const struct mxf_ruleset *rs, const struct rs_domain *d,
+					 const char *key, const char *local, const char *sender)
+{
+	size_t lo = 0, hi = rs->nlit, wi = 0;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
 		if (strcmp(rs->lit[mid]->key, key) < 0)
@@ -2095,23 +2262,31 @@ static const struct rs_rule *match_rules(const struct mxf_ruleset *rs, const str
 		else
 			hi = mid;
 	}
-	if (lo < rs->nlit && strcmp(rs->lit[lo]->key, key) == 0)
-		lit = rs->lit[lo];
-	for (size_t i = 0; i < d->nwild; i++) {
-		const struct rs_rule *w = d->wild[i];
-		/* A literal rule goes first among equal priorities. */
-		if (lit && w->priority >= lit->priority)
-			break;
-		if (glob_match(w->key, local))
-			return w;
+	for (;;) {
+		const struct rs_rule *l =
+			lo < rs->nlit && strcmp(rs->lit[lo]->key, key) == 0 ? rs->lit[lo] : NULL;
+		while (wi < d->nwild && !glob_match(d->wild[wi]->key, local))
+			wi++;
+		const struct rs_rule *w = wi < d->nwild ? d->wild[wi] : NULL, *c;
+		if (!l && !w)
+			return NULL;
+		if (l && (!w || l->priority <= w->priority)) {
+			c = l;
+			lo++;
+		} else {
+			c = w;
+			wi++;
+		}
+		if (from_ok(c, sender))
+			return c;
 	}
-	return lit;
 }
 
-int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mxf_route *out)
+int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const char *sender,
+		       struct mxf_route *out)
 {
 	*out = (struct mxf_route){.kind = MXF_ROUTE_NO_DOMAIN, .tag = "", .text = ""};
-	char key[MXF_ADDR_SIZE], local[MXF_ADDR_SIZE];
+	char key[MXF_ADDR_SIZE], local[MXF_ADDR_SIZE], from[MXF_ADDR_SIZE];
 	size_t len = strlen(addr);
 	const char *at = strrchr(addr, '@');
 	if (len >= sizeof(key) || !at)
@@ -2123,10 +2298,17 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mx
 	const struct rs_domain *d = find_dom(rs, dom);
 	if (!d)
 		return 0;
+	/* Sender patterns compare ASCII-case-insensitively, domain as A-labels. */
+	if (sender && *sender) {
+		if (mxf_addr_normalize(sender, MXF_ADDR_UTF8, from, sizeof(from)) < 0)
+			snprintf(from, sizeof(from), "%s", sender);
+		lower_ascii(from);
+		sender = from;
+	}
 	out->kind = MXF_ROUTE_NO_RULE;
 	memcpy(local, key, llen);
 	local[llen] = '\0';
-	const struct rs_rule *ru = match_rules(rs, d, key, local);
+	const struct rs_rule *ru = match_rules(rs, d, key, local, sender);
 	if (!ru && d->subaddr && llen > 1) {
 		/* user+tag@d: the rules of user@d when none names it exactly. */
 		size_t cut = strcspn(local, rs->sep);
@@ -2134,7 +2316,7 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mx
 			char base[MXF_ADDR_SIZE];
 			local[cut] = '\0';
 			snprintf(base, sizeof(base), "%s@%s", local, dom);
-			ru = match_rules(rs, d, base, local);
+			ru = match_rules(rs, d, base, local, sender);
 		}
 	}
 	if (!ru)

@@ -51,6 +51,11 @@ struct mxf_rule_spec {
 	const char *name;
 	int priority;
 	bool disabled;
+	/* A second matcher, AND-ed with the first: the envelope sender, a
+	 * comma-separated list of patterns of which any may match ("<>" the null
+	 * sender; '*' any run of characters; ASCII-case-insensitive). NULL or "":
+	 * any sender. Not for the catch-all. */
+	const char *from;
 };
 int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *tag_out,
 			    char *err, size_t errlen);
@@ -74,6 +79,7 @@ struct mxf_rule_edit {
 	const char *name;
 	int priority; /* -1: keep */
 	int enabled;  /* -1: keep */
+	const char *from; /* NULL: keep; "": any sender */
 };
 int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struct mxf_rule_edit *e,
 			  char *err, size_t errlen);
@@ -131,6 +137,7 @@ struct mxf_rule_info {
 	const char *name;
 	int priority;
 	bool enabled;
+	const char *from; /* sender patterns, comma-separated; "" any sender */
 };
 int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 			  int (*cb)(const struct mxf_rule_info *r, void *arg), void *arg);
@@ -164,12 +171,15 @@ struct mxf_route {
 	bool refuse_unverified;   /* the domain refuses at RCPT rather than defer */
 	const char *text;         /* reject reason or worker program, else "" */
 };
-/* addr: a normalised "local@a-label" address. Evaluation: rules matching the
- * whole address (literal and wildcard, by priority, a literal first among
- * equals, then the older rule); with subaddressing on, then those matching
- * the address without its subaddress; then the catch-all. Pointers in out
- * live as long as rs. */
-int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, struct mxf_route *out);
+/* addr: a normalised "local@a-label" address; sender: the envelope sender
+ * ("" the null sender; NULL unknown: rules with a sender matcher do not
+ * match). Evaluation: rules matching the whole address (literal and
+ * wildcard, by priority, a literal first among equals, then the older rule)
+ * whose sender matcher (if any) admits the sender; with subaddressing on,
+ * then those matching the address without its subaddress; then the
+ * catch-all. Pointers in out live as long as rs. */
+int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const char *sender,
+		       struct mxf_route *out);
 size_t mxf_ruleset_count(const struct mxf_ruleset *rs);
 /* Whether a destination address is verified in this snapshot. */
 bool mxf_ruleset_dest_verified(const struct mxf_ruleset *rs, const char *addr);

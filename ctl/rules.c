@@ -589,22 +589,39 @@ int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 
 /* ---- rule / catch-all ---- */
 
+enum rule_cmd { RC_ADD, RC_EDIT, RC_CATCHALL };
+
 struct action_args {
-	const char *domain, *to, *match, *reject, *worker, *name;
-	char *forward;
-	bool drop, disabled;
-	int priority;
+	const char *first; /* DOMAIN (add, catchall set) or TAG|NAME (edit) */
+	const char *to, *match, *reject, *worker, *name;
+	/* Repeated --forward and --from accumulate: one or more actions of a
+	 * kind merge into one list, as one or more sender patterns do. */
+	char forward[MXF_ADDR_SIZE * 26], from[2048];
+	bool have_forward, have_from, drop, disabled, have_prio;
+	int priority, enabled; /* enabled: -1 keep (edit --enable / --disable) */
 };
 
-/* Parses DOMAIN [--to ADDRESS | --match PATTERN] (--forward LIST | --drop |
- * --reject TEXT | --worker PROGRAM) [--name N] [--priority P] [--disabled],
- * options in any order, "--opt VALUE" or "--opt=VALUE". */
-static int parse_action(int argc, char **argv, bool want_to, struct action_args *a)
+static int append_list(char *buf, size_t len, const char *val, const char *opt)
 {
-	static const char *const valued[] = {"to", "match", "forward", "reject", "worker",
-					     "name", "priority"};
-	*a = (struct action_args){0};
-	bool have_prio = false;
+	size_t o = strlen(buf);
+	if (o + strlen(val) + 2 > len)
+		return ctl_fail("%s: list too long", opt);
+	snprintf(buf + o, len - o, "%s%s", o ? "," : "", val);
+	return 0;
+}
+
+/* The one parser for rule add, rule edit and catchall set: FIRST [--to ADDRESS |
+ * --match PATTERN] [--from SENDERS]... (--forward LIST... | --drop | --reject TEXT |
+ * --worker PROGRAM) [--name N] [--priority P] [--disabled | --enable | --disable |
+ * --any-sender], options in any order, "--opt VALUE" or "--opt=VALUE"; which
+ * options a command takes is checked at the end. */
+static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_args *a)
+{
+	static const char *const valued[] = {"to",     "match", "forward",  "reject",
+					     "worker", "name",  "priority", "from"};
+	memset(a, 0, sizeof(*a));
+	a->enabled = -1;
+	bool any_sender = false;
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i];
 		const char *val = NULL, *opt = NULL;
@@ -638,38 +655,82 @@ static int parse_action(int argc, char **argv, bool want_to, struct action_args 
 					return ctl_usage();
 				*slot = val;
 			} else if (!strcmp(opt, "forward")) {
-				if (a->forward)
-					return ctl_usage();
-				a->forward = (char *)val;
+				a->have_forward = true;
+				if (append_list(a->forward, sizeof(a->forward), val, "--forward") != 0)
+					return CTL_REFUSED;
+			} else if (!strcmp(opt, "from")) {
+				a->have_from = true;
+				if (!*val)
+					return ctl_fail("--from needs a sender pattern");
+				if (append_list(a->from, sizeof(a->from), val, "--from") != 0)
+					return CTL_REFUSED;
 			} else {
 				char *end;
 				long pr = strtol(val, &end, 10);
-				if (have_prio || !*val || *end || pr < 0 || pr > 1000000)
+				if (a->have_prio || !*val || *end || pr < 0 || pr > 1000000)
 					return ctl_fail("--priority takes 0 to 1000000");
 				a->priority = (int)pr;
-				have_prio = true;
+				a->have_prio = true;
 			}
 		} else if (strcmp(arg, "--drop") == 0 && !a->drop) {
 			a->drop = true;
-		} else if (strcmp(arg, "--disabled") == 0 && !a->disabled && want_to) {
+		} else if (strcmp(arg, "--disabled") == 0 && !a->disabled && cmd == RC_ADD) {
 			a->disabled = true;
-		} else if (arg[0] != '-' && !a->domain) {
-			a->domain = arg;
+		} else if ((strcmp(arg, "--enable") == 0 || strcmp(arg, "--disable") == 0) &&
+			   a->enabled < 0 && cmd == RC_EDIT) {
+			a->enabled = strcmp(arg, "--enable") == 0;
+		} else if (strcmp(arg, "--any-sender") == 0 && !any_sender && cmd == RC_EDIT) {
+			any_sender = true;
+		} else if (arg[0] != '-' && !a->first) {
+			a->first = arg;
 		} else {
 			return ctl_usage();
 		}
 	}
-	int nact = !!a->forward + a->drop + !!a->reject + !!a->worker;
-	if (!a->domain || nact != 1)
+	int nact = a->have_forward + a->drop + !!a->reject + !!a->worker;
+	if (!a->first || nact > 1 || (a->to && a->match) || (any_sender && a->have_from))
 		return ctl_usage();
-	if (want_to ? (!a->to == !a->match) : (a->to || a->match || a->name || have_prio))
-		return ctl_usage();
-	return 0;
+	if (any_sender)
+		a->have_from = true; /* an empty list: any sender */
+	switch (cmd) {
+	case RC_ADD:
+		return nact == 1 && (a->to || a->match) ? 0 : ctl_usage();
+	case RC_CATCHALL:
+		return nact == 1 && !a->to && !a->match && !a->name && !a->have_prio &&
+				       !a->have_from
+			       ? 0
+			       : ctl_usage();
+	case RC_EDIT:
+		return argc > 1 ? 0 : ctl_usage();
+	}
+	return ctl_usage();
 }
 
 static const char *action_name(const struct action_args *a)
 {
-	return a->forward ? "forward" : a->drop ? "drop" : a->reject ? "reject" : "worker";
+	return a->have_forward ? "forward"
+	       : a->drop       ? "drop"
+	       : a->reject     ? "reject"
+	       : a->worker     ? "worker"
+			       : NULL;
+}
+
+/* Each comma-separated item of list, through emit. */
+static void each_item(const char *list, void (*emit)(const char *one, void *arg), void *arg)
+{
+	for (const char *p = list; *p;) {
+		size_t l = strcspn(p, ",");
+		char one[MXF_ADDR_SIZE];
+		snprintf(one, sizeof(one), "%.*s", (int)l, p);
+		emit(one, arg);
+		p += l + (p[l] == ',');
+	}
+}
+
+static void cj_item(const char *one, void *arg)
+{
+	(void)arg;
+	cj_str(NULL, one);
 }
 
 static void rule_json(const struct mxf_rule_info *r)
@@ -682,15 +743,12 @@ static void rule_json(const struct mxf_rule_info *r)
 	cj_bool("enabled", r->enabled);
 	cj_str("matcher", r->matcher);
 	cj_str("to", r->to);
+	cj_begin("from", true);
+	each_item(r->from, cj_item, NULL);
+	cj_end(true);
 	cj_str("action", r->action);
 	cj_begin("destinations", true);
-	for (const char *p = r->dests; *p;) {
-		size_t l = strcspn(p, ",");
-		char one[MXF_ADDR_SIZE];
-		snprintf(one, sizeof(one), "%.*s", (int)l, p);
-		cj_str(NULL, one);
-		p += l + (p[l] == ',');
-	}
+	each_item(r->dests, cj_item, NULL);
 	cj_end(true);
 	cj_str("argument", r->arg);
 	cj_end(false);
@@ -732,11 +790,12 @@ static int rule_list_cb(const struct mxf_rule_info *r, void *arg)
 		ctl_safe(dests, sizeof(dests), r->arg);
 	if (!dests[0])
 		snprintf(dests, sizeof(dests), "-");
-	char tag[80], name[512], prio[32];
+	char tag[80], name[512], prio[32], from[2048];
 	ctl_safe(name, sizeof(name), *r->name ? r->name : "-");
+	ctl_safe(from, sizeof(from), *r->from ? r->from : "*");
 	snprintf(prio, sizeof(prio), "%d", r->priority);
 	const char *cells[] = {ctl_safe(tag, sizeof(tag), r->tag), dom, name, prio, r->matcher, to,
-			       r->action, dests, r->enabled ? "yes" : "no"};
+			       from, r->action, dests, r->enabled ? "yes" : "no"};
 	ctl_table_add(t, cells);
 	return 0;
 }
@@ -749,9 +808,10 @@ static int rule_list(const struct mxf_config *cfg, const char *domain)
 		return ctl_fail("invalid domain name");
 	if (db_open(cfg, false, &db) != 0)
 		return CTL_REFUSED;
-	static const char *const hdr[] = {"TAG",    "DOMAIN", "NAME",		"PRIORITY", "MATCHER",
-					  "TO",     "ACTION", "DESTINATIONS", "ENABLED"};
-	struct ctl_table *t = ctl_table_new(9, hdr);
+	static const char *const hdr[] = {"TAG",  "DOMAIN", "NAME",	    "PRIORITY",
+					  "MATCHER", "TO",	  "FROM",	    "ACTION",
+					  "DESTINATIONS", "ENABLED"};
+	struct ctl_table *t = ctl_table_new(10, hdr);
 	if (ctl_json) {
 		cj_begin(NULL, false);
 		cj_begin("rules", true);
@@ -809,6 +869,8 @@ static int rule_show_cb(const struct mxf_rule_info *r, void *arg)
 		show_addr(b2, sizeof(b2), r->to);
 		printf("matcher:      %s %s\n", r->matcher, b2);
 	}
+	if (*r->from)
+		printf("from:         %s\n", ctl_safe(b1, sizeof(b1), r->from));
 	printf("action:       %s\n", r->action);
 	if (*r->dests)
 		printf("destinations: %s\n", ctl_safe(b1, sizeof(b1), r->dests));
@@ -867,77 +929,31 @@ static int rule_change(const struct mxf_config *cfg, const char *op, const char 
 	return CTL_OK;
 }
 
-/* rule edit TAG|NAME [--to A | --match P] [--forward L | --drop | --reject T |
- * --worker P] [--name N] [--priority P] [--enable | --disable] */
+/* rule edit TAG|NAME [--to A | --match P] [--from S... | --any-sender]
+ * [--forward L... | --drop | --reject T | --worker P] [--name N] [--priority P]
+ * [--enable | --disable] */
 static int rule_edit(const struct mxf_config *cfg, int argc, char **argv)
 {
-	const char *which = NULL, *to = NULL, *match = NULL, *reject = NULL, *worker = NULL;
-	char *forward = NULL;
-	struct mxf_rule_edit e = {.priority = -1, .enabled = -1};
-	bool drop = false, any = false;
-	for (int i = 0; i < argc; i++) {
-		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		const char **slot = NULL;
-		any = any || o[0] == '-';
-		if (strcmp(o, "--drop") == 0 && !drop) {
-			drop = true;
-			continue;
-		}
-		if ((strcmp(o, "--enable") == 0 || strcmp(o, "--disable") == 0) && e.enabled < 0) {
-			e.enabled = strcmp(o, "--enable") == 0;
-			continue;
-		}
-		if (o[0] != '-') {
-			if (which)
-				return ctl_usage();
-			which = o;
-			continue;
-		}
-		if (!v)
-			return ctl_usage();
-		i++;
-		if (strcmp(o, "--to") == 0)
-			slot = &to;
-		else if (strcmp(o, "--match") == 0)
-			slot = &match;
-		else if (strcmp(o, "--reject") == 0)
-			slot = &reject;
-		else if (strcmp(o, "--worker") == 0)
-			slot = &worker;
-		else if (strcmp(o, "--name") == 0)
-			slot = &e.name;
-		else if (strcmp(o, "--forward") == 0 && !forward)
-			forward = (char *)v;
-		else if (strcmp(o, "--priority") == 0 && e.priority < 0) {
-			char *end;
-			long pr = strtol(v, &end, 10);
-			if (!*v || *end || pr < 0 || pr > 1000000)
-				return ctl_fail("--priority takes 0 to 1000000");
-			e.priority = (int)pr;
-		} else
-			return ctl_usage();
-		if (slot) {
-			if (*slot)
-				return ctl_usage();
-			*slot = v;
-		}
-	}
-	int nact = !!forward + drop + !!reject + !!worker;
-	if (!which || !any || nact > 1 || (to && match))
-		return ctl_usage();
-	if (to || match) {
-		e.matcher = match ? "wildcard" : "literal";
-		e.to = match ? match : to;
+	struct action_args a;
+	int rc = parse_action(argc, argv, RC_EDIT, &a);
+	if (rc != 0)
+		return rc;
+	struct mxf_rule_edit e = {.priority = a.have_prio ? a.priority : -1,
+				  .enabled = a.enabled,
+				  .name = a.name,
+				  .from = a.have_from ? a.from : NULL};
+	if (a.to || a.match) {
+		e.matcher = a.match ? "wildcard" : "literal";
+		e.to = a.match ? a.match : a.to;
 	}
 	char **dests = NULL;
 	size_t n = 0;
-	if (forward && split_dests(forward, &dests, &n) != 0)
+	if (a.have_forward && split_dests(a.forward, &dests, &n) != 0)
 		return CTL_REFUSED;
-	if (nact) {
-		e.action = forward ? "forward" : drop ? "drop" : reject ? "reject" : "worker";
+	if ((e.action = action_name(&a))) {
 		e.dests = (const char *const *)dests;
 		e.ndest = n;
-		e.arg = reject ? reject : worker;
+		e.arg = a.reject ? a.reject : a.worker;
 	}
 	struct db db;
 	char err[512], safe[512];
@@ -945,18 +961,18 @@ static int rule_edit(const struct mxf_config *cfg, int argc, char **argv)
 		free(dests);
 		return CTL_REFUSED;
 	}
-	int r = mxf_rulesdb_rule_edit(db.h, which, &e, err, sizeof(err));
+	int r = mxf_rulesdb_rule_edit(db.h, a.first, &e, err, sizeof(err));
 	mxf_rulesdb_close(db.h);
 	free(dests);
 	if (r < 0)
 		return ctl_fail("%s", err);
 	if (ctl_json) {
 		cj_begin(NULL, false);
-		cj_str("rule", which);
+		cj_str("rule", a.first);
 		cj_str("result", "edited");
 		cj_end(false);
 	} else {
-		printf("rule %s edited\n", ctl_safe(safe, sizeof(safe), which));
+		printf("rule %s edited\n", ctl_safe(safe, sizeof(safe), a.first));
 	}
 	fflush(stdout);
 	reload_router(cfg);
@@ -979,12 +995,12 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 	if (argc < 1 || strcmp(argv[0], "add") != 0)
 		return ctl_usage();
 	struct action_args a;
-	int rc = parse_action(argc - 1, argv + 1, true, &a);
+	int rc = parse_action(argc - 1, argv + 1, RC_ADD, &a);
 	if (rc != 0)
 		return rc;
 	char **dests = NULL;
 	size_t n = 0;
-	if (a.forward && split_dests(a.forward, &dests, &n) != 0)
+	if (a.have_forward && split_dests(a.forward, &dests, &n) != 0)
 		return CTL_REFUSED;
 	struct db db;
 	char err[512], tag[33];
@@ -993,7 +1009,8 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 		return CTL_REFUSED;
 	}
 	struct mxf_rule_spec sp = {
-		.domain = a.domain,
+		.domain = a.first,
+		.from = a.from,
 		.matcher = a.match ? "wildcard" : "literal",
 		.to = a.match ? a.match : a.to,
 		.action = action_name(&a),
@@ -1055,12 +1072,12 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 	if (argc < 1 || strcmp(argv[0], "set") != 0)
 		return ctl_usage();
 	struct action_args a;
-	int rc = parse_action(argc - 1, argv + 1, false, &a);
+	int rc = parse_action(argc - 1, argv + 1, RC_CATCHALL, &a);
 	if (rc != 0)
 		return rc;
 	char **dests = NULL;
 	size_t n = 0;
-	if (a.forward && split_dests(a.forward, &dests, &n) != 0)
+	if (a.have_forward && split_dests(a.forward, &dests, &n) != 0)
 		return CTL_REFUSED;
 	struct db db;
 	char err[512];
@@ -1069,7 +1086,7 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 		return CTL_REFUSED;
 	}
 	struct mxf_rule_spec sp = {
-		.domain = a.domain,
+		.domain = a.first,
 		.matcher = "all",
 		.action = action_name(&a),
 		.dests = (const char *const *)dests,
@@ -1082,7 +1099,7 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 	if (r < 0)
 		return ctl_fail("%s", err);
 	char d[MXF_DOMAIN_MAX + 1], u[1024];
-	mxf_domain_to_ascii(a.domain, d, sizeof(d));
+	mxf_domain_to_ascii(a.first, d, sizeof(d));
 	show_domain(u, sizeof(u), d);
 	if (ctl_json) {
 		cj_begin(NULL, false);

@@ -145,6 +145,9 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 {
 	uint64_t req;
 	const char *addr = mxf_ipc_str(v, F_ADDR, 0);
+	/* The sender, for rules with a sender matcher; absent: unknown, and
+	 * such rules do not match. */
+	const char *sender = mxf_ipc_str(v, F_SENDER, 0);
 	char norm[MXF_ADDR_SIZE], text[MXF_ADDR_SIZE + 64], e1[MXF_ADDR_SIZE * 4];
 	struct mxf_route rt;
 
@@ -175,7 +178,9 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		log_r.action = "relay";
 		goto refuse;
 	}
-	if (mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
+	if (sender && !addr_clean(sender))
+		sender = NULL;
+	if (mxf_ruleset_lookup(R.rules, norm, sender, &rt) < 0)
 		rt.kind = MXF_ROUTE_NO_DOMAIN;
 	log_r.rule = (char *)rt.tag;
 	switch (rt.kind) {
@@ -497,7 +502,7 @@ static int add_routed(struct mxf_env *e, const char *rcpt)
 		int i = mxf_env_add_rcpt(e, norm, back, "", "relay");
 		return i < 0 ? i : 0;
 	}
-	if (mxf_ruleset_lookup(R.rules, norm, &rt) < 0)
+	if (mxf_ruleset_lookup(R.rules, norm, e->sender, &rt) < 0)
 		return -EINVAL;
 	if (rt.kind == MXF_ROUTE_DROP) {
 		int i = mxf_env_add_rcpt(e, norm, "", rt.tag, "drop");

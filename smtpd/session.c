@@ -754,7 +754,8 @@ static void rcpt_to_router(struct session *s)
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_RCPT_CHECK);
 	s->req = ++smtpd.next_req;
 	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0 ||
-	    mxf_ipc_put_str(m, F_ADDR, s->pending_rcpt) < 0) {
+	    mxf_ipc_put_str(m, F_ADDR, s->pending_rcpt) < 0 ||
+	    mxf_ipc_put_str(m, F_SENDER, s->sender) < 0) {
 		mxf_ipc_msg_free(m);
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 		return;

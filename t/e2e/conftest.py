@@ -5,6 +5,7 @@ a test starts is stopped by PID in the fixture's teardown, even on failure.
 """
 import email
 import email.policy
+import json
 import os
 import pwd
 import re
@@ -635,6 +636,10 @@ class Gateway:
         rc, out, err = self.ctl(*args)
         assert rc == 0, f"mxferryctl {' '.join(args)}: rc={rc} stdout={out!r} stderr={err!r}"
         return out
+
+    def ctl_json(self, *args):
+        """mxferryctl --json ARGS, exit 0, parsed."""
+        return json.loads(self.ctl_ok(*args, "--json"))
 
     def forward(self, address, *dests):
         """Domain (if new), verified destinations and a forward rule."""

@@ -143,6 +143,64 @@ def test_matchers_actions_priorities(routed):
     assert not by_msgid(sink, "<spam@sender.test>")
 
 
+def test_sender_matchers_and_several_actions(routed):
+    """A rule's matchers are AND-ed: the recipient and the envelope sender.
+    Several rules may name one address for different senders; several
+    --forward actions merge. Checked at RCPT and again at end of DATA."""
+    gw, sink = routed.gw, routed.dest
+    gw.ctl_ok("address", "add", "c@dest.test", "--verified")
+    vip = gw.ctl_ok("rule", "add", "gw.test", "--to", "boss@gw.test", "--from",
+                    "*@VIP.test", "--from", "ceo@bücher.test", "--forward", "a@dest.test",
+                    "--forward", "c@dest.test", "--name", "boss-vip").strip()
+    gw.ctl_ok("rule", "add", "gw.test", "--to", "boss@gw.test", "--forward", "b@dest.test",
+              "--priority", "5")
+    gw.ctl_ok("rule", "add", "gw.test", "--match", "*@gw.test", "--from", "*@spam.test",
+              "--reject", "No mail from spam.test")
+    gw.ctl_ok("rule", "add", "gw.test", "--to", "boss@gw.test", "--from", "<>", "--drop",
+              "--priority", "1")
+    # The same address and senders twice; a catch-all with a sender matcher.
+    rc, _, err = gw.ctl("rule", "add", "gw.test", "--to", "BOSS@gw.test", "--from",
+                        "ceo@xn--bcher-kva.test,*@vip.test", "--drop")
+    assert rc == 1 and "already exists" in err, err
+    rc, _, err = gw.ctl("rule", "add", "gw.test", "--to", "x@gw.test", "--from", "no-at",
+                        "--drop")
+    assert rc == 1 and "--from" in err, err
+    assert gw.ctl("catchall", "set", "gw.test", "--from", "*@a.test", "--drop")[0] == 2
+    shown = gw.ctl_json("rule", "show", vip)["rules"][0]
+    assert shown["from"] == ["*@vip.test", "ceo@xn--bcher-kva.test"], shown
+    assert shown["destinations"] == ["a@dest.test", "c@dest.test"], shown
+    assert "*@spam.test" in gw.ctl_ok("rule", "list")
+
+    code, text = rcpt(gw, "anyone@gw.test", mail_from="x@spam.test")
+    assert code == 550 and "No mail from spam.test" in text, (code, text)
+    code, text = rcpt(gw, "boss@gw.test", mail_from="X@Spam.Test")
+    assert code == 550, (code, text)
+    assert rcpt(gw, "anyone@gw.test", mail_from="x@ok.test")[0] == 550  # no catch-all
+    assert rcpt(gw, "boss@gw.test", mail_from="x@ok.test")[0] == 250
+
+    send(gw, "boss@gw.test", "<vip@vip.test>", mail_from="Someone@vip.TEST")
+    send(gw, "boss@gw.test", "<idn@buecher.test>", mail_from="ceo@xn--bcher-kva.test")
+    send(gw, "boss@gw.test", "<plain@ok.test>", mail_from="someone@ok.test")
+    assert sorted(wait_msgid(sink, "<vip@vip.test>").rcpt_tos) == ["a@dest.test", "c@dest.test"]
+    assert sorted(wait_msgid(sink, "<idn@buecher.test>").rcpt_tos) == ["a@dest.test",
+                                                                      "c@dest.test"]
+    assert wait_msgid(sink, "<plain@ok.test>").rcpt_tos == ["b@dest.test"]
+    # The null sender: the "<>" rule (priority 1) drops it.
+    q_null = send(gw, "boss@gw.test", "<null@x>", mail_from="")
+    gw.wait_activity(q_null, "dropped")
+
+    # Edit: the sender matcher replaced, then removed (a clash with the plain
+    # rule for the same address), live.
+    gw.ctl_ok("rule", "edit", vip, "--from", "*@other-vip.test")
+    send(gw, "boss@gw.test", "<vip2@vip.test>", mail_from="someone@vip.test")
+    assert wait_msgid(sink, "<vip2@vip.test>").rcpt_tos == ["b@dest.test"]
+    rc, _, err = gw.ctl("rule", "edit", vip, "--any-sender")
+    assert rc == 1 and "already exists" in err, err
+    audit = gw.ctl_json("audit")["entries"]
+    assert any(e["action"] == "rule.edit" and e["after"]["from"] == "*@other-vip.test"
+               for e in audit), audit
+
+
 def test_subaddressing(routed):
     gw, sink = routed.gw, routed.dest
     gw.ctl_ok("rule", "add", "gw.test", "--to", "user@gw.test", "--forward", "a@dest.test")

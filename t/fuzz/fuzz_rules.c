@@ -43,6 +43,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	must(mxf_rulesdb_rule_add(db, "gw.test", "\"q u\"@gw.test", "drop", NULL, 0, tag, err,
 				  sizeof(err)),
 	     "quoted rule", err);
+	/* One address, two rules: a sender-conditioned one first. */
+	struct mxf_rule_spec vip = {.domain = "gw.test", .matcher = "literal", .to = "sales@gw.test",
+				    .action = "forward", .dests = dests, .ndest = 1,
+				    .from = "*@vip.test,<>"};
+	must(mxf_rulesdb_rule_create(db, &vip, tag, err, sizeof(err)), "vip rule", err);
+	must(mxf_rulesdb_rule_add(db, "gw.test", "sales@gw.test", "drop", NULL, 0, tag, err,
+				  sizeof(err)),
+	     "sales rule", err);
 	must(mxf_rulesdb_catchall_set(db, "bücher.test", "forward", dests, 1, err, sizeof(err)),
 	     "catch-all", err);
 	must(mxf_ruleset_load(db, &rs, err, sizeof(err)), "load", err);
@@ -66,7 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct mxf_route rt, rt2;
 
 	/* The contract wants a normalised address; a raw one must still be safe. */
-	if (mxf_ruleset_lookup(rs, in, &rt) == 0) {
+	if (mxf_ruleset_lookup(rs, in, "", &rt) == 0) {
 		if (rt.kind == MXF_ROUTE_FORWARD || rt.kind == MXF_ROUTE_DROP)
 			FUZZ_CHECK(ours(in));
 		for (size_t i = 0; i < rt.ndest; i++)
@@ -74,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	char norm[MXF_ADDR_SIZE];
 	if (mxf_addr_normalize(in, MXF_ADDR_UTF8, norm, sizeof(norm)) == 0 &&
-	    mxf_ruleset_lookup(rs, norm, &rt) == 0) {
+	    mxf_ruleset_lookup(rs, norm, "", &rt) == 0) {
 		FUZZ_CHECK(rt.kind != MXF_ROUTE_NO_DOMAIN || !ours(norm));
 		if (rt.kind == MXF_ROUTE_FORWARD || rt.kind == MXF_ROUTE_DROP)
 			FUZZ_CHECK(ours(norm));
@@ -84,9 +92,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (i = 0; norm[i]; i++)
 			low[i] = (char)tolower((unsigned char)norm[i]);
 		low[i] = '\0';
-		FUZZ_CHECK(mxf_ruleset_lookup(rs, low, &rt2) == 0);
+		FUZZ_CHECK(mxf_ruleset_lookup(rs, low, "", &rt2) == 0);
 		FUZZ_CHECK(rt2.kind == rt.kind);
 	}
+	/* The input as the envelope sender: the conditioned rule or the plain one. */
+	FUZZ_CHECK(mxf_ruleset_lookup(rs, "sales@gw.test", in, &rt) == 0);
+	FUZZ_CHECK(rt.kind == (*in && !strchr(in, '@') ? MXF_ROUTE_DROP : rt.kind));
+	FUZZ_CHECK(rt.kind == (*in ? rt.kind : MXF_ROUTE_FORWARD));
+	FUZZ_CHECK(rt.kind == MXF_ROUTE_FORWARD || rt.kind == MXF_ROUTE_DROP);
 	free(in);
 	return 0;
 }

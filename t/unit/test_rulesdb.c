@@ -367,7 +367,7 @@ static void test_lookup(void **state)
 	/* Literal, local part case-insensitive. */
 	const char *forms[] = {"info@example.com", "INFO@example.com", "Info@example.com"};
 	for (size_t i = 0; i < 3; i++) {
-		assert_int_equal(mxf_ruleset_lookup(rs, forms[i], &rt), 0);
+		assert_int_equal(mxf_ruleset_lookup(rs, forms[i], "", &rt), 0);
 		assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 		assert_string_equal(rt.tag, t_fwd);
 		assert_int_equal(rt.ndest, 2);
@@ -375,42 +375,42 @@ static void test_lookup(void **state)
 		assert_string_equal(rt.dests[1], "two@dest.test");
 	}
 	/* Drop. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "spam@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "spam@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_DROP);
 	assert_string_equal(rt.tag, t_drop);
 	assert_int_equal(rt.ndest, 0);
 	/* Catch-all. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "whoever@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "whoever@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 	assert_int_equal(rt.ndest, 1);
 	assert_string_equal(rt.dests[0], "two@dest.test");
 	assert_int_equal(strlen(rt.tag), 32);
 	/* Not a prefix/suffix match. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com.evil", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com.evil", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
 	/* IDN domain by its A-label. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 	assert_string_equal(rt.tag, t_idn);
 	assert_int_equal(rt.ndest, 1);
-	assert_int_equal(mxf_ruleset_lookup(rs, "b@xn--bcher-kva.example", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "b@xn--bcher-kva.example", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
 	assert_string_equal(rt.tag, "");
 	/* Ours without rules nor catch-all; not ours. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "x@nocatch.example", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@nocatch.example", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
-	assert_int_equal(mxf_ruleset_lookup(rs, "x@dest.test", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@dest.test", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
-	assert_int_equal(mxf_ruleset_lookup(rs, "x@example.org", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@example.org", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
-	assert_int_equal(mxf_ruleset_lookup(rs, "no-at-sign", &rt), -EINVAL);
+	assert_int_equal(mxf_ruleset_lookup(rs, "no-at-sign", "", &rt), -EINVAL);
 	mxf_ruleset_free(rs);
 
 	/* Revoked verification: the destination stays in the route, flagged
 	 * unverified (the router defers or refuses it, never forwards). */
 	raw_exec(f->path, "UPDATE addresses SET verified = 0 WHERE email = 'dest@dest.test'");
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
-	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "info@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 	assert_int_equal(rt.ndest, 2);
 	assert_int_equal(rt.nverified, 1);
@@ -420,7 +420,7 @@ static void test_lookup(void **state)
 	assert_false(rt.refuse_unverified);
 	assert_false(mxf_ruleset_dest_verified(rs, "dest@dest.test"));
 	assert_true(mxf_ruleset_dest_verified(rs, "TWO@dest.test"));
-	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "a@xn--bcher-kva.example", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 	assert_int_equal(rt.nverified, 0);
 	assert_string_equal(rt.tag, t_idn);
@@ -431,10 +431,10 @@ static void test_lookup(void **state)
 	raw_exec(f->path, "UPDATE rules SET enabled = 0 WHERE match_to = 'spam@example.com'");
 	raw_exec(f->path, "UPDATE domains SET enabled = 0 WHERE name = 'nocatch.example'");
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
-	assert_int_equal(mxf_ruleset_lookup(rs, "spam@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "spam@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 	assert_string_equal(rt.dests[0], "two@dest.test");
-	assert_int_equal(mxf_ruleset_lookup(rs, "x@nocatch.example", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x@nocatch.example", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_NO_DOMAIN);
 	mxf_ruleset_free(rs);
 
@@ -551,25 +551,25 @@ static void test_model(void **state)
 	struct mxf_ruleset *rs;
 	struct mxf_route rt;
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
-	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_wild);
-	assert_int_equal(mxf_ruleset_lookup(rs, "SALES-x@Example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "SALES-x@Example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_wild);
-	assert_int_equal(mxf_ruleset_lookup(rs, "x-eu@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "x-eu@example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_wild2);
 	assert_int_equal(rt.kind, MXF_ROUTE_DROP);
-	assert_int_equal(mxf_ruleset_lookup(rs, "no@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "no@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
 	assert_string_equal(rt.text, "Go away???now");
-	assert_int_equal(mxf_ruleset_lookup(rs, "w@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "w@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_WORKER);
 	assert_string_equal(rt.text, "spamcheck");
 	/* Disabled: the catch-all (a reject here). */
-	assert_int_equal(mxf_ruleset_lookup(rs, "off@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "off@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
 	assert_string_equal(rt.text, "Nope");
 	/* Subaddressing off by default. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "user+tag@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user+tag@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
 	mxf_ruleset_free(rs);
 
@@ -584,19 +584,19 @@ static void test_model(void **state)
 						sizeof(err)),
 			 -ENOENT);
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
-	assert_int_equal(mxf_ruleset_lookup(rs, "user+tag@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user+tag@example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_sub);
-	assert_int_equal(mxf_ruleset_lookup(rs, "user-tag@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user-tag@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
 	/* The exact address first: sales-x+y matches the wildcard as a whole. */
-	assert_int_equal(mxf_ruleset_lookup(rs, "sales-x+y@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-x+y@example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_wild);
 	mxf_ruleset_free(rs);
 	struct mxf_ruleset_opts o = {.local_case_sensitive = true, .subaddr_sep = "-+"};
 	assert_int_equal(mxf_ruleset_load_opts(f->db, &o, &rs, err, sizeof(err)), 0);
-	assert_int_equal(mxf_ruleset_lookup(rs, "user-tag@EXAMPLE.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "user-tag@EXAMPLE.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_sub);
-	assert_int_equal(mxf_ruleset_lookup(rs, "USER@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "USER@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
 	mxf_ruleset_free(rs);
 
@@ -626,9 +626,9 @@ static void test_model(void **state)
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
 	assert_string_equal(mxf_ruleset_nexthop(rs, "dest.test"), "relay.example:25");
 	assert_null(mxf_ruleset_nexthop(rs, "other.test"));
-	assert_int_equal(mxf_ruleset_lookup(rs, "off@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "off@example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_dis);
-	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", "", &rt), 0);
 	assert_string_equal(rt.tag, t_wild);
 	assert_true(rt.refuse_unverified);
 	assert_int_equal(rt.nverified, 0);
@@ -647,9 +647,103 @@ static void test_model(void **state)
 
 /* A version-1 database (the walking skeleton's) migrates with its rules and
  * destinations intact. */
+/* Issue 4: a rule's second matcher, the envelope sender, AND-ed with the
+ * recipient matcher; several rules for one address, each for other senders. */
+static void test_sender_matcher(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	const char *one[] = {"dest@dest.test"}, *two[] = {"two@dest.test"};
+	char t_vip[33], t_plain[33], t_null[33], t_spam[33];
+	struct mxf_rule_spec sp = {.domain = "example.com", .matcher = "literal",
+				   .to = "boss@example.com", .action = "forward", .dests = two,
+				   .ndest = 1, .from = " *@VIP.example , ceo@bücher.example "};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_vip, err, sizeof(err)), 0);
+	/* The same address and senders again: a duplicate. */
+	sp.from = "*@vip.example,ceo@xn--bcher-kva.example";
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EEXIST);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "boss@example.com", .action = "forward", .dests = one,
+				    .ndest = 1, .priority = 5};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_plain, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "boss@example.com", .action = "drop", .from = "<>",
+				    .priority = 9};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_null, err, sizeof(err)), 0);
+	/* Anything from a spam domain to any address: a wildcard with --from. */
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "*@example.com", .action = "reject", .arg = "No spam",
+				    .from = "*@spam.example"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_spam, err, sizeof(err)), 0);
+	/* Invalid sender patterns, and none on a catch-all. */
+	const char *bad[] = {"nobody", "a b@x.example", "<x@y>", "*@", ",", "a@b..c"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+					    .to = "z@example.com", .action = "drop", .from = bad[i]};
+		assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)),
+				 -EINVAL);
+	}
+	sp = (struct mxf_rule_spec){.domain = "example.com", .action = "drop", .from = "*"};
+	assert_int_equal(mxf_rulesdb_catchall_put(f->db, &sp, err, sizeof(err)), -EINVAL);
+
+	struct mxf_ruleset *rs;
+	struct mxf_route rt;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	/* The conditioned rule (priority 0) for its senders, case-insensitively,
+	 * the IDN sender domain as U-label or A-label... */
+	const char *vip[] = {"a@vip.example", "A@VIP.Example", "ceo@bücher.example",
+			     "CEO@xn--bcher-kva.example"};
+	for (size_t i = 0; i < 4; i++) {
+		assert_int_equal(mxf_ruleset_lookup(rs, "boss@example.com", vip[i], &rt), 0);
+		assert_string_equal(rt.tag, t_vip);
+		assert_string_equal(rt.dests[0], "two@dest.test");
+	}
+	/* ... the next rule in priority order for everyone else ... */
+	assert_int_equal(mxf_ruleset_lookup(rs, "boss@example.com", "x@other.example", &rt), 0);
+	assert_string_equal(rt.tag, t_plain);
+	/* ... and an unknown sender only matches unconditioned rules. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "boss@example.com", NULL, &rt), 0);
+	assert_string_equal(rt.tag, t_plain);
+	/* The null sender: the plain rule (priority 5) before the "<>" one (9). */
+	assert_int_equal(mxf_ruleset_lookup(rs, "boss@example.com", "", &rt), 0);
+	assert_string_equal(rt.tag, t_plain);
+	/* The spam wildcard (priority 0) wins over the literal of priority 5,
+	 * and applies to any recipient of the domain. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "boss@example.com", "x@spam.example", &rt), 0);
+	assert_string_equal(rt.tag, t_spam);
+	assert_int_equal(rt.kind, MXF_ROUTE_REJECT);
+	assert_int_equal(mxf_ruleset_lookup(rs, "nobody@example.com", "x@spam.example", &rt), 0);
+	assert_string_equal(rt.tag, t_spam);
+	assert_int_equal(mxf_ruleset_lookup(rs, "nobody@example.com", "x@ok.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	mxf_ruleset_free(rs);
+
+	/* Editing: the plain rule gets "<>" too, then the "<>" rule clashes... */
+	struct mxf_rule_edit e = {.priority = -1, .enabled = -1, .from = "<>"};
+	assert_int_equal(mxf_rulesdb_rule_edit(f->db, t_plain, &e, err, sizeof(err)), -EEXIST);
+	/* ... the conditioned rule loses its condition: a clash with the plain one. */
+	e.from = "";
+	assert_int_equal(mxf_rulesdb_rule_edit(f->db, t_vip, &e, err, sizeof(err)), -EEXIST);
+	e.from = "*@vip.example";
+	assert_int_equal(mxf_rulesdb_rule_edit(f->db, t_vip, &e, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "boss@example.com", "ceo@bücher.example", &rt), 0);
+	assert_string_equal(rt.tag, t_plain);
+	mxf_ruleset_free(rs);
+
+	/* A row that the write checks would refuse fails the whole load. */
+	mxf_rulesdb_close(f->db);
+	f->db = NULL;
+	raw_exec(f->path, "UPDATE rules SET match_from = 'Bad Pattern' WHERE matcher = 'wildcard'");
+	assert_int_equal(mxf_rulesdb_open(f->path, false, &f->db, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "sender matcher"));
+}
+
 static void test_migrate_v1(void **state)
 {
 	struct fx *f = *state;
+	int latest = user_version(f->path);
 	char tag[33];
 	populate(f->db);
 	assert_int_equal(mxf_rulesdb_rule_add(f->db, "example.com", "a@example.com", "forward",
@@ -676,11 +770,11 @@ static void test_migrate_v1(void **state)
 		 "PRAGMA user_version = 1; COMMIT;");
 	assert_int_equal(user_version(f->path), 1);
 	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
-	assert_int_equal(user_version(f->path), 3);
+	assert_int_equal(user_version(f->path), latest);
 	struct mxf_ruleset *rs;
 	struct mxf_route rt;
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
-	assert_int_equal(mxf_ruleset_lookup(rs, "a@example.com", &rt), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "a@example.com", "", &rt), 0);
 	assert_int_equal(rt.kind, MXF_ROUTE_FORWARD);
 	assert_string_equal(rt.tag, tag);
 	assert_int_equal(rt.ndest, 1);
@@ -775,6 +869,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lookup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_load_validates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sender_matcher, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
 	};
