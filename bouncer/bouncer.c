@@ -39,7 +39,8 @@ struct job {
 	char *dsn;
 	size_t dsn_len;
 	char new_qid[MXF_QID_SIZE];
-	bool delay; /* a delay warning, not a bounce */
+	bool delay;   /* a delay warning, not a bounce */
+	bool relayed; /* a success notice (NOTIFY=SUCCESS to a host without DSN) */
 };
 
 static struct mxf_config *cfg;
@@ -152,7 +153,7 @@ static void on_commit_reply(struct job *j, const struct mxf_ipc_view *v)
 	}
 	char s[600];
 	mxf_info("%s: sender %s notification: %s, to=<%s>", j->qid,
-		 j->delay ? "delay" : "non-delivery", j->new_qid,
+		 j->delay ? "delay" : j->relayed ? "success" : "non-delivery", j->new_qid,
 		 mxf_log_escape(s, sizeof(s), j->sender, strlen(j->sender)));
 	send_done(j->bounce_req, j->qid, 250, j->new_qid);
 	job_unlink(j);
@@ -222,9 +223,10 @@ static void on_bounce(const struct mxf_ipc_view *v, int fd)
 		hlen = mxf_dsn_header_len(headers, clen, clen);
 	const char *action = mxf_ipc_str(v, F_ACTION, 0);
 	j->delay = action && strcmp(action, "delayed") == 0;
+	j->relayed = action && strcmp(action, "relayed") == 0;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t t = 0;
-		rc[i].action = j->delay ? "delayed" : NULL;
+		rc[i].action = j->delay ? "delayed" : j->relayed ? "relayed" : NULL;
 		const char *oc = mxf_ipc_count(v, F_ORCPT) == n ? mxf_ipc_str(v, F_ORCPT, i) : NULL;
 		rc[i].orig_rcpt = oc && *oc ? oc : NULL;
 		if (mxf_ipc_count(v, F_LAST_ATTEMPT) == n && mxf_ipc_u64(v, F_LAST_ATTEMPT, i, &t) == 0)

@@ -18,6 +18,7 @@
 static const char *const status_names[] = {
 	[MXF_RS_PENDING] = "pending", [MXF_RS_DEFERRED] = "deferred", [MXF_RS_SENT] = "sent",
 	[MXF_RS_FAILED] = "failed",   [MXF_RS_BOUNCED] = "bounced",   [MXF_RS_DROPPED] = "dropped",
+	[MXF_RS_RELAYED] = "relayed",
 };
 #define NSTATUS (sizeof(status_names) / sizeof(status_names[0]))
 

@@ -40,6 +40,8 @@ enum mxf_rcpt_status {
 	MXF_RS_FAILED,      /* permanent failure, bounce still owed */
 	MXF_RS_BOUNCED,     /* permanent failure, bounce queued (or none owed) */
 	MXF_RS_DROPPED,     /* the rule said drop */
+	MXF_RS_RELAYED,     /* delivered to a host without DSN; a success notice still owed
+	                       (NOTIFY=SUCCESS, RFC 3461 4.1); then SENT */
 };
 
 struct mxf_env_rcpt {

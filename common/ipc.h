@@ -47,7 +47,7 @@ enum mxf_ipc_type {
 	                             F_RIDX* and F_RCPT* (parallel lists), F_HEADERS; fd (O_RDONLY content) */
 	MXF_MSG_DELIVER_RESULT,   /* deliverd->r: F_REQ, F_QID, F_RIDX*, F_CODE*, F_ESC*, F_TEXT*,
 	                             F_RELAY* (parallel lists, one entry per recipient; all u64
-	                             except the strings F_ESC, F_TEXT, F_RELAY) */
+	                             except the strings F_ESC, F_TEXT, F_RELAY) [, F_PEER_DSN] */
 	MXF_MSG_BOUNCE,           /* r->bouncer: F_REQ, F_QID, F_SENDER (original), F_RCPT*, F_CODE*,
 	                             F_ESC*, F_TEXT*, F_RELAY* (parallel lists); fd (O_RDONLY content)
 	                             [, F_ORCPT*, F_LAST_ATTEMPT* (parallel too), F_RET, F_ENVID,
@@ -80,7 +80,9 @@ enum mxf_ipc_tag {
 	F_COUNT, /* QUEUE_CTL_REPLY: u64 */
 	F_MSGID, /* DSN_PARSE_REPLY: Message-ID of the returned message */
 	F_LAST_ATTEMPT, /* BOUNCE: u64 unix seconds per F_RCPT (0: never tried) */
-	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "" */
+	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "";
+		     BOUNCE: "delayed" or "relayed" (a success notice), absent for failures */
+	F_PEER_DSN, /* DELIVER_RESULT: u64 1 when the host that took the message offered DSN */
 	F_TAG_MAX
 };
 

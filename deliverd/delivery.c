@@ -1075,6 +1075,7 @@ static enum txn_rc transact(struct dlv_job *j, struct conn *c, struct body *b, b
 	if (!open || !settled)
 		mxf_fatal("out of memory");
 	c->uses++;
+	j->peer_dsn = c->dsn;
 	snprintf(j->relay, sizeof(j->relay), "%s", c->relay);
 	snprintf(j->info, sizeof(j->info), "family=%s, tls=%s, conn_use=%u",
 		 c->family == AF_INET6 ? "ipv6" : "ipv4", c->tls[0] ? c->tls : "none", c->uses);
@@ -1400,6 +1401,7 @@ void dlv_run(struct dlv_job *j)
 
 	snprintf(j->relay, sizeof(j->relay), "none");
 	j->info[0] = '\0';
+	j->peer_dsn = false;
 	for (size_t i = 0; i < j->nrcpt; i++)
 		set_result(&j->rcpt[i], 451, "4.3.0", "internal error: no result");
 	int br = body_scan(&b);

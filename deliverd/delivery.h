@@ -65,6 +65,9 @@ struct dlv_job {
 	 * the last one tried, or "none"; and what the log line adds to it. */
 	char relay[DLV_RELAY_SIZE];
 	char info[256]; /* "family=ipv6, tls=TLSv1.3/..., conn_use=2" */
+	/* The host that took the transaction offered DSN, so the recipients'
+	 * NOTIFY went on with them and success notices are its business. */
+	bool peer_dsn;
 };
 
 /* Reads the settings (copied) and creates the TLS client context: call once

@@ -187,6 +187,8 @@ static void after_work_cb(uv_work_t *w, int status)
 		rc = mxf_ipc_put_u64(m, F_REQ, jb->req);
 	if (rc == 0)
 		rc = mxf_ipc_put_str(m, F_QID, d->qid);
+	if (rc == 0)
+		rc = mxf_ipc_put_u64(m, F_PEER_DSN, d->peer_dsn ? 1 : 0);
 	for (size_t i = 0; i < d->nrcpt && rc == 0; i++) {
 		struct dlv_rcpt *r = &d->rcpt[i];
 		rc = mxf_ipc_put_u64(m, F_RIDX, r->ridx);

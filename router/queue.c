@@ -26,6 +26,13 @@
 #define BOUNCE_RETRY 60    /* seconds before retrying a bounce that could not be queued */
 #define NBUCKET 4096
 
+/* The notifications the bouncer makes for a message (RFC 3464 Action). */
+enum bounce_kind {
+	BK_FAILED,  /* FAILED recipients: a bounce */
+	BK_DELAYED, /* DEFERRED recipients that want it: a delay warning, no state change */
+	BK_RELAYED, /* RELAYED recipients: a success notice (NOTIFY=SUCCESS, peer without DSN) */
+};
+
 struct qmsg {
 	struct qmsg *next, *prev; /* every message */
 	struct qmsg *hnext;       /* hash chain */
@@ -38,7 +45,7 @@ struct qmsg {
 	uint64_t bounce_req;
 	struct peer *bounce_peer;
 	int64_t bounce_after; /* no bounce attempt before this time */
-	bool bounce_delay;    /* the bounce in flight is a delay warning */
+	enum bounce_kind bounce_kind; /* what the notification in flight is */
 	bool delay_warned;    /* one was sent (in memory: a restart may send another) */
 	int64_t wake;         /* 0, or when to look at this message again */
 	bool held;            /* mxferryctl queue hold: nothing is delivered until released */
@@ -343,7 +350,7 @@ static void log_result(const struct qmsg *m, const struct mxf_env_rcpt *r, const
 /* Delivery could not even be attempted (no content fd, internal error):
  * a temporary failure for the job's recipients. */
 static void apply_one(struct qmsg *m, size_t i, unsigned code, const char *ecode,
-		      const char *text, const char *relay);
+		      const char *text, const char *relay, bool peer_dsn);
 
 static void job_finish(struct job *j)
 {
@@ -358,7 +365,7 @@ static void job_fail_local(struct job *j, const char *why)
 {
 	struct qmsg *m = j->m;
 	for (size_t k = 0; k < j->n; k++)
-		apply_one(m, j->ridx[k], 451, "4.3.0", why, "");
+		apply_one(m, j->ridx[k], 451, "4.3.0", why, "", false);
 	msg_save(m);
 	job_finish(j);
 	if (m->jobs == 0)
@@ -548,10 +555,10 @@ static bool notify_has(const char *notify, const char *what)
 	return false;
 }
 
-/* Asks the bouncer for a DSN: for the FAILED recipients, or (delay) a delay
- * warning for the DEFERRED recipients that want one. */
-static bool send_bounce(struct qmsg *m, bool delay)
+/* Asks the bouncer for a DSN of kind (enum bounce_kind). */
+static bool send_bounce(struct qmsg *m, enum bounce_kind kind)
 {
+	bool delay = kind == BK_DELAYED, relayed = kind == BK_RELAYED;
 	struct peer *p = peer_find_role(ROLE_BOUNCER);
 	if (!p)
 		return false;
@@ -570,27 +577,35 @@ static bool send_bounce(struct qmsg *m, bool delay)
 		       (r = mxf_ipc_put_str(msg, F_RET, e->ret)) < 0 ||
 		       (r = mxf_ipc_put_str(msg, F_ENVID, e->envid)) < 0 ||
 		       (r = mxf_ipc_put_str(msg, F_PROTO, e->proto)) < 0 ||
-		       (delay && (r = mxf_ipc_put_str(msg, F_ACTION, "delayed")) < 0)))
+		       (delay && (r = mxf_ipc_put_str(msg, F_ACTION, "delayed")) < 0) ||
+		       (relayed && (r = mxf_ipc_put_str(msg, F_ACTION, "relayed")) < 0)))
 		goto out;
 	size_t added = 0;
 	int64_t now = now_s();
 	for (size_t i = 0; i < e->nrcpt && r == 0; i++) {
 		const struct mxf_env_rcpt *rc = &e->rcpt[i];
-		if (delay ? rc->status != MXF_RS_DEFERRED || !notify_has(rc->notify, "DELAY")
-			  : rc->status != MXF_RS_FAILED)
+		if (delay     ? rc->status != MXF_RS_DEFERRED || !notify_has(rc->notify, "DELAY")
+		    : relayed ? rc->status != MXF_RS_RELAYED
+			      : rc->status != MXF_RS_FAILED)
 			continue;
 		unsigned code;
 		char ecode[32], text[512];
 		const char *t;
 		split_reply(rc->reply, &code, ecode, sizeof(ecode), &t);
-		if (code < 400 || code > 599)
+		if (relayed) {
+			if (code < 200 || code > 299)
+				code = 250;
+			if (ecode[0] != '2')
+				snprintf(ecode, sizeof(ecode), "2.0.0");
+		} else if (code < 400 || code > 599) {
 			code = delay ? 451 : 550;
+		}
 		/* A temporary failure that became final did so because the
 		 * message outlived max_queue_lifetime: 4.4.7 (RFC 3463), the
 		 * last reply stays in the diagnostic. */
 		if (delay && !ecode[0])
 			snprintf(ecode, sizeof(ecode), "4.0.0");
-		else if (!delay && (code < 500 || !ecode[0]))
+		else if (!delay && !relayed && (code < 500 || !ecode[0]))
 			snprintf(ecode, sizeof(ecode), "%s", code < 500 ? "4.4.7" : "5.0.0");
 		snprintf(text, sizeof(text), "%s", t);
 		const char *to = *rc->dest ? rc->dest : rc->orig;
@@ -627,7 +642,7 @@ out:
 		return false;
 	}
 	m->bounce_inflight = true;
-	m->bounce_delay = delay;
+	m->bounce_kind = kind;
 	m->bounce_req = req;
 	m->bounce_peer = p;
 	return true;
@@ -674,7 +689,8 @@ static void msg_run(struct qmsg *m)
 		if (due && strcmp(r->action, "forward") == 0 &&
 		    !mxf_ruleset_dest_verified(R.rules, r->dest)) {
 			apply_one(m, i, 451, "4.7.1",
-				  "unverified destination: not forwarded until it is verified", "");
+				  "unverified destination: not forwarded until it is verified", "",
+				  false);
 			changed = true;
 		}
 	}
@@ -744,11 +760,22 @@ static void msg_run(struct qmsg *m)
 			msg_save(m);
 		if (!dsn_owed) {
 			/* nothing owed */
-		} else if (now >= m->bounce_after && send_bounce(m, false)) {
+		} else if (now >= m->bounce_after && send_bounce(m, BK_FAILED)) {
 			return; /* BOUNCE_DONE brings us back */
 		} else {
 			bounce_wait = true;
 		}
+	}
+	/* Success notices owed (NOTIFY=SUCCESS to a host without DSN), after
+	 * any bounce: each recipient's state moves to SENT only once the
+	 * bouncer has queued the notice, so a crash in between re-sends it. */
+	bool relayed = false;
+	for (size_t i = 0; i < e->nrcpt && !bounce_wait; i++)
+		relayed = relayed || e->rcpt[i].status == MXF_RS_RELAYED;
+	if (relayed) {
+		if (now >= m->bounce_after && send_bounce(m, BK_RELAYED))
+			return; /* BOUNCE_DONE brings us back */
+		bounce_wait = true;
 	}
 	int64_t dw = mxf_config_int(R.cfg, "bouncer", "delay_warning_time");
 	if (deferred && !bounce_wait && dw > 0 && !m->delay_warned && now - e->arrival >= dw) {
@@ -758,7 +785,7 @@ static void msg_run(struct qmsg *m)
 			any = e->rcpt[i].status == MXF_RS_DEFERRED && notify_has(e->rcpt[i].notify, "DELAY");
 		if (!any)
 			m->delay_warned = true;
-		else if (now >= m->bounce_after && send_bounce(m, true))
+		else if (now >= m->bounce_after && send_bounce(m, BK_DELAYED))
 			return; /* BOUNCE_DONE brings us back */
 		else
 			bounce_wait = true;
@@ -792,7 +819,7 @@ static int64_t backoff(const struct mxf_env_rcpt *r)
 }
 
 static void apply_one(struct qmsg *m, size_t i, unsigned code, const char *ecode,
-		      const char *text, const char *relay)
+		      const char *text, const char *relay, bool peer_dsn)
 {
 	struct mxf_env *e = m->env;
 	struct mxf_env_rcpt *r = &e->rcpt[i];
@@ -811,7 +838,12 @@ static void apply_one(struct qmsg *m, size_t i, unsigned code, const char *ecode
 	mxf_env_set(&r->relay, relay);
 	r->attempts++;
 	if (code / 100 == 2) {
-		r->status = MXF_RS_SENT;
+		/* NOTIFY=SUCCESS that the host cannot take on: we owe the sender
+		 * an "Action: relayed" notice (RFC 3461 4.1). Never for our own
+		 * notifications or the null sender. */
+		bool notice = !peer_dsn && *r->notify && notify_has(r->notify, "SUCCESS") &&
+			      *e->sender && strcmp(e->origin, "bouncer") != 0;
+		r->status = notice ? MXF_RS_RELAYED : MXF_RS_SENT;
 		log_result(m, r, "sent", dsn);
 		activity_add(e, r, NULL, "forwarded", relay, reply);
 	} else if (code / 100 == 4 && now - e->arrival < R.lifetime) {
@@ -862,6 +894,10 @@ int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v)
 	const char *relay = mxf_ipc_str(v, F_RELAY, 0);
 	if (!relay)
 		relay = "";
+	uint64_t peer_dsn = 0;
+	if (mxf_ipc_count(v, F_PEER_DSN) && (mxf_ipc_u64(v, F_PEER_DSN, 0, &peer_dsn) < 0 ||
+					     peer_dsn > 1))
+		return -1;
 	struct qmsg *m = j->m;
 	inflight_remove(j);
 	p->jobs--;
@@ -869,12 +905,12 @@ int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v)
 		uint64_t code;
 		mxf_ipc_u64(v, F_CODE, i, &code);
 		apply_one(m, j->ridx[pos[i]], (unsigned)code, mxf_ipc_str(v, F_ESC, i),
-			  mxf_ipc_str(v, F_TEXT, i), relay);
+			  mxf_ipc_str(v, F_TEXT, i), relay, peer_dsn != 0);
 	}
 	for (size_t k = 0; k < j->n; k++)
 		if (!seen[k])
 			apply_one(m, j->ridx[k], 451, "4.3.0", "no result from the delivery agent",
-				  relay);
+				  relay, peer_dsn != 0);
 	msg_save(m);
 	job_finish(j);
 	if (m->jobs == 0)
@@ -896,9 +932,31 @@ int queue_bounce_done(struct peer *p, const struct mxf_ipc_view *v)
 	const char *bqid = mxf_ipc_str(v, F_BOUNCE_QID, 0);
 	m->bounce_inflight = false;
 	m->bounce_peer = NULL;
-	if (m->bounce_delay) {
+	if (m->bounce_kind == BK_RELAYED) {
+		/* 2xx: the notice is queued; 5xx: the bouncer will never make it.
+		 * Either way the recipient is delivered and final. */
+		m->bounce_kind = BK_FAILED;
+		if (code / 100 == 2 || code / 100 == 5) {
+			if (code / 100 == 2)
+				mxf_info("%s: sender success notification: %s", e->qid,
+					 bqid && mxf_qid_valid(bqid) ? bqid : "?");
+			else
+				mxf_err("%s: the bouncer gave up on the success notice (code %llu)",
+					e->qid, (unsigned long long)code);
+			for (size_t i = 0; i < e->nrcpt; i++)
+				if (m->bouncing[i])
+					e->rcpt[i].status = MXF_RS_SENT;
+			msg_save(m);
+		} else {
+			m->bounce_after = now_s() + BOUNCE_RETRY;
+		}
+		memset(m->bouncing, 0, e->nrcpt * sizeof(bool));
+		msg_run(m);
+		return 0;
+	}
+	if (m->bounce_kind == BK_DELAYED) {
 		/* A delay warning changes no recipient's state. */
-		m->bounce_delay = false;
+		m->bounce_kind = BK_FAILED;
 		if (code / 100 == 2 || code / 100 == 5) {
 			m->delay_warned = true;
 			if (code / 100 == 2)
@@ -953,7 +1011,8 @@ void queue_bouncer_up(struct peer *p)
 		if (m->jobs || m->bounce_inflight || m->held)
 			continue;
 		for (size_t i = 0; i < m->env->nrcpt; i++) {
-			if (m->env->rcpt[i].status == MXF_RS_FAILED) {
+			if (m->env->rcpt[i].status == MXF_RS_FAILED ||
+			    m->env->rcpt[i].status == MXF_RS_RELAYED) {
 				m->bounce_after = 0;
 				m->wake = now;
 				break;
@@ -990,7 +1049,7 @@ void queue_peer_gone(struct peer *p)
 			if (!m->bounce_inflight || m->bounce_peer != p)
 				continue;
 			m->bounce_inflight = false;
-			m->bounce_delay = false;
+			m->bounce_kind = BK_FAILED;
 			m->bounce_peer = NULL;
 			memset(m->bouncing, 0, m->env->nrcpt * sizeof(bool));
 			m->bounce_after = now + BOUNCE_RETRY;
@@ -1346,7 +1405,8 @@ void queue_recover(void)
 			for (size_t i = 0; i < m->env->nrcpt; i++) {
 				const struct mxf_env_rcpt *rc = &m->env->rcpt[i];
 				int64_t t = rc->status == MXF_RS_DEFERRED ? rc->next_try
-					    : rc->status == MXF_RS_PENDING || rc->status == MXF_RS_FAILED
+					    : rc->status == MXF_RS_PENDING || rc->status == MXF_RS_FAILED ||
+							      rc->status == MXF_RS_RELAYED
 						    ? now
 						    : 0;
 				if (t && (!w || t < w))

@@ -297,3 +297,66 @@ def test_upstream_bounce_to_srs_flips_activity(dns_server, sinks, gateway):
     wait_until(lambda: re.search(sq + r": delivery report for " + qid + r" with action=delivered",
                                  gw.log_text()), 10, what="success report not counted")
     assert len([r for r in gw.activity(qid) if r["status"] == "bounced"]) == 1
+
+
+def test_notify_success_relayed_when_peer_lacks_dsn(dns_server, sinks, gateway):
+    """NOTIFY=SUCCESS (RFC 3461 4.1): a host that offers DSN takes the request
+    on, so we send nothing; one without DSN (the aiosmtpd sink) cannot, so
+    the sender gets an "Action: relayed" notice from us once delivered. Never
+    for NOTIFY without SUCCESS, never to the null sender."""
+    from test_delivery import RawServer, dsn_peer_talk
+    w = bounce_world(dns_server, sinks, gateway)
+    gw = w.gw
+    q_ok = send_dsn(gw, "alice@sender.test", "info@gw.test",
+                    make_message("alice@sender.test", "info@gw.test", msgid="<succ@s.test>"),
+                    mail_opts=["ENVID=succ1"], rcpt_opts=["NOTIFY=SUCCESS,FAILURE"])
+    [fwd] = w.dest.wait_for(1, timeout=20)
+    [n] = w.sender_mx.wait_for(1, timeout=30)
+    assert n.mail_from == "" and n.rcpt_tos == ["alice@sender.test"]
+    msg, blocks, third = report(n)
+    assert "Successful" in msg["Subject"], msg["Subject"]
+    permsg, rc = blocks[0], blocks[1]
+    assert permsg["Original-Envelope-Id"] == "succ1"
+    assert rc["Action"] == "relayed", rc.items()
+    assert rc["Status"].startswith("2."), rc.items()
+    assert rc["Final-Recipient"] == "rfc822; bob@dest.test"
+    assert rc["Original-Recipient"] == "rfc822; info@gw.test"
+    assert rc["Remote-MTA"] == "dns; mx1.dest.test"
+    assert third.get_content_type() == "text/rfc822-headers"
+    assert "<succ@s.test>" in third.get_payload()
+    gw.wait_activity(q_ok, "forwarded")
+    wait_until(lambda: re.search(q_ok + r": sender success notification: ", gw.log_text()), 10,
+               what="success notification logged")
+    # The message left the queue once the notice was queued.
+    wait_until(lambda: not gw.ctl_json("queue", "list")["messages"], 20, what="queue empty")
+
+    # No notice: NOTIFY without SUCCESS, the null sender.
+    q_f = send_dsn(gw, "alice@sender.test", "info@gw.test",
+                   make_message("alice@sender.test", "info@gw.test", msgid="<nosucc@s.test>"),
+                   rcpt_opts=["NOTIFY=FAILURE"])
+    q_n = send_dsn(gw, "", "info@gw.test",
+                   make_message("alice@sender.test", "info@gw.test", msgid="<nullsucc@s.test>"),
+                   rcpt_opts=["NOTIFY=SUCCESS"])
+    w.dest.wait_for(3, timeout=20)
+    for q in (q_f, q_n):
+        gw.wait_activity(q, "forwarded")
+
+    # A host that offers DSN gets NOTIFY=SUCCESS and we send no notice.
+    dns_server.zone("dsn.test", mx=[(10, "mx.dsn.test")], a={"mx.dsn.test": "127.0.0.95"})
+    seen = []
+    peer = RawServer("127.0.0.95", w.dest.port, dsn_peer_talk(seen))
+    try:
+        gw.forward("d@gw.test", "carl@dsn.test")
+        q_d = send_dsn(gw, "alice@sender.test", "d@gw.test",
+                       make_message("alice@sender.test", "d@gw.test", msgid="<dsnp@s.test>"),
+                       rcpt_opts=["NOTIFY=SUCCESS"])
+        gw.wait_activity(q_d, "forwarded")
+        assert any("NOTIFY=SUCCESS" in s for s in seen), seen
+        time.sleep(2)
+        # Still the one notice from the first message.
+        assert len(w.sender_mx.messages) == 1, w.sender_mx.messages
+        assert not re.search(q_d + r": sender success notification", gw.log_text())
+        assert not re.search(q_f + r": sender success notification", gw.log_text())
+        assert not re.search(q_n + r": sender success notification", gw.log_text())
+    finally:
+        peer.stop()

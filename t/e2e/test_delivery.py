@@ -112,6 +112,36 @@ class RawServer:
         self.thread.join(5)
 
 
+def dsn_peer_talk(seen):
+    """A RawServer talk function for a host offering DSN that accepts all;
+    MAIL and RCPT lines go to seen, "DATA" once the message is in."""
+    def talk(srv, c, n):
+        f = c.makefile("rb")
+        c.sendall(b"220 mx.dsn.test ESMTP\r\n")
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            cmd = line[:4].upper()
+            if cmd == b"EHLO":
+                c.sendall(b"250-mx.dsn.test\r\n250-8BITMIME\r\n250 DSN\r\n")
+            elif cmd in (b"MAIL", b"RCPT"):
+                seen.append(line.rstrip(b"\r\n").decode())
+                c.sendall(b"250 ok\r\n")
+            elif cmd == b"DATA":
+                c.sendall(b"354 go on\r\n")
+                while f.readline() not in (b".\r\n", b""):
+                    pass
+                seen.append("DATA")
+                c.sendall(b"250 2.0.0 queued\r\n")
+            elif cmd == b"QUIT":
+                c.sendall(b"221 bye\r\n")
+                return
+            else:
+                c.sendall(b"250 ok\r\n")
+    return talk
+
+
 @pytest.fixture
 def ext_sinks(sink_port, request):
     started = []
@@ -502,30 +532,7 @@ def test_dsn_parameters_passed_on(dns_server, raw_servers, gateway):
     base_zones(dns_server)
     dns_server.zone("dsn.test", mx=[(10, "mx.dsn.test")], a={"mx.dsn.test": "127.0.0.95"})
     seen = []
-
-    def dsn_peer(srv, c, n):
-        f = c.makefile("rb")
-        c.sendall(b"220 mx.dsn.test ESMTP\r\n")
-        while True:
-            line = f.readline()
-            if not line:
-                return
-            cmd = line[:4].upper()
-            if cmd == b"EHLO":
-                c.sendall(b"250-mx.dsn.test\r\n250-8BITMIME\r\n250 DSN\r\n")
-            elif cmd in (b"MAIL", b"RCPT"):
-                seen.append(line.rstrip(b"\r\n").decode())
-                c.sendall(b"250 ok\r\n")
-            elif cmd == b"DATA":
-                c.sendall(b"354 go on\r\n")
-                while f.readline() not in (b".\r\n", b""):
-                    pass
-                c.sendall(b"250 2.0.0 queued\r\n")
-            elif cmd == b"QUIT":
-                c.sendall(b"221 bye\r\n")
-                return
-            else:
-                c.sendall(b"250 ok\r\n")
+    dsn_peer = dsn_peer_talk(seen)
 
     raw_servers("127.0.0.95", dsn_peer)
     gw = gateway()
