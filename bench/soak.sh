@@ -5,7 +5,8 @@
 # (and the whole gateway whenever a daemon would enter the master's restart
 # backoff), then prints the figures: every message that got a 250 must
 # arrive; duplicates are counted. Environment: MXF_SOAK_SENDERS (4),
-# MXF_SOAK_RATE (0 = unlimited), MXF_SOAK_CHAOS_MS (200-600), MXF_SOAK_SEED.
+# MXF_SOAK_RATE (0 = unlimited), MXF_SOAK_CHAOS_MS (200-600), MXF_SOAK_SEED,
+# MXF_SOAK_VICTIMS (comma-separated daemons to kill; default all).
 # Needs what `make test` needs (root or user namespaces, nsd, aiosmtpd).
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)

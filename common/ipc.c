@@ -363,6 +363,7 @@ int mxf_ipc_peercred(int sock, pid_t *pid, uid_t *uid, gid_t *gid)
 struct mxf_ipc_reply {
 	uint8_t *buf;
 	struct mxf_ipc_view *view;
+	int fd; /* a descriptor that came with it, or -1 */
 };
 
 int mxf_ipc_call(int sock, const struct mxf_ipc_msg *m, int timeout_ms, struct mxf_ipc_reply **out)
@@ -383,10 +384,8 @@ int mxf_ipc_call(int sock, const struct mxf_ipc_msg *m, int timeout_ms, struct m
 		free(rep);
 		return -ENOMEM;
 	}
-	int fd;
-	ssize_t n = mxf_ipc_recv(sock, rep->buf, MXF_IPC_MAX, &fd);
-	if (fd >= 0)
-		close(fd);
+	rep->fd = -1;
+	ssize_t n = mxf_ipc_recv(sock, rep->buf, MXF_IPC_MAX, &rep->fd);
 	if (n <= 0) {
 		mxf_ipc_reply_free(rep);
 		return n == 0 ? -ECONNRESET : (int)n;
@@ -411,5 +410,14 @@ void mxf_ipc_reply_free(struct mxf_ipc_reply *r)
 		return;
 	mxf_ipc_view_free(r->view);
 	free(r->buf);
+	if (r->fd >= 0)
+		close(r->fd);
 	free(r);
+}
+
+int mxf_ipc_reply_take_fd(struct mxf_ipc_reply *r)
+{
+	int fd = r->fd;
+	r->fd = -1;
+	return fd;
 }

@@ -134,6 +134,8 @@ int mxf_ipc_peercred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 struct mxf_ipc_reply;
 int mxf_ipc_call(int sock, const struct mxf_ipc_msg *m, int timeout_ms, struct mxf_ipc_reply **out);
 const struct mxf_ipc_view *mxf_ipc_reply_view(const struct mxf_ipc_reply *r);
+/* The descriptor that came with the reply (now the caller's), or -1. */
+int mxf_ipc_reply_take_fd(struct mxf_ipc_reply *r);
 void mxf_ipc_reply_free(struct mxf_ipc_reply *r);
 
 #endif

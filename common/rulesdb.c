@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "address.h"
 #include "config.h"
@@ -139,6 +141,13 @@ static const char *const migrations[] = {
 	"  WHERE matcher = 'literal';"
 	"CREATE UNIQUE INDEX rules_wildcard ON rules(domain_id, match_to COLLATE NOCASE, match_from)"
 	"  WHERE matcher = 'wildcard';",
+	/* 5: verification of destination addresses by mail (issue 8): the
+	 * SHA-256 of the one-time token sent to the address (never the token
+	 * itself) and when it expires. */
+	"ALTER TABLE addresses ADD COLUMN token_hash TEXT NOT NULL DEFAULT ''"
+	"  CHECK (token_hash = '' OR (length(token_hash) = 64"
+	"    AND token_hash NOT GLOB '*[^0-9a-f]*'));"
+	"ALTER TABLE addresses ADD COLUMN token_expires INTEGER NOT NULL DEFAULT 0;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1402,6 +1411,121 @@ int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool v
 	return write_one(db, "UPDATE addresses SET verified = ?2 WHERE email = ?1", addr, NULL,
 			 verified ? 1 : 0, "address", verified ? "address.verify" : "address.unverify",
 			 SNAP_ADDRESS, err, errlen);
+}
+
+/* Hex SHA-256 of a token: what rules.db keeps, so a copy of the database
+ * does not verify anything. */
+static int token_hash(const char *token, char out[65])
+{
+	unsigned char md[32];
+	unsigned int n = 0;
+	if (!EVP_Digest(token, strlen(token), md, &n, EVP_sha256(), NULL) || n != 32)
+		return -EIO;
+	for (int i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	return 0;
+}
+
+int mxf_rulesdb_address_token_new(struct mxf_rulesdb *db, const char *email, long long ttl,
+				  char token[MXF_TOKEN_SIZE], char *err, size_t errlen)
+{
+	/* 20 characters of a 32-letter alphabet without look-alikes: 100 bits,
+	 * easy to read out of a mail and type. */
+	static const char alpha[] = "abcdefghjkmnpqrstuvwxyz023456789";
+	char addr[MXF_ADDR_SIZE], hash[65];
+	unsigned char rnd[MXF_TOKEN_SIZE - 1];
+	int r = check_addr(email, addr, sizeof(addr), err, errlen);
+	if (r < 0)
+		return r;
+	if (ttl <= 0 || ttl > 366LL * 86400) {
+		seterr(err, errlen, "token lifetime out of range");
+		return -EINVAL;
+	}
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+		seterr(err, errlen, "getrandom: %s", strerror(errno));
+		return -EIO;
+	}
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		token[i] = alpha[rnd[i] % 32];
+	token[sizeof(rnd)] = '\0';
+	if ((r = token_hash(token, hash)) < 0) {
+		seterr(err, errlen, "cannot hash the token");
+		return r;
+	}
+	char sql[200];
+	snprintf(sql, sizeof(sql),
+		 "UPDATE addresses SET token_hash = ?2, token_expires = ?3 + %lld "
+		 "WHERE email = ?1 AND verified = 0",
+		 ttl);
+	r = write_one(db, sql, addr, hash, 0, "unverified address", "address.token", SNAP_ADDRESS,
+		      err, errlen);
+	if (r < 0)
+		memset(token, 0, MXF_TOKEN_SIZE);
+	return r;
+}
+
+int mxf_rulesdb_address_verify_token(struct mxf_rulesdb *db, const char *email, const char *token,
+				     char *err, size_t errlen)
+{
+	char addr[MXF_ADDR_SIZE], hash[65], *before = NULL;
+	sqlite3_stmt *st = NULL;
+	int r = check_addr(email, addr, sizeof(addr), err, errlen);
+	if (r < 0)
+		return r;
+	if (strlen(token) != MXF_TOKEN_SIZE - 1 || token_hash(token, hash) < 0) {
+		seterr(err, errlen, "wrong or expired token for %s", addr);
+		return -EACCES;
+	}
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = prep(db, "SELECT verified, token_hash, token_expires FROM addresses "
+			  "WHERE email = ?1",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, addr, -1, SQLITE_TRANSIENT);
+	int rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		r = rc == SQLITE_DONE ? -ENOENT : fail_sql(db, rc, err, errlen);
+		if (r == -ENOENT)
+			seterr(err, errlen, "unknown address %s", addr);
+		goto out;
+	}
+	bool verified = sqlite3_column_int(st, 0) != 0;
+	const char *stored = col_text(st, 1);
+	/* Constant time: the comparison must not tell how much was right. */
+	bool match = strlen(stored) == 64 && CRYPTO_memcmp(stored, hash, 64) == 0;
+	bool expired = sqlite3_column_int64(st, 2) < (sqlite3_int64)time(NULL);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (verified) {
+		seterr(err, errlen, "%s is verified already", addr);
+		r = -EALREADY;
+		goto out;
+	}
+	if (!match || expired) {
+		/* One message for both: a guesser learns nothing. */
+		seterr(err, errlen, "wrong or expired token for %s", addr);
+		r = -EACCES;
+		goto out;
+	}
+	if ((r = snapshot(db, SNAP_ADDRESS, addr, 0, &before, err, errlen)) < 0 ||
+	    (r = prep(db, "UPDATE addresses SET verified = 1, token_hash = '', token_expires = 0 "
+			  "WHERE email = ?1",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, addr, -1, SQLITE_TRANSIENT);
+	r = step_done(db, st, err, errlen);
+	st = NULL;
+	if (r < 0 || (r = audit_after(db, "address.verify", addr, before, SNAP_ADDRESS, addr, 0,
+				      err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	sqlite3_finalize(st);
+	free(before);
+	rollback(db);
+	return r;
 }
 
 int mxf_rulesdb_domain_enable(struct mxf_rulesdb *db, const char *domain, bool enabled,

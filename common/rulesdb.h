@@ -90,6 +90,17 @@ int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const cha
 			   const char *value, char *err, size_t errlen);
 int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool verified,
 			       char *err, size_t errlen);
+/* Verification by mail: a new one-time token for an unverified address
+ * (replacing any earlier one), valid ttl seconds; only its SHA-256 is stored.
+ * -ENOENT: no such unverified address. */
+#define MXF_TOKEN_SIZE 21
+int mxf_rulesdb_address_token_new(struct mxf_rulesdb *db, const char *email, long long ttl,
+				  char token[MXF_TOKEN_SIZE], char *err, size_t errlen);
+/* Verifies the address when token is its current, unexpired token (compared
+ * in constant time), which is then spent. -EACCES wrong or expired (one
+ * message for both), -EALREADY verified already, -ENOENT unknown address. */
+int mxf_rulesdb_address_verify_token(struct mxf_rulesdb *db, const char *email, const char *token,
+				     char *err, size_t errlen);
 /* Issue 8. A disabled domain is not ours for the router (550 5.7.1) but keeps
  * its rules. Removing a domain removes its rules. An address that is still a
  * rule's destination is not removed (-EBUSY). catchall_remove: -ENOENT when

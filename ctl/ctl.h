@@ -4,10 +4,12 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <time.h>
 
 #include "config.h"
+#include "queueid.h"
 
 /* Exit codes: 0 done, 1 refused (one line on stderr), 2 usage. */
 enum { CTL_OK = 0, CTL_REFUSED = 1, CTL_USAGE = 2 };
@@ -54,6 +56,22 @@ int ctl_parse_time(const char *s, time_t *out);
 int ctl_parse_duration(const char *s, long long *out);
 
 /* Commands (argv[0] is the first argument after the command words). */
+/* ---- the router's control socket (router.c) ---- */
+#define CTL_ROUTER_TIMEOUT_MS 5000
+struct mxf_ipc_msg;
+struct mxf_ipc_reply;
+/* Connects and shakes hands as role ctl: the socket, or <0 with the reason in why. */
+int ctl_router_open(const struct mxf_config *cfg, char *why, size_t whylen);
+/* Sends m and takes one answer of type want carrying F_REQ req and an F_CODE
+ * (*out, to free with mxf_ipc_reply_free), or <0 with the reason in why. */
+int ctl_router_call(int s, const struct mxf_ipc_msg *m, uint16_t want, uint64_t req,
+		    int timeout_ms, struct mxf_ipc_reply **out, char *why, size_t whylen);
+/* Queues data (a whole RFC 5322 message, CRLF) from the null sender to rcpt
+ * through the router, which makes it durable before it answers; qid gets its
+ * queue ID. 0, or <0 with the reason in why. */
+int ctl_router_submit(const struct mxf_config *cfg, const char *rcpt, const char *data,
+		      size_t len, char qid[MXF_QID_SIZE], char *why, size_t whylen);
+
 int ctl_domain(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_address(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_rule(const struct mxf_config *cfg, int argc, char **argv);

@@ -441,37 +441,19 @@ static int queue_show(const struct mxf_config *cfg, const char *qid, bool body)
 static int queue_control_n(const struct mxf_config *cfg, const char *op, int nq, char **qids,
 			   unsigned long long *countp)
 {
-	char path[PATH_MAX];
+	char why[600];
 	for (int i = 0; i < nq; i++)
 		if (!mxf_qid_valid(qids[i]))
 			return ctl_fail("not a queue ID: %s", qids[i]);
-	if (mxf_daemon_router_sock(cfg, path, sizeof(path)) < 0)
-		return ctl_fail("spool_dir too long");
-	int s = mxf_ipc_connect(path);
+	int s = ctl_router_open(cfg, why, sizeof(why));
 	if (s < 0)
-		return ctl_fail("cannot reach the router (%s): %s", path, strerror(-s));
-	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
+		return ctl_fail("%s", why);
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_QUEUE_CTL);
 	struct mxf_ipc_reply *rep = NULL;
 	const struct mxf_ipc_view *v;
-	uint64_t code = 0, count = 0, req = 0;
-	int rc = CTL_OK, r;
-	if (!m || mxf_ipc_put_str(m, F_ROLE, "ctl") < 0 ||
-	    mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) < 0 ||
-	    mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid()) < 0) {
-		rc = ctl_fail("out of memory");
-		goto out;
-	}
-	if ((r = mxf_ipc_call(s, m, 5000, &rep)) < 0 ||
-	    mxf_ipc_type(mxf_ipc_reply_view(rep)) != MXF_MSG_HELLO_OK) {
-		rc = ctl_fail("the router refused the connection%s%s", r < 0 ? ": " : "",
-			      r < 0 ? strerror(-r) : "");
-		goto out;
-	}
-	mxf_ipc_reply_free(rep);
-	rep = NULL;
-	mxf_ipc_msg_free(m);
-	if (!(m = mxf_ipc_msg_new(MXF_MSG_QUEUE_CTL)) || mxf_ipc_put_u64(m, F_REQ, 1) < 0 ||
-	    mxf_ipc_put_str(m, F_TEXT, op) < 0) {
+	uint64_t code = 0, count = 0;
+	int rc = CTL_OK;
+	if (!m || mxf_ipc_put_u64(m, F_REQ, 1) < 0 || mxf_ipc_put_str(m, F_TEXT, op) < 0) {
 		rc = ctl_fail("out of memory");
 		goto out;
 	}
@@ -480,14 +462,12 @@ static int queue_control_n(const struct mxf_config *cfg, const char *op, int nq,
 			rc = ctl_fail("too many queue IDs at once");
 			goto out;
 		}
-	if ((r = mxf_ipc_call(s, m, 10000, &rep)) < 0) {
-		rc = ctl_fail("no answer from the router: %s", strerror(-r));
+	if (ctl_router_call(s, m, MXF_MSG_QUEUE_CTL_REPLY, 1, 10000, &rep, why, sizeof(why)) < 0) {
+		rc = ctl_fail("%s", why);
 		goto out;
 	}
 	v = mxf_ipc_reply_view(rep);
-	if (mxf_ipc_type(v) != MXF_MSG_QUEUE_CTL_REPLY || mxf_ipc_u64(v, F_REQ, 0, &req) < 0 ||
-	    req != 1 || mxf_ipc_u64(v, F_CODE, 0, &code) < 0 ||
-	    mxf_ipc_u64(v, F_COUNT, 0, &count) < 0) {
+	if (mxf_ipc_u64(v, F_CODE, 0, &code) < 0 || mxf_ipc_u64(v, F_COUNT, 0, &count) < 0) {
 		rc = ctl_fail("malformed answer from the router");
 		goto out;
 	}

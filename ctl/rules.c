@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,7 +21,6 @@
 #include "privdrop.h"
 #include "rulesdb.h"
 
-#define IPC_TIMEOUT_MS 5000
 
 struct db {
 	struct mxf_rulesdb *h;
@@ -140,64 +140,32 @@ fail:
  * loads the DB when it starts, so that is not worth a word. */
 static void reload_router(const struct mxf_config *cfg)
 {
-	char path[PATH_MAX];
-	if (mxf_daemon_router_sock(cfg, path, sizeof(path)) < 0)
-		return;
-	int s = mxf_ipc_connect(path);
+	char why[600];
+	int s = ctl_router_open(cfg, why, sizeof(why));
 	if (s < 0) {
 		if (s != -ENOENT && s != -ECONNREFUSED)
-			ctl_warn("saved, but cannot reach the router (%s): %s", path, strerror(-s));
+			ctl_warn("saved, but %s; it will load the rules when it restarts", why);
 		return;
 	}
-	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_RELOAD);
 	struct mxf_ipc_reply *rep = NULL;
-	const struct mxf_ipc_view *v;
-	uint64_t u;
-	int r;
-	if (!m || mxf_ipc_put_str(m, F_ROLE, "ctl") < 0 ||
-	    mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) < 0 ||
-	    mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid()) < 0) {
+	if (!m || mxf_ipc_put_u64(m, F_REQ, 1) < 0)
 		ctl_warn("saved, but out of memory telling the router");
-		goto out;
+	else if (ctl_router_call(s, m, MXF_MSG_RELOAD_REPLY, 1, CTL_ROUTER_TIMEOUT_MS, &rep, why,
+				 sizeof(why)) < 0)
+		ctl_warn("saved, but the router did not confirm the reload: %s", why);
+	else {
+		const struct mxf_ipc_view *v = mxf_ipc_reply_view(rep);
+		uint64_t u = 0;
+		mxf_ipc_u64(v, F_CODE, 0, &u);
+		if (u < 200 || u > 299) {
+			const char *text = mxf_ipc_str(v, F_TEXT, 0);
+			char safe[512];
+			ctl_warn("saved, but the router could not reload (%llu %s); it keeps the "
+				 "previous rules",
+				 (unsigned long long)u, ctl_safe(safe, sizeof(safe), text ? text : ""));
+		}
 	}
-	if ((r = mxf_ipc_call(s, m, IPC_TIMEOUT_MS, &rep)) < 0) {
-		ctl_warn("saved, but the router refused the connection (%s); "
-			 "it will load the rules when it restarts",
-			 strerror(-r));
-		goto out;
-	}
-	v = mxf_ipc_reply_view(rep);
-	if (mxf_ipc_type(v) != MXF_MSG_HELLO_OK) {
-		ctl_warn("saved, but the router answered the handshake with message type %u",
-			 (unsigned)mxf_ipc_type(v));
-		goto out;
-	}
-	mxf_ipc_reply_free(rep);
-	rep = NULL;
-	mxf_ipc_msg_free(m);
-	const uint64_t req = 1;
-	if (!(m = mxf_ipc_msg_new(MXF_MSG_RELOAD)) || mxf_ipc_put_u64(m, F_REQ, req) < 0) {
-		ctl_warn("saved, but out of memory telling the router");
-		goto out;
-	}
-	if ((r = mxf_ipc_call(s, m, IPC_TIMEOUT_MS, &rep)) < 0) {
-		ctl_warn("saved, but the router did not confirm the reload: %s", strerror(-r));
-		goto out;
-	}
-	v = mxf_ipc_reply_view(rep);
-	if (mxf_ipc_type(v) != MXF_MSG_RELOAD_REPLY || mxf_ipc_u64(v, F_REQ, 0, &u) < 0 ||
-	    u != req || mxf_ipc_u64(v, F_CODE, 0, &u) < 0) {
-		ctl_warn("saved, but the router sent a malformed reload reply");
-		goto out;
-	}
-	if (u < 200 || u > 299) {
-		const char *text = mxf_ipc_str(v, F_TEXT, 0);
-		char safe[512];
-		ctl_warn("saved, but the router could not reload (%llu %s); it keeps the previous "
-			 "rules",
-			 (unsigned long long)u, ctl_safe(safe, sizeof(safe), text ? text : ""));
-	}
-out:
 	mxf_ipc_reply_free(rep);
 	mxf_ipc_msg_free(m);
 	close(s);
@@ -489,19 +457,142 @@ out:
 	return rc;
 }
 
+/* A verification token lives a day, as the hosted service's link does. */
+#define VERIFY_TTL (24 * 3600)
+
+/* Makes a new one-time token for the unverified address a and queues the
+ * verification message through the router. 0, or <0 with the reason in why. */
+static int send_verification(const struct mxf_config *cfg, struct db *db, const char *a,
+			     char qid[MXF_QID_SIZE], char *why, size_t whylen)
+{
+	char tok[MXF_TOKEN_SIZE], host[256], date[64], id[40];
+	int r = mxf_rulesdb_address_token_new(db->h, a, VERIFY_TTL, tok, why, whylen);
+	if (r < 0)
+		return r;
+	snprintf(host, sizeof(host), "%s", mxf_config_str(cfg, "main", "hostname"));
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	unsigned char rnd[8];
+	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+		memset(rnd, 0, sizeof(rnd));
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(id + 2 * i, 3, "%02x", rnd[i]);
+	/* The address is a normalised mailbox (no CR, LF or angle brackets);
+	 * with a UTF-8 local part the message says so in its charset. */
+	char *msg = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&msg, &len);
+	if (!f) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	fprintf(f,
+		"From: mxferry <postmaster@%s>\r\n"
+		"To: <%s>\r\n"
+		"Subject: Verify forwarding to %s\r\n"
+		"Date: %s\r\n"
+		"Message-ID: <verify.%ld.%s@%s>\r\n"
+		"Auto-Submitted: auto-generated\r\n"
+		"MIME-Version: 1.0\r\n"
+		"Content-Type: text/plain; charset=utf-8\r\n"
+		"Content-Transfer-Encoding: 8bit\r\n"
+		"\r\n"
+		"The mail gateway %s has been asked to forward mail to this\r\n"
+		"address (%s). Nothing is forwarded here until the address is\r\n"
+		"verified.\r\n"
+		"\r\n"
+		"If you expect this, give the gateway's administrator this code:\r\n"
+		"\r\n"
+		"    %s\r\n"
+		"\r\n"
+		"or, on the gateway, run:\r\n"
+		"\r\n"
+		"    mxferryctl address verify %s %s\r\n"
+		"\r\n"
+		"The code is valid for 24 hours and can be used once. If you did not\r\n"
+		"expect this message, ignore it: nothing will be forwarded to you.\r\n",
+		host, a, a, date, (long)now, id, host, host, a, tok, a, tok);
+	memset(tok, 0, sizeof(tok));
+	if (fclose(f) != 0 || !msg) {
+		free(msg);
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	r = ctl_router_submit(cfg, a, msg, len, qid, why, whylen);
+	explicit_bzero(msg, len);
+	free(msg);
+	return r;
+}
+
+/* address add (unverified) / address resend: the verification mail and
+ * what to say about it. */
+static int verification_report(const struct mxf_config *cfg, struct db *db, const char *a,
+			       const char *shown, bool added)
+{
+	char qid[MXF_QID_SIZE] = "", why[600];
+	int r = send_verification(cfg, db, a, qid, why, sizeof(why));
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("address", a);
+		if (added)
+			cj_str("result", "added");
+		cj_bool("verified", false);
+		cj_begin("verification", false);
+		cj_bool("sent", r == 0);
+		if (r == 0)
+			cj_str("queue_id", qid);
+		else
+			cj_str("error", why);
+		cj_end(false);
+		cj_end(false);
+	} else if (r == 0) {
+		printf("address %s %s, not verified: verification message queued as %s.\n"
+		       "Forwarding starts once the recipient's code is given to "
+		       "`mxferryctl address verify %s CODE`.\n",
+		       shown, added ? "added" : "unchanged", qid, a);
+	} else {
+		if (added)
+			printf("address %s added, not verified.\n", shown);
+		ctl_warn("no verification message sent: %s; `mxferryctl address resend %s` sends "
+			 "one",
+			 why, a);
+	}
+	fflush(stdout);
+	/* Adding stays done when the mail could not go; a resend that sent
+	 * nothing failed. */
+	return r == 0 || added ? CTL_OK : CTL_REFUSED;
+}
+
 int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
 		return address_list(cfg);
-	if (argc == 2 && (strcmp(argv[0], "verify") == 0 || strcmp(argv[0], "unverify") == 0)) {
-		/* The operator vouches for (or withdraws) a mailbox; verification
-		 * by mail is another issue's. */
+	if (argc == 2 && strcmp(argv[0], "resend") == 0) {
+		struct db db;
+		char a[MXF_ADDR_SIZE], shown[2048];
+		if (mxf_addr_normalize(argv[1], MXF_ADDR_UTF8, a, sizeof(a)) < 0)
+			return ctl_fail("invalid address %s", ctl_safe(shown, sizeof(shown), argv[1]));
+		if (db_open(cfg, true, &db) != 0)
+			return CTL_REFUSED;
+		show_addr(shown, sizeof(shown), a);
+		int rc = verification_report(cfg, &db, a, shown, false);
+		mxf_rulesdb_close(db.h);
+		return rc;
+	}
+	if ((argc == 2 && (strcmp(argv[0], "verify") == 0 || strcmp(argv[0], "unverify") == 0)) ||
+	    (argc == 3 && strcmp(argv[0], "verify") == 0)) {
+		/* With a code: the one from the verification mail. Without: the
+		 * operator vouches for (or withdraws) a mailbox. */
 		bool on = strcmp(argv[0], "verify") == 0;
 		struct db db;
 		char err[512], a[MXF_ADDR_SIZE], shown[2048];
 		if (db_open(cfg, true, &db) != 0)
 			return CTL_REFUSED;
-		int r = mxf_rulesdb_address_verify(db.h, argv[1], on, err, sizeof(err));
+		int r = argc == 3
+				? mxf_rulesdb_address_verify_token(db.h, argv[1], argv[2], err, sizeof(err))
+				: mxf_rulesdb_address_verify(db.h, argv[1], on, err, sizeof(err));
 		mxf_rulesdb_close(db.h);
 		if (r < 0)
 			return ctl_fail("%s", err);
@@ -561,30 +652,30 @@ int ctl_address(const struct mxf_config *cfg, int argc, char **argv)
 	if (db_open(cfg, true, &db) != 0)
 		return CTL_REFUSED;
 	int r = mxf_rulesdb_address_add(db.h, email, verified, err, sizeof(err));
-	mxf_rulesdb_close(db.h);
-	if (r < 0)
+	if (r < 0) {
+		mxf_rulesdb_close(db.h);
 		return ctl_fail("%s", err);
+	}
 	char a[MXF_ADDR_SIZE], shown[2048];
 	mxf_addr_normalize(email, MXF_ADDR_UTF8, a, sizeof(a));
 	show_addr(shown, sizeof(shown), a);
-	if (ctl_json) {
+	int rc = CTL_OK;
+	if (!verified) {
+		rc = verification_report(cfg, &db, a, shown, true);
+	} else if (ctl_json) {
 		cj_begin(NULL, false);
 		cj_str("address", a);
 		cj_str("result", "added");
 		cj_bool("verified", verified);
 		cj_end(false);
-	} else if (verified) {
-		printf("address %s added (verified by the operator)\n", shown);
 	} else {
-		printf("address %s added, not verified: rules cannot forward to it yet.\n"
-		       "Verification by mail is not implemented yet; an operator who knows the "
-		       "mailbox may add it with --verified.\n",
-		       shown);
+		printf("address %s added (verified by the operator)\n", shown);
 	}
+	mxf_rulesdb_close(db.h);
 	/* Nothing the router loads changes until a rule uses the address, but
 	 * a reload keeps the router's view the DB's. */
 	reload_router(cfg);
-	return CTL_OK;
+	return rc;
 }
 
 /* ---- rule / catch-all ---- */

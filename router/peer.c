@@ -187,7 +187,10 @@ static bool type_allowed(enum role role, uint16_t t)
 	case ROLE_DELIVERD:
 		return t == MXF_MSG_DELIVER_RESULT;
 	case ROLE_CTL:
-		return t == MXF_MSG_RELOAD || t == MXF_MSG_QUEUE_CTL;
+		/* OPEN/COMMIT: the verification mail of `address add` (from
+		 * the null sender to one address; checked at COMMIT). */
+		return t == MXF_MSG_RELOAD || t == MXF_MSG_QUEUE_CTL || t == MXF_MSG_OPEN ||
+		       t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT;
 	default:
 		return false;
 	}

@@ -582,7 +582,9 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	const char *qid = mxf_ipc_str(v, F_QID, 0);
 	const char *sender = mxf_ipc_str(v, F_SENDER, 0);
 	size_t nrcpt = mxf_ipc_count(v, F_RCPT);
-	bool bouncer = p->role == ROLE_BOUNCER;
+	/* Mail we make ourselves (the bouncer's notifications, mxferryctl's
+	 * verification mail) goes out as is: no rules. */
+	bool bouncer = p->role == ROLE_BOUNCER || p->role == ROLE_CTL;
 
 	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || mxf_ipc_u64(v, F_SIZE, 0, &size) < 0 || !qid ||
 	    !sender || !addr_clean(sender) || nrcpt == 0)
@@ -604,6 +606,10 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	for (size_t i = 0; i < norcpt; i++)
 		if (!addr_clean(mxf_ipc_str(v, F_ORCPT, i)) || strchr(mxf_ipc_str(v, F_ORCPT, i), ' '))
 			return -1;
+	/* An administrator's mxferryctl only sends verification mail: one
+	 * recipient, the null sender (so nothing ever bounces back to us). */
+	if (p->role == ROLE_CTL && (*sender || nrcpt != 1))
+		return -1;
 	struct opened *o = take_opened(p, qid);
 	if (!o) {
 		mxf_warn("%s[%ld]: COMMIT of a queue file it did not open", role_name(p->role),
@@ -630,7 +636,7 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	    mxf_env_set(&e->client_name, mxf_ipc_str(v, F_CLIENT_NAME, 0)) < 0 ||
 	    mxf_env_set(&e->helo, mxf_ipc_str(v, F_HELO, 0)) < 0 ||
 	    mxf_env_set(&e->proto, mxf_ipc_str(v, F_PROTO, 0)) < 0 ||
-	    mxf_env_set(&e->origin, bouncer ? "bouncer" : "smtpd") < 0 ||
+	    mxf_env_set(&e->origin, p->role == ROLE_CTL ? "ctl" : bouncer ? "bouncer" : "smtpd") < 0 ||
 	    mxf_env_set(&e->ret, ret) < 0 || mxf_env_set(&e->envid, envid) < 0)
 		goto refuse;
 	bool forwards = false;

@@ -740,6 +740,70 @@ static void test_sender_matcher(void **state)
 	assert_non_null(strstr(err, "sender matcher"));
 }
 
+/* Verification by mail: one-time tokens, stored hashed, spent on use. */
+static void test_address_tokens(void **state)
+{
+	struct fx *f = *state;
+	char tok[MXF_TOKEN_SIZE], tok2[MXF_TOKEN_SIZE];
+	populate(f->db);
+	assert_int_equal(mxf_rulesdb_address_token_new(f->db, "unv@dest.test", 3600, tok, err,
+						       sizeof(err)),
+			 0);
+	assert_int_equal(strlen(tok), MXF_TOKEN_SIZE - 1);
+	/* Verified and unknown addresses get none. */
+	assert_int_equal(mxf_rulesdb_address_token_new(f->db, "dest@dest.test", 3600, tok2, err,
+						       sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_rulesdb_address_token_new(f->db, "nobody@dest.test", 3600, tok2, err,
+						       sizeof(err)),
+			 -ENOENT);
+	/* Only the hash is stored, never the token. */
+	sqlite3 *raw;
+	assert_int_equal(sqlite3_open(f->path, &raw), SQLITE_OK);
+	sqlite3_stmt *st;
+	assert_int_equal(sqlite3_prepare_v2(raw, "SELECT token_hash FROM addresses WHERE "
+						 "email = 'unv@dest.test'",
+					    -1, &st, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(strlen((const char *)sqlite3_column_text(st, 0)), 64);
+	assert_null(strstr((const char *)sqlite3_column_text(st, 0), tok));
+	sqlite3_finalize(st);
+	sqlite3_close(raw);
+	/* A new token replaces the old one. */
+	assert_int_equal(mxf_rulesdb_address_token_new(f->db, "UNV@dest.test", 3600, tok2, err,
+						       sizeof(err)),
+			 0);
+	assert_string_not_equal(tok, tok2);
+	assert_int_equal(mxf_rulesdb_address_verify_token(f->db, "unv@dest.test", tok, err,
+							  sizeof(err)),
+			 -EACCES);
+	assert_int_equal(mxf_rulesdb_address_verify_token(f->db, "unv@dest.test", "short", err,
+							  sizeof(err)),
+			 -EACCES);
+	/* Expired: refused with the same words as a wrong one. */
+	mxf_rulesdb_close(f->db);
+	raw_exec(f->path, "UPDATE addresses SET token_expires = 1 WHERE email = 'unv@dest.test'");
+	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_address_verify_token(f->db, "unv@dest.test", tok2, err,
+							  sizeof(err)),
+			 -EACCES);
+	assert_non_null(strstr(err, "wrong or expired"));
+	assert_int_equal(mxf_rulesdb_address_token_new(f->db, "unv@dest.test", 3600, tok, err,
+						       sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_address_verify_token(f->db, "unv@dest.test", tok, err,
+							  sizeof(err)),
+			 0);
+	/* Spent. */
+	assert_int_equal(mxf_rulesdb_address_verify_token(f->db, "unv@dest.test", tok, err,
+							  sizeof(err)),
+			 -EALREADY);
+	assert_int_equal(mxf_rulesdb_address_verify_token(f->db, "x@dest.test", tok, err,
+							  sizeof(err)),
+			 -ENOENT);
+}
+
 static void test_migrate_v1(void **state)
 {
 	struct fx *f = *state;
@@ -767,6 +831,8 @@ static void test_migrate_v1(void **state)
 		 "DROP TABLE rules; ALTER TABLE r1 RENAME TO rules;"
 		 "DROP TABLE transports; ALTER TABLE domains DROP COLUMN unverified;"
 		 "DROP TABLE audit;"
+		 "ALTER TABLE addresses DROP COLUMN token_hash;"
+		 "ALTER TABLE addresses DROP COLUMN token_expires;"
 		 "PRAGMA user_version = 1; COMMIT;");
 	assert_int_equal(user_version(f->path), 1);
 	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
@@ -870,6 +936,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_load_validates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sender_matcher, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_address_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
 	};
