@@ -54,7 +54,7 @@ void mxf_daemon_drop(const struct mxf_config *cfg, const char *section, bool chr
 		mxf_fatal("router socket path too long");
 	snprintf(priv, sizeof(priv), "%s/private", mxf_config_str(cfg, "main", "spool_dir"));
 	/* Not root: nothing to drop to; the master has said so in its log. */
-	if (dev || geteuid() != 0) {
+	if (dev || !mxf_privdrop_capable()) {
 		if (mxf_privdrop(NULL, NULL) < 0)
 			mxf_fatal("cannot restrict process");
 		return;

@@ -108,27 +108,36 @@ static int64_t now_ms(void)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: mxferryd -c CONFIG [-f]\n"
+	fprintf(stderr, "usage: mxferryd -c CONFIG [-f] [-S USER]\n"
 			"  -c CONFIG  configuration file (default /etc/mxferry/mxferry.conf)\n"
-			"  -f         stay in the foreground and log to stderr\n");
+			"  -f         stay in the foreground and log to stderr\n"
+			"  -S USER    as root: create the directories with their owners for a\n"
+			"             master that will run as USER, then exit\n");
 	exit(2);
 }
 
-/* Creates dir if missing and (as root) gives it to uid:gid with mode. An
- * existing directory gets the owner and mode corrected: they are part of the
+/* Creates dir if missing and gives it to uid:gid with mode. An existing
+ * directory gets the owner and mode corrected: they are part of the
  * privilege separation, not a preference. chmod comes first, while a new
- * directory is still root's: the systemd unit withholds CAP_FOWNER. */
+ * directory is still its creator's: the systemd unit withholds CAP_FOWNER.
+ * The packaged master runs without CAP_CHOWN at all: its ExecStartPre
+ * (`mxferryd -S USER`, as root) made everything right already, so a
+ * difference here is refused, not repaired. */
+#define SETUP_HINT " (run `mxferryd -S USER` as root first, as the systemd unit's ExecStartPre does)"
+
 static void make_dir(const char *path, mode_t mode, uid_t uid, gid_t gid)
 {
 	if (mkdir(path, mode) < 0 && errno != EEXIST)
-		mxf_fatal("cannot create %s: %s", path, strerror(errno));
+		mxf_fatal("cannot create %s: %s%s", path, strerror(errno),
+			  errno == EACCES || errno == EPERM ? SETUP_HINT : "");
 	struct stat st;
 	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
 		mxf_fatal("%s is not a directory", path);
 	if ((st.st_mode & 07777) != mode && chmod(path, mode) < 0)
 		mxf_fatal("cannot chmod %s: %s", path, strerror(errno));
-	if (geteuid() == 0 && (st.st_uid != uid || st.st_gid != gid) && chown(path, uid, gid) < 0)
-		mxf_fatal("cannot chown %s: %s", path, strerror(errno));
+	if ((st.st_uid != uid || st.st_gid != gid) && chown(path, uid, gid) < 0)
+		mxf_fatal("cannot chown %s to %ld:%ld: %s%s", path, (long)uid, (long)gid,
+			  strerror(errno), errno == EPERM ? SETUP_HINT : "");
 }
 
 /* mkdir -p for the parents of a configured directory (root-owned 0755, as
@@ -146,6 +155,11 @@ static void make_parents(const char *path)
 		*p = '/';
 	}
 }
+
+/* The master's own user (pid/ belongs to it): the -S USER being set up
+ * for, else whoever runs the master. */
+static uid_t master_uid;
+static gid_t master_gid;
 
 static void make_dirs(void)
 {
@@ -170,7 +184,9 @@ static void make_dirs(void)
 	}
 	make_parents(spool);
 	make_parents(data);
-	make_dir(spool, 0755, geteuid(), getegid());
+	/* The spool's top is root's (the state directories below are the
+	 * router's), except for a development master without privileges. */
+	make_dir(spool, 0755, same_user ? geteuid() : 0, same_user ? getegid() : 0);
 	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", spool, states[i]);
 		make_dir(path, 0700, ruid, rgid);
@@ -180,7 +196,7 @@ static void make_dirs(void)
 	snprintf(path, sizeof(path), "%s/private", spool);
 	make_dir(path, 0711, ruid, rgid);
 	snprintf(pid_dir, sizeof(pid_dir), "%s/pid", spool);
-	make_dir(pid_dir, 0755, geteuid(), getegid());
+	make_dir(pid_dir, 0755, master_uid, master_gid);
 	make_dir(data, 0750, ruid, rgid);
 }
 
@@ -449,13 +465,15 @@ int main(int argc, char **argv)
 {
 	const char *path = "/etc/mxferry/mxferry.conf";
 	bool foreground = false;
+	const char *setup_for = NULL;
 	char err[512];
 	int c;
 
-	while ((c = getopt(argc, argv, "c:fh")) != -1) {
+	while ((c = getopt(argc, argv, "c:fhS:")) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
 		case 'f': foreground = true; break;
+		case 'S': setup_for = optarg; break;
 		default: usage();
 		}
 	}
@@ -468,7 +486,21 @@ int main(int argc, char **argv)
 	if (strcmp(mxf_config_str(cfg, "main", "log_level"), "debug") == 0)
 		mxf_log_set_level(MXF_LOG_DEBUG);
 
-	same_user = geteuid() != 0 || mxf_config_bool(cfg, "main", "run_as_invoking_user");
+	/* Privilege separation needs a master that may take the daemons'
+	 * identities: root, or the packaged service user with CAP_SETUID and
+	 * CAP_SETGID as ambient capabilities. */
+	same_user = !mxf_privdrop_capable() || mxf_config_bool(cfg, "main", "run_as_invoking_user");
+	master_uid = geteuid();
+	master_gid = getegid();
+	if (setup_for) {
+		if (geteuid() != 0)
+			mxf_fatal("-S: the directories are set up as root");
+		if (mxf_privdrop_lookup(setup_for, &master_uid, &master_gid) < 0)
+			mxf_fatal("-S: no such user %s", setup_for);
+		make_dirs();
+		mxf_info("directories set up for a master running as %s", setup_for);
+		return 0;
+	}
 	find_daemon_dir();
 	make_dirs();
 
@@ -486,8 +518,9 @@ int main(int argc, char **argv)
 	master_started = time(NULL);
 
 	struct passwd *pw = getpwuid(geteuid());
-	if (geteuid() != 0)
-		mxf_warn("not started as root: every daemon runs as the invoking user %s (uid %ld)",
+	if (!mxf_privdrop_capable())
+		mxf_warn("started without root or CAP_SETUID+CAP_SETGID: every daemon runs as the "
+			 "invoking user %s (uid %ld)",
 			 pw ? pw->pw_name : "?", (long)geteuid());
 	else if (same_user)
 		mxf_warn("DEVELOPMENT MODE ([main] run_as_invoking_user = yes): every daemon runs as "

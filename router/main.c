@@ -105,7 +105,7 @@ int main(int argc, char **argv)
 	char sock[PATH_MAX], path[PATH_MAX], err[512];
 	struct mxf_config *cfg = mxf_daemon_init(argc, argv, "router");
 	R.cfg = cfg;
-	R.dev = mxf_config_bool(cfg, "main", "run_as_invoking_user") || geteuid() != 0;
+	R.dev = mxf_config_bool(cfg, "main", "run_as_invoking_user") || !mxf_privdrop_capable();
 	/* The uid of each role's user, looked up while /etc/passwd is still
 	 * what we think it is (before dropping privileges). */
 	if (!R.dev) {

@@ -32,6 +32,21 @@ DAEMONS = ("smtpd", "router", "deliverd", "bouncer")
 PROGRAMS = ("mxferryd", "mxferryctl") + DAEMONS
 USERS = {"smtpd": "mxferry-smtpd", "router": "mxferry-router",
          "deliverd": "mxferry-deliver", "bouncer": "mxferry-bounce"}
+# The packaged unit (debian/mxferry.service) runs the master as this user
+# with exactly these ambient capabilities (and no CAP_CHOWN).
+MASTER_USER = "mxferry"
+UNIT_CAPS = ("setuid", "setgid", "sys_chroot", "kill", "net_bind_service")
+
+
+def unit_wrap(user=MASTER_USER):
+    """The command prefix that starts mxferryd the way the unit does (as real
+    root): as user, its groups, the unit's ambient capabilities."""
+    pw = pwd.getpwnam(user)
+    caps = ",".join("+" + c for c in UNIT_CAPS)
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
+            f"--inh-caps={caps}", f"--ambient-caps={caps}"]
+
+
 GW_HOST = "mx.gateway.test"
 SRS_DOMAIN = "fwd.gateway.test"
 SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:")
@@ -487,6 +502,9 @@ class Gateway:
         self.conf = os.path.join(self.dir, "mxferry.conf")
         self.log = os.path.join(self.dir, "mxferryd.log")
         self.proc = None
+        # A command prefix for mxferryd (e.g. setpriv, to run the master the
+        # way the systemd unit does).
+        self.wrap = []
         self.seen_pids = set()
         # Daemon restarts a test caused on purpose; any other restart is a
         # crash the master hid, and fails the test at teardown.
@@ -526,7 +544,8 @@ class Gateway:
             # sees; leaks are checked by the tests that run the same daemons
             # unjailed (run_as_invoking_user = yes).
             env["ASAN_OPTIONS"] = "detect_leaks=0"
-        self.proc = subprocess.Popen([os.path.join(self.bin, "mxferryd"), "-c", self.conf, "-f"],
+        self.proc = subprocess.Popen([*self.wrap, os.path.join(self.bin, "mxferryd"), "-c",
+                                      self.conf, "-f"],
                                      stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                      start_new_session=True, env=env)
         logf.close()

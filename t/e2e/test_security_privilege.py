@@ -11,12 +11,14 @@ router's user as the positive control, so a check that cannot fail is seen.
 """
 import os
 import pwd
+import re
 import stat
 import subprocess
 
 import pytest
 
-from conftest import REAL_ROOT, USERS, make_message
+from conftest import (DAEMONS, MASTER_USER, REAL_ROOT, UNIT_CAPS, USERS, make_message,
+                      make_world, unit_wrap)
 
 pytestmark = pytest.mark.skipif(not REAL_ROOT, reason="needs real root")
 
@@ -95,3 +97,57 @@ def test_secrets_readable_by_router_alone(world):
                 assert r.returncode != 0, f"{USERS[d]} can write {name}"
         r = as_user(d, f"echo x > '{os.path.join(gw.data, 'privprobe')}'")
         assert r.returncode != 0, f"{USERS[d]} can create files in data_dir"
+
+
+# The packaged unit (debian/mxferry.service): the master runs as its own user
+# with exactly the ambient capabilities UNIT_CAPS, no CAP_CHOWN; its
+# ExecStartPre (`mxferryd -S mxferry`, as root) sets the directories up.
+CAP_NUM = {"chown": 0, "kill": 5, "setgid": 6, "setuid": 7, "net_bind_service": 10,
+           "sys_chroot": 18}
+
+
+def caps_of(pid):
+    with open(f"/proc/{pid}/status") as f:
+        st = f.read()
+    return {k: int(re.search(rf"^{k}:\s+([0-9a-f]+)$", st, re.M).group(1), 16)
+            for k in ("CapEff", "CapPrm", "CapAmb", "CapInh")}, \
+        re.search(r"^Uid:\s+(.*)$", st, re.M).group(1).split()
+
+
+def test_master_as_service_user_with_ambient_caps(dns_server, sinks, gateway, mxf_bin):
+    try:
+        pw = pwd.getpwnam(MASTER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", MASTER_USER], check=True)
+        pw = pwd.getpwnam(MASTER_USER)
+    w = make_world(dns_server, sinks, lambda extra=None: gateway(extra, start=False))
+    gw = w.gw
+    # Without the set-up, the master (no CAP_CHOWN) refuses to start.
+    gw.wrap = unit_wrap()
+    r = subprocess.run([*gw.wrap, os.path.join(mxf_bin, "mxferryd"), "-c", gw.conf, "-f"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0 and "mxferryd -S" in r.stderr, r.stderr
+    r = subprocess.run([os.path.join(mxf_bin, "mxferryd"), "-c", gw.conf, "-S", MASTER_USER],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert pwd.getpwuid(os.stat(os.path.join(gw.spool, "pid")).st_uid).pw_name == MASTER_USER
+    assert os.stat(gw.spool).st_uid == 0
+    gw.start()
+
+    st = gw.status()
+    want = sum(1 << CAP_NUM[c] for c in UNIT_CAPS)
+    mcaps, muids = caps_of(gw.proc.pid)
+    assert set(muids) == {str(pw.pw_uid)}, muids
+    assert mcaps["CapEff"] == want and mcaps["CapAmb"] == want, mcaps
+    for d in DAEMONS:
+        dcaps, duids = caps_of(st[d]["pid"])
+        assert set(duids) == {str(pwd.getpwnam(USERS[d]).pw_uid)}, (d, duids)
+        # Not one capability is left to a daemon: the uid change from a
+        # non-root master does not clear them, privdrop must.
+        assert not any(dcaps.values()), (d, dcaps)
+    gw.forward("info@gw.test", "bob@dest.test")
+    gw.send("alice@sender.test", "info@gw.test",
+            make_message("alice@sender.test", "info@gw.test", msgid="<unitway@s.test>"))
+    [m] = w.dest.wait_for(1, timeout=30)
+    assert m.msg["Message-ID"] == "<unitway@s.test>"
