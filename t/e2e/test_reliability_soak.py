@@ -82,19 +82,18 @@ class Chaos(threading.Thread):
 
     def kill_everything(self):
         gw = self.gw
-        pids = set()
-        st = gw.status(missing_ok=True) or {}
-        pids |= {v["pid"] for v in st.values()}
-        pids |= set(gw.our_processes())
+        # The master first: until it is dead it may start a daemon that no
+        # list taken earlier names (an orphan that would outlive the crash).
         if gw.proc is not None:
-            pids.add(gw.proc.pid)
-        for p in pids:
-            if pid_alive(p) and gw.conf.encode() in open(f"/proc/{p}/cmdline", "rb").read():
-                kill_pid(p)
-        if gw.proc is not None:
+            kill_pid(gw.proc.pid)
             gw.proc.wait(10)
-        wait_until(lambda: not gw.our_processes(), 10, interval=0.05,
-                   what="the killed gateway's processes to exit")
+
+        def none_left():
+            left = [p for p in gw.our_processes() if pid_alive(p)]
+            for p in left:
+                kill_pid(p)
+            return not left
+        wait_until(none_left, 10, interval=0.05, what="the killed gateway's processes to exit")
 
     def run(self):
         gw = self.gw
