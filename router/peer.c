@@ -16,7 +16,8 @@
 
 #define MAX_PEERS 256
 
-static const char *const role_names[ROLE_N] = {"none", "smtpd", "deliverd", "bouncer", "ctl"};
+static const char *const role_names[ROLE_N] = {"none", "smtpd",  "deliverd",
+						"bouncer", "ctl", "signer"};
 
 const char *role_name(enum role r)
 {
@@ -188,6 +189,8 @@ static bool type_allowed(enum role role, uint16_t t)
 		return t == MXF_MSG_DELIVER_RESULT;
 	case ROLE_CTL:
 		return t == MXF_MSG_RELOAD || t == MXF_MSG_QUEUE_CTL;
+	case ROLE_SIGNER:
+		return t == MXF_MSG_SIGN;
 	default:
 		return false;
 	}
@@ -216,6 +219,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_DSN_PARSE_REPLY: return recv_dsn_parsed(p, v);
 	case MXF_MSG_RELOAD: return on_reload(p, v);
 	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
+	case MXF_MSG_SIGN: return sign_request(p, v);
 	default: return -1;
 	}
 }
@@ -237,7 +241,7 @@ static void on_gone(struct mxf_ipcconn *c, void *arg)
 {
 	struct peer *p = arg;
 	(void)c;
-	if (p->role != ROLE_NONE && p->role != ROLE_CTL)
+	if (p->role != ROLE_NONE && p->role != ROLE_CTL && p->role != ROLE_SIGNER)
 		mxf_info("%s[%ld] disconnected", role_name(p->role), (long)p->pid);
 	peer_release(p);
 }
