@@ -110,6 +110,10 @@ static const struct key keys[] = {
 	/* Issue 6: a delay warning (DSN Action: delayed) once a message has
 	 * waited this long with recipients still deferred; 0 = never (default). */
 	{"bouncer", "delay_warning_time", T_DURATION, "0", 0, 60 * 86400, true},
+	/* Issue 7: the authserv-id of our Authentication-Results ("" = [main]
+	 * hostname), and whether deliverd seals forwarded mail with ARC. */
+	{"auth", "authserv_id", T_STR, "", 0, 0, false},
+	{"auth", "arc", T_BOOL, "yes", 0, 0, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

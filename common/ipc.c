@@ -232,6 +232,17 @@ int mxf_ipc_u64(const struct mxf_ipc_view *v, uint16_t tag, size_t idx, uint64_t
 	return 0;
 }
 
+int mxf_ipc_bytes(const struct mxf_ipc_view *v, uint16_t tag, size_t idx, const uint8_t **p,
+		  size_t *len)
+{
+	struct field *f = find(v, tag, idx);
+	if (!f)
+		return -ENOENT;
+	*p = f->p;
+	*len = f->len;
+	return 0;
+}
+
 int mxf_ipc_send(int sock, const struct mxf_ipc_msg *m, int fd)
 {
 	struct iovec iov = {.iov_base = m->buf, .iov_len = m->len};

@@ -65,6 +65,13 @@ enum mxf_ipc_type {
 	                             found; 550: neither), F_BOUNCE_QID (original queue ID or ""),
 	                             F_MSGID, F_RCPT, F_ACTION, F_ESC, F_TEXT, F_RELAY (from the
 	                             report; "" when absent) */
+	/* DKIM/ARC signing oracle (doc/design.md "Signatures"): deliverd builds
+	 * the signature header and its digest, the router, which alone holds
+	 * the keys, signs the digest. Only on a connection with role "signer"
+	 * (deliverd's user). */
+	MXF_MSG_SIGN,             /* signer->r: F_REQ, F_DOMAIN, F_SELECTOR, F_DIGEST (32 bytes) */
+	MXF_MSG_SIGN_REPLY,       /* r->signer: F_REQ, F_CODE (250, or 550: no such key / failed),
+	                             F_SIG (bytes; empty unless 250) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -83,6 +90,10 @@ enum mxf_ipc_tag {
 	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "";
 		     BOUNCE: "delayed" or "relayed" (a success notice), absent for failures */
 	F_PEER_DSN, /* DELIVER_RESULT: u64 1 when the host that took the message offered DSN */
+	F_SELECTOR, F_DIGEST, F_SIG, /* SIGN, SIGN_REPLY */
+	/* DELIVER: each F_DKIM "domain selector rsa|ed25519" is one DKIM signature
+	 * to add; F_ARC (at most one, rsa) the key to seal an ARC set with. */
+	F_DKIM, F_ARC,
 	F_TAG_MAX
 };
 
@@ -112,6 +123,10 @@ size_t mxf_ipc_count(const struct mxf_ipc_view *v, uint16_t tag);
 const char *mxf_ipc_str(const struct mxf_ipc_view *v, uint16_t tag, size_t idx);
 /* idx-th occurrence of a u64 field; -ENOENT absent, -EBADMSG wrong length. */
 int mxf_ipc_u64(const struct mxf_ipc_view *v, uint16_t tag, size_t idx, uint64_t *out);
+/* idx-th occurrence of a field as raw bytes (pointing into the buffer);
+ * -ENOENT when absent. */
+int mxf_ipc_bytes(const struct mxf_ipc_view *v, uint16_t tag, size_t idx, const uint8_t **p,
+		  size_t *len);
 
 /* ---- sockets ---- */
 /* Blocking-safe send of one message with an optional fd (-1 for none).

@@ -25,6 +25,7 @@
 
 #include "address.h"
 #include "config.h"
+#include "dkim.h"
 
 #define MAX_DESTS 25
 #define TAG_LEN 32
@@ -148,6 +149,19 @@ static const char *const migrations[] = {
 	"  CHECK (token_hash = '' OR (length(token_hash) = 64"
 	"    AND token_hash NOT GLOB '*[^0-9a-f]*'));"
 	"ALTER TABLE addresses ADD COLUMN token_expires INTEGER NOT NULL DEFAULT 0;",
+	/* 4: DKIM keys (issue 7). The private key is a file only the router can
+	 * read (data_dir/dkim/DOMAIN.SELECTOR.ALG.pem); the row says it exists,
+	 * carries the public key for `domain dns`, and whether to sign with it. */
+	"CREATE TABLE dkim_keys ("
+	"  domain TEXT NOT NULL CHECK (length(domain) BETWEEN 1 AND 253"
+	"    AND domain NOT GLOB '*[^a-z0-9.-]*'),"
+	"  selector TEXT NOT NULL CHECK (length(selector) BETWEEN 1 AND 63"
+	"    AND selector NOT GLOB '*[^a-z0-9.-]*'),"
+	"  algorithm TEXT NOT NULL CHECK (algorithm IN ('rsa', 'ed25519')),"
+	"  public_key TEXT NOT NULL CHECK (length(public_key) BETWEEN 1 AND 2000),"
+	"  enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),"
+	"  created INTEGER NOT NULL,"
+	"  PRIMARY KEY (domain, selector)) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1738,6 +1752,136 @@ int mxf_rulesdb_transport_remove(struct mxf_rulesdb *db, const char *domain, cha
 	return write_one(db, "DELETE FROM transports WHERE domain = ?1 AND ?2 = ?2 AND ?3 = ?3",
 			 name, NULL, 0, "transport for", "transport.remove", SNAP_TRANSPORT, err,
 			 errlen);
+}
+
+/* ---- DKIM keys ---- */
+
+#define SNAP_DKIM                                                                                 \
+	"SELECT json_object('domain', domain, 'selector', selector, 'algorithm', algorithm, "     \
+	"'public_key', public_key, 'enabled', enabled) FROM dkim_keys "                           \
+	"WHERE domain || ' ' || selector = ?1"
+
+static int dkim_write(struct mxf_rulesdb *db, const char *sql, const char *domain,
+		      const char *selector, const char *alg, const char *pub, int enabled,
+		      const char *action, char *err, size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1], obj[MXF_DOMAIN_MAX + 80], *before = NULL;
+	sqlite3_stmt *st;
+	int r = check_domain(domain, name, sizeof(name), err, errlen);
+	if (r < 0)
+		return r;
+	if (!mxf_dkim_selector_valid(selector)) {
+		seterr(err, errlen, "bad selector %s (lower-case letters, digits, '-' and '.')",
+		       selector);
+		return -EINVAL;
+	}
+	snprintf(obj, sizeof(obj), "%s %s", name, selector);
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = snapshot(db, SNAP_DKIM, obj, 0, &before, err, errlen)) < 0 ||
+	    (r = prep(db, sql, &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, selector, -1, SQLITE_TRANSIENT);
+	if (alg)
+		sqlite3_bind_text(st, 3, alg, -1, SQLITE_TRANSIENT);
+	if (pub)
+		sqlite3_bind_text(st, 4, pub, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 5, enabled);
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		r = sqlerr(rc);
+		if (r == -EEXIST)
+			seterr(err, errlen, "a key %s already exists for %s", selector, name);
+		else
+			r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if (sqlite3_changes(db->db) != 1) {
+		seterr(err, errlen, "no key %s for %s", selector, name);
+		r = -ENOENT;
+		goto out;
+	}
+	if ((r = audit_after(db, action, obj, before, SNAP_DKIM, obj, 0, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	free(before);
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_dkim_add(struct mxf_rulesdb *db, const char *domain, const char *selector,
+			 const char *alg, const char *public_key, bool enabled, char *err,
+			 size_t errlen)
+{
+	enum mxf_dkim_alg a;
+	if (mxf_dkim_alg_parse(alg, &a) < 0) {
+		seterr(err, errlen, "algorithm is rsa or ed25519");
+		return -EINVAL;
+	}
+	return dkim_write(db,
+			  "INSERT INTO dkim_keys (domain, selector, algorithm, public_key, enabled, "
+			  "created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+			  domain, selector, alg, public_key, enabled ? 1 : 0, "dkim.add", err,
+			  errlen);
+}
+
+int mxf_rulesdb_dkim_remove(struct mxf_rulesdb *db, const char *domain, const char *selector,
+			    char *err, size_t errlen)
+{
+	return dkim_write(db,
+			  "DELETE FROM dkim_keys WHERE domain = ?1 AND selector = ?2 AND ?5 = ?5 "
+			  "AND ?6 = ?6",
+			  domain, selector, NULL, NULL, 0, "dkim.remove", err, errlen);
+}
+
+int mxf_rulesdb_dkim_enable(struct mxf_rulesdb *db, const char *domain, const char *selector,
+			    bool enabled, char *err, size_t errlen)
+{
+	return dkim_write(db,
+			  "UPDATE dkim_keys SET enabled = ?5 WHERE domain = ?1 AND selector = ?2 "
+			  "AND ?6 = ?6",
+			  domain, selector, NULL, NULL, enabled ? 1 : 0,
+			  enabled ? "dkim.enable" : "dkim.disable", err, errlen);
+}
+
+int mxf_rulesdb_dkim_list(struct mxf_rulesdb *db, const char *domain,
+			  int (*cb)(const struct mxf_dkim_key_info *k, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	char name[MXF_DOMAIN_MAX + 1];
+	int r;
+	if (domain && (r = check_domain(domain, name, sizeof(name), NULL, 0)) < 0)
+		return r;
+	r = prep(db,
+		 "SELECT domain, selector, algorithm, public_key, enabled, created FROM dkim_keys "
+		 "WHERE ?1 IS NULL OR domain = ?1 ORDER BY domain, selector",
+		 &st, NULL, 0);
+	if (r < 0)
+		return r;
+	if (domain)
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_dkim_key_info k = {
+			.domain = col_text(st, 0),
+			.selector = col_text(st, 1),
+			.algorithm = col_text(st, 2),
+			.public_key = col_text(st, 3),
+			.enabled = sqlite3_column_int(st, 4) != 0,
+			.created = sqlite3_column_int64(st, 5),
+		};
+		if ((r = cb(&k, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
 }
 
 int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v)

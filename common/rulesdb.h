@@ -133,6 +133,26 @@ struct mxf_audit_entry {
 int mxf_rulesdb_audit_list(struct mxf_rulesdb *db, long long since, long long limit,
 			   int (*cb)(const struct mxf_audit_entry *e, void *arg), void *arg);
 
+/* DKIM keys (issue 7): the rows only; the private key files are the
+ * caller's (mxferryctl writes them, the router reads them). Audited as
+ * dkim.add / dkim.remove / dkim.enable / dkim.disable, object "DOMAIN SELECTOR". */
+int mxf_rulesdb_dkim_add(struct mxf_rulesdb *db, const char *domain, const char *selector,
+			 const char *alg, const char *public_key, bool enabled, char *err,
+			 size_t errlen);
+int mxf_rulesdb_dkim_remove(struct mxf_rulesdb *db, const char *domain, const char *selector,
+			    char *err, size_t errlen);
+int mxf_rulesdb_dkim_enable(struct mxf_rulesdb *db, const char *domain, const char *selector,
+			    bool enabled, char *err, size_t errlen);
+struct mxf_dkim_key_info {
+	const char *domain, *selector, *algorithm; /* A-label; "rsa" / "ed25519" */
+	const char *public_key; /* base64, as published in p= */
+	bool enabled;
+	long long created;
+};
+/* Every key (domain NULL) or one domain's, by domain and selector. */
+int mxf_rulesdb_dkim_list(struct mxf_rulesdb *db, const char *domain,
+			  int (*cb)(const struct mxf_dkim_key_info *k, void *arg), void *arg);
+
 /* PRAGMA data_version: changes when another connection commits. */
 int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v);
 

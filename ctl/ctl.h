@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "config.h"
@@ -83,5 +84,14 @@ int ctl_audit(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_check(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_log(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_stats(const struct mxf_config *cfg, int argc, char **argv);
+/* dkim.c: keys (dkim keygen|list|remove|enable|disable) and `domain dns`. */
+int ctl_dkim(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_domain_dns(const struct mxf_config *cfg, int argc, char **argv);
+/* rules.c, shared with dkim.c: rules.db opened as the other commands open it
+ * (0 or CTL_REFUSED, said already); who owns the router's files; RELOAD. */
+struct mxf_rulesdb;
+int ctl_db_open(const struct mxf_config *cfg, bool writable, struct mxf_rulesdb **h);
+int ctl_owner(const struct mxf_config *cfg, bool *give, uid_t *uid, gid_t *gid);
+void ctl_reload_router(const struct mxf_config *cfg);
 
 #endif

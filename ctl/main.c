@@ -42,6 +42,11 @@ static const char usage_text[] =
 	"           [--priority P] [--enable | --disable]\n"
 	"  catchall set DOMAIN (--forward DEST[,DEST...] | --drop | --reject TEXT | --worker P)\n"
 	"  catchall disable DOMAIN                  remove the domain's catch-all\n"
+	"  domain dns DOMAIN                        the DNS records to publish (MX, SPF, DMARC, DKIM)\n"
+	"  dkim keygen DOMAIN [--selector S] [--algorithm rsa|ed25519] [--disabled]\n"
+	"                                           make a signing key (the router keeps it)\n"
+	"  dkim list [DOMAIN]\n"
+	"  dkim remove|enable|disable DOMAIN SELECTOR\n"
 	"  transport set DOMAIN HOST:PORT|[ADDR]:PORT   next hop for mail to DOMAIN\n"
 	"  transport remove DOMAIN\n"
 	"  queue list [--state S] [--from X] [--to Y] [--older-than D]\n"
@@ -128,7 +133,7 @@ static const struct {
 	{"catchall", ctl_catchall}, {"queue", ctl_queue}, {"status", ctl_status},
 	{"transport", ctl_transport},
 	{"config", cmd_config}, {"audit", ctl_audit}, {"log", ctl_log}, {"stats", ctl_stats},
-	{"check", ctl_check},
+	{"check", ctl_check}, {"dkim", ctl_dkim},
 };
 
 int main(int argc, char **argv)

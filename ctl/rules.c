@@ -305,6 +305,8 @@ out:
 
 int ctl_domain(const struct mxf_config *cfg, int argc, char **argv)
 {
+	if (argc >= 2 && strcmp(argv[0], "dns") == 0)
+		return ctl_domain_dns(cfg, argc - 1, argv + 1);
 	if (argc == 1 && strcmp(argv[0], "list") == 0)
 		return domain_list(cfg);
 	if (argc == 4 && strcmp(argv[0], "set") == 0) {
@@ -1444,4 +1446,24 @@ int ctl_check(const struct mxf_config *cfg, int argc, char **argv)
 		return ctl_fail("%d problem%s found", c.problems, c.problems == 1 ? "" : "s");
 	}
 	return CTL_OK;
+}
+
+/* ---- for ctl/dkim.c ---- */
+
+int ctl_db_open(const struct mxf_config *cfg, bool writable, struct mxf_rulesdb **h)
+{
+	struct db db;
+	int r = db_open(cfg, writable, &db);
+	*h = db.h;
+	return r;
+}
+
+int ctl_owner(const struct mxf_config *cfg, bool *give, uid_t *uid, gid_t *gid)
+{
+	return owner(cfg, give, uid, gid);
+}
+
+void ctl_reload_router(const struct mxf_config *cfg)
+{
+	reload_router(cfg);
 }

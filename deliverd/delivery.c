@@ -21,6 +21,7 @@
 
 #include "log.h"
 #include "mime7bit.h"
+#include "sign.h"
 #include "smtpreply.h"
 
 /* At most this many connection attempts per job, over all hosts and
@@ -870,6 +871,10 @@ struct body {
 	int conv_rc;
 	char *conv;
 	size_t convlen;
+	/* DKIM/ARC header lines for the unconverted [0] and converted [1]
+	 * form, made when the first transaction needs that form (NULL: none). */
+	bool sig_done[2];
+	char *sig[2];
 };
 
 static int body_scan(struct body *b)
@@ -938,7 +943,14 @@ static int send_body(struct conn *c, const struct body *b, bool converted, int *
 
 	if (!in || !wbuf)
 		mxf_fatal("out of memory");
-	/* wbuf holds IOBUF: 2 * chunk + 2 always fits. */
+	/* wbuf holds IOBUF: 2 * chunk + 2 always fits. Signatures first. */
+	const char *sig = b->sig[converted];
+	for (size_t i = 0, sl = sig ? strlen(sig) : 0; i < sl; i += chunk) {
+		size_t n = sl - i < chunk ? sl - i : chunk;
+		wlen = dlv_stuff(&st, sig + i, n, wbuf);
+		if (c_write(c, wbuf, wlen, S.data_block_timeout_ms) < 0)
+			goto out;
+	}
 	for (size_t i = 0; i < b->hlen; i += chunk) {
 		size_t n = b->hlen - i < chunk ? b->hlen - i : chunk;
 		wlen = dlv_stuff(&st, b->headers + i, n, wbuf);
@@ -1104,7 +1116,16 @@ static enum txn_rc transact(struct dlv_job *j, struct conn *c, struct body *b, b
 		}
 		converted = true;
 	}
-	unsigned long long size = b->hlen + (converted ? b->convlen : (size_t)b->fsize);
+	/* Signed over exactly what this peer gets: the converted form when
+	 * it is the one sent (issue 7). */
+	if (!b->sig_done[converted]) {
+		b->sig[converted] = dsig_sign(j->qid, j->headers, j->dkim, j->ndkim, j->arc,
+					      converted ? b->conv : NULL, b->convlen, b->fd,
+					      b->fsize);
+		b->sig_done[converted] = true;
+	}
+	unsigned long long size = b->hlen + (converted ? b->convlen : (size_t)b->fsize) +
+				  (b->sig[converted] ? strlen(b->sig[converted]) : 0);
 	if (c->size && c->size_max && size > c->size_max) {
 		/* RFC 1870 §6: never send what the server said it will refuse. */
 		snprintf(text, sizeof(text), "message size %llu exceeds size limit %llu of server %s",
@@ -1524,6 +1545,8 @@ void dlv_run(struct dlv_job *j)
 done:
 	free(mx);
 	free(b.conv);
+	free(b.sig[0]);
+	free(b.sig[1]);
 }
 
 int dlv_init(const struct dlv_settings *s, char *err, size_t errlen)

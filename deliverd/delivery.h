@@ -58,6 +58,9 @@ struct dlv_job {
 	char *headers; /* CRLF lines, sent before the content */
 	char *ret, *envid; /* DSN (RFC 3461), wire form; NULL when not given */
 	int fd;        /* O_RDONLY content */
+	char **dkim;   /* DKIM keys to sign with, "domain selector alg" (deliverd/sign.h) */
+	size_t ndkim;
+	char *arc;     /* the key to seal an ARC set with, or NULL */
 	size_t nrcpt;
 	struct dlv_rcpt *rcpt;
 	struct mxf_dns *dns; /* this job's own resolver (not shared) */

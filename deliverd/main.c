@@ -29,6 +29,7 @@
 #include "ipcconn.h"
 #include "log.h"
 #include "queueid.h"
+#include "sign.h"
 
 #define DNS_TIMEOUT_S 5
 /* How often idle cached connections past their time are closed. */
@@ -82,6 +83,10 @@ static void job_free(struct job *jb)
 	free(d->ret);
 	free(d->envid);
 	free(d->headers);
+	for (size_t i = 0; i < d->ndkim; i++)
+		free(d->dkim[i]);
+	free(d->dkim);
+	free(d->arc);
 	if (d->fd >= 0)
 		close(d->fd);
 	mxf_dns_free(d->dns);
@@ -259,6 +264,18 @@ static char *xstrdup(const char *s)
 	return c;
 }
 
+/* "domain selector alg": 3 words of printable ASCII. */
+static bool spec_ok(const char *s)
+{
+	size_t sp = 0, n = strlen(s);
+	for (const char *p = s; *p; p++) {
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+			return false;
+		sp += *p == ' ';
+	}
+	return n > 4 && n < 400 && sp == 2;
+}
+
 static void on_deliver(const struct mxf_ipc_view *v, int fd)
 {
 	uint64_t req, ridx;
@@ -331,6 +348,25 @@ static void on_deliver(const struct mxf_ipc_view *v, int fd)
 	d->domain = xstrdup(adomain);
 	d->nexthop = nexthop && nexthop[0] ? xstrdup(nexthop) : NULL;
 	d->headers = xstrdup(headers);
+	/* Signing keys (names only; the router holds them): printable, no
+	 * control characters, bounded. */
+	size_t nd = mxf_ipc_count(v, F_DKIM);
+	if (nd > 16 || mxf_ipc_count(v, F_ARC) > 1)
+		mxf_fatal("malformed DELIVER from router: signing keys");
+	if (nd && !(d->dkim = calloc(nd, sizeof(*d->dkim))))
+		mxf_fatal("out of memory");
+	for (size_t i = 0; i < nd; i++) {
+		const char *s = mxf_ipc_str(v, F_DKIM, i);
+		if (!s || !spec_ok(s))
+			mxf_fatal("malformed DELIVER from router: F_DKIM");
+		d->dkim[d->ndkim++] = xstrdup(s);
+	}
+	if (mxf_ipc_count(v, F_ARC) == 1) {
+		const char *s = mxf_ipc_str(v, F_ARC, 0);
+		if (!s || !spec_ok(s))
+			mxf_fatal("malformed DELIVER from router: F_ARC");
+		d->arc = xstrdup(s);
+	}
 	/* ldns resolvers are not thread-safe: each job gets its own copy,
 	 * made here on the loop thread. */
 	if (mxf_dns_clone(g.dns, &d->dns) < 0)
@@ -422,6 +458,9 @@ int main(int argc, char **argv)
 	g.dest_concurrency = (unsigned)mxf_config_int(g.cfg, "deliverd", "dest_concurrency");
 
 	mxf_daemon_drop(g.cfg, "deliverd", true, sock, sizeof(sock));
+	const char *asid = mxf_config_str(g.cfg, "auth", "authserv_id");
+	dsig_init(sock, mxf_config_bool(g.cfg, "auth", "arc"),
+		  asid[0] ? asid : mxf_config_str(g.cfg, "main", "hostname"));
 
 	/* Sessions at once = worker threads. Must precede the first use of
 	 * the pool, where libuv reads it. */

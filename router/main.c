@@ -28,6 +28,7 @@ void router_maybe_exit(void)
 	/* Nothing to flush: every acknowledged message is already on disk,
 	 * and the next start rebuilds the queue from the spool. */
 	activity_close();
+	sign_free();
 	mxf_info("stopped");
 	exit(0);
 }
@@ -113,7 +114,7 @@ int main(int argc, char **argv)
 			enum role role;
 			const char *section;
 		} roles[] = {{ROLE_SMTPD, "smtpd"}, {ROLE_DELIVERD, "deliverd"},
-			     {ROLE_BOUNCER, "bouncer"}};
+			     {ROLE_BOUNCER, "bouncer"}, {ROLE_SIGNER, "deliverd"}};
 		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
 			gid_t gid;
 			const char *user = mxf_config_str(cfg, roles[i].section, "user");
@@ -157,6 +158,8 @@ int main(int argc, char **argv)
 				      .subaddr_sep = R.subaddr_sep};
 	if (mxf_ruleset_load_opts(R.rdb, &ro, &R.rules, err, sizeof(err)) < 0)
 		mxf_fatal("rules: %s", err);
+
+	sign_load();
 
 	uint8_t secret[4096];
 	size_t slen = 0;

@@ -16,7 +16,8 @@
 
 #define MAX_PEERS 256
 
-static const char *const role_names[ROLE_N] = {"none", "smtpd", "deliverd", "bouncer", "ctl"};
+static const char *const role_names[ROLE_N] = {"none", "smtpd",  "deliverd",
+						"bouncer", "ctl", "signer"};
 
 const char *role_name(enum role r)
 {
@@ -191,6 +192,8 @@ static bool type_allowed(enum role role, uint16_t t)
 		 * the null sender to one address; checked at COMMIT). */
 		return t == MXF_MSG_RELOAD || t == MXF_MSG_QUEUE_CTL || t == MXF_MSG_OPEN ||
 		       t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT;
+	case ROLE_SIGNER:
+		return t == MXF_MSG_SIGN;
 	default:
 		return false;
 	}
@@ -219,6 +222,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_DSN_PARSE_REPLY: return recv_dsn_parsed(p, v);
 	case MXF_MSG_RELOAD: return on_reload(p, v);
 	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
+	case MXF_MSG_SIGN: return sign_request(p, v);
 	default: return -1;
 	}
 }
@@ -240,7 +244,7 @@ static void on_gone(struct mxf_ipcconn *c, void *arg)
 {
 	struct peer *p = arg;
 	(void)c;
-	if (p->role != ROLE_NONE && p->role != ROLE_CTL)
+	if (p->role != ROLE_NONE && p->role != ROLE_CTL && p->role != ROLE_SIGNER)
 		mxf_info("%s[%ld] disconnected", role_name(p->role), (long)p->pid);
 	peer_release(p);
 }

@@ -399,6 +399,8 @@ static struct mxf_ipc_msg *job_message(const struct job *j)
 	const char *hop = mxf_ruleset_nexthop(R.rules, j->domain);
 	if (hop && mxf_ipc_put_str(msg, F_NEXTHOP, hop) < 0)
 		goto fail;
+	if (sign_add_specs(msg, e, j->ridx, j->n) < 0)
+		goto fail;
 	return msg;
 fail:
 	mxf_ipc_msg_free(msg);
@@ -1100,6 +1102,7 @@ int queue_reload_rules(char *err, size_t errlen)
 	R.rules = rs;
 	R.rules_version = v;
 	mxf_info("rules reloaded: %zu rule(s)", mxf_ruleset_count(rs));
+	sign_load();
 	/* A destination may have become verified: what waits for one goes now. */
 	int64_t now = now_s();
 	for (struct qmsg *m = msgs; m; m = m->next) {

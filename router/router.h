@@ -18,7 +18,9 @@ struct mxf_rulesdb;
 struct mxf_ruleset;
 struct mxf_srs;
 
-enum role { ROLE_NONE, ROLE_SMTPD, ROLE_DELIVERD, ROLE_BOUNCER, ROLE_CTL, ROLE_N };
+/* ROLE_SIGNER: deliverd's worker threads asking for DKIM/ARC signatures
+ * (sign.c), on connections of their own, authenticated as deliverd's user. */
+enum role { ROLE_NONE, ROLE_SMTPD, ROLE_DELIVERD, ROLE_BOUNCER, ROLE_CTL, ROLE_SIGNER, ROLE_N };
 
 /* A file opened for a client (OPEN) and not yet committed or aborted. */
 struct opened {
@@ -121,6 +123,17 @@ void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const c
 		  const char *status, const char *remote_host, const char *reply);
 /* Whether a row says queue ID qid came from sender (case-insensitive). */
 bool activity_sent_by(const char *qid, const char *sender);
+
+/* sign.c: the DKIM/ARC signing oracle */
+/* (Re)loads the enabled keys of rules.db; keeps the old set if the DB fails. */
+void sign_load(void);
+void sign_free(void);
+/* SIGN from a signer: <0 for a protocol violation. */
+int sign_request(struct peer *p, const struct mxf_ipc_view *v);
+/* Adds to a DELIVER the F_DKIM keys to sign with (SRS domain, receiving
+ * domains of the job's recipients) and the F_ARC key. */
+int sign_add_specs(struct mxf_ipc_msg *msg, const struct mxf_env *e, const size_t *ridx,
+		   size_t n);
 
 /* util */
 void rfc5322_date(time_t t, char *out, size_t len);

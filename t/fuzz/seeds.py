@@ -245,4 +245,28 @@ m7 = {
 for k, v in m7.items():
     put("fuzz_mime7bit", k, v.encode("latin-1", "replace") if k in ("multipart",) else v.encode())
 
+# ---- DKIM/ARC signer (fuzz_dkim): a chunk-seed byte, then a message
+DK_HEAD = ("From: Alice <alice@sender.test>\r\nTo: info@gw.test\r\nSubject: hi\r\n"
+           "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <1@sender.test>\r\n")
+dk = {
+    "plain": DK_HEAD + "\r\nHello.  \r\n\r\n\r\n",
+    "folded": DK_HEAD + "X-Long: a\r\n\tb  c\r\n \r\n\r\n body \t\r\n",
+    "no-body": DK_HEAD,
+    "no-from": "Subject: x\r\n\r\nbody\r\n",
+    "lf": DK_HEAD.replace("\r\n", "\n") + "\nbody\n\n",
+    "bad-cont": " cont\r\nFrom: a@b\r\n\r\n",
+    "arc-1": ("ARC-Seal: i=1; a=rsa-sha256; cv=none; d=hop1.test; s=h1; b=AAAA\r\n"
+              "ARC-Message-Signature: i=1; a=rsa-sha256; c=relaxed/relaxed; d=hop1.test;"
+              " s=h1; h=from; bh=AAAA; b=AAAA\r\n"
+              "ARC-Authentication-Results: i=1; hop1.test; spf=pass\r\n"
+              "Authentication-Results: mx.gateway.test; arc=pass\r\n" + DK_HEAD + "\r\nb\r\n"),
+    "arc-fail": ("ARC-Seal: i=2; cv=fail; d=x; s=y; b=\r\nARC-Seal: i=1; cv=none; b=\r\n"
+                 + DK_HEAD + "\r\n"),
+    "arc-i99": "ARC-Seal: i=99; cv=pass\r\nARC-Seal: i=x; cv=\r\n" + DK_HEAD + "\r\n",
+    "dup-tags": "DKIM-Signature: v=1; v=1; d=a; d=b\r\n" + DK_HEAD + "\r\n",
+    "cr-only": DK_HEAD + "\r\nline\rmore\r\r\n",
+}
+for k, v in dk.items():
+    put("fuzz_dkim", k, b"\x07" + v.encode())
+
 print("seeds written")

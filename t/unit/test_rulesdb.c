@@ -830,7 +830,7 @@ static void test_migrate_v1(void **state)
 		 " action, created FROM rules;"
 		 "DROP TABLE rules; ALTER TABLE r1 RENAME TO rules;"
 		 "DROP TABLE transports; ALTER TABLE domains DROP COLUMN unverified;"
-		 "DROP TABLE audit;"
+		 "DROP TABLE audit; DROP TABLE dkim_keys;"
 		 "ALTER TABLE addresses DROP COLUMN token_hash;"
 		 "ALTER TABLE addresses DROP COLUMN token_expires;"
 		 "PRAGMA user_version = 1; COMMIT;");
@@ -923,6 +923,70 @@ static void test_audit(void **state)
 	assert_int_equal(a.n, 0);
 }
 
+struct dkim_seen {
+	int n;
+	char sel[4][64];
+	bool enabled[4];
+};
+
+static int dkim_cb(const struct mxf_dkim_key_info *k, void *arg)
+{
+	struct dkim_seen *s = arg;
+	if (s->n < 4) {
+		snprintf(s->sel[s->n], sizeof(s->sel[0]), "%s/%s/%s", k->domain, k->selector,
+			 k->algorithm);
+		s->enabled[s->n] = k->enabled;
+	}
+	s->n++;
+	return 0;
+}
+
+static int audit_count_cb(const struct mxf_audit_entry *e, void *arg)
+{
+	if (strncmp(e->action, "dkim.", 5) == 0)
+		(*(int *)arg)++;
+	return 0;
+}
+
+/* DKIM key rows: validated, listed, enabled/disabled, removed, audited. */
+static void test_dkim_keys(void **state)
+{
+	struct fx *f = *state;
+	struct dkim_seen s = {0};
+	assert_int_equal(mxf_rulesdb_dkim_add(f->db, "Example.COM", "s1", "rsa", "AAAA", true, err,
+					      sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_dkim_add(f->db, "example.com", "e1", "ed25519", "BBBB", false,
+					      err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_dkim_add(f->db, "example.com", "s1", "ed25519", "CCCC", true,
+					      err, sizeof(err)),
+			 -EEXIST);
+	assert_int_equal(mxf_rulesdb_dkim_add(f->db, "example.com", "../x", "rsa", "A", true, err,
+					      sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_dkim_add(f->db, "example.com", "s2", "dsa", "A", true, err,
+					      sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_dkim_list(f->db, NULL, dkim_cb, &s), 0);
+	assert_int_equal(s.n, 2);
+	assert_string_equal(s.sel[0], "example.com/e1/ed25519");
+	assert_false(s.enabled[0]);
+	assert_string_equal(s.sel[1], "example.com/s1/rsa");
+	assert_int_equal(mxf_rulesdb_dkim_enable(f->db, "example.com", "e1", true, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_dkim_remove(f->db, "example.com", "s1", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_dkim_remove(f->db, "example.com", "s1", err, sizeof(err)),
+			 -ENOENT);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(mxf_rulesdb_dkim_list(f->db, "example.com", dkim_cb, &s), 0);
+	assert_int_equal(s.n, 1);
+	assert_true(s.enabled[0]);
+	int n = 0;
+	assert_int_equal(mxf_rulesdb_audit_list(f->db, 0, 0, audit_count_cb, &n), 0);
+	assert_int_equal(n, 4); /* add, add, enable, remove; the refusals left none */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -939,6 +1003,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_address_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dkim_keys, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,256 @@
+/* The router as DKIM/ARC signing oracle (doc/design.md "Signatures").
+ *
+ * Keys never leave the router and hostile content never enters it: deliverd
+ * canonicalises the message it is about to send and asks for the signature
+ * of a 32-byte SHA-256 digest (SIGN). Here only the private-key operation
+ * happens — on a fixed-size input, so no parser of ours or OpenSSL's sees
+ * anything the sender wrote. A compromised deliverd can get signatures of
+ * digests of its choosing (it could as well send mail through us); it cannot
+ * read a key.
+ *
+ * Keys: the rows of rules.db's dkim_keys that are enabled, each with its PEM
+ * in data_dir/dkim/, loaded at start and with every rules reload. The router
+ * is not chrooted (it owns the spool and data_dir), so the files stay where
+ * mxferryctl put them, readable by the router's user only. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "address.h"
+#include "config.h"
+#include "dkim.h"
+#include "log.h"
+#include "router.h"
+#include "rulesdb.h"
+
+/* Bound on signatures per message (DKIM for the SRS domain and the
+ * receiving domains, both algorithms). */
+#define MAX_SIGS 8
+
+struct key {
+	char domain[256];
+	char selector[MXF_DKIM_SELECTOR_MAX + 1];
+	enum mxf_dkim_alg alg;
+	EVP_PKEY *pk;
+};
+
+static struct key *keys;
+static size_t nkeys;
+
+struct loading {
+	struct key *k;
+	size_t n, cap;
+	const char *data_dir;
+};
+
+static int load_one(const struct mxf_dkim_key_info *ki, void *arg)
+{
+	struct loading *l = arg;
+	char path[4096];
+	enum mxf_dkim_alg alg;
+	if (!ki->enabled)
+		return 0;
+	if (mxf_dkim_alg_parse(ki->algorithm, &alg) < 0 ||
+	    mxf_dkim_key_path(l->data_dir, ki->domain, ki->selector, ki->algorithm, path,
+			      sizeof(path)) < 0) {
+		mxf_warn("dkim key %s for %s: bad row; not signing with it", ki->selector,
+			 ki->domain);
+		return 0;
+	}
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		mxf_warn("dkim key %s for %s: %s: %s; not signing with it", ki->selector, ki->domain,
+			 path, strerror(errno));
+		return 0;
+	}
+	EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	int id = pk ? EVP_PKEY_get_base_id(pk) : 0;
+	if (!pk || (alg == MXF_DKIM_RSA ? id != EVP_PKEY_RSA : id != EVP_PKEY_ED25519)) {
+		mxf_warn("dkim key %s for %s: %s is not a %s private key; not signing with it",
+			 ki->selector, ki->domain, path, ki->algorithm);
+		EVP_PKEY_free(pk);
+		return 0;
+	}
+	if (l->n == l->cap) {
+		size_t nc = l->cap ? 2 * l->cap : 8;
+		struct key *nk = realloc(l->k, nc * sizeof(*nk));
+		if (!nk) {
+			EVP_PKEY_free(pk);
+			return -ENOMEM;
+		}
+		l->k = nk;
+		l->cap = nc;
+	}
+	struct key *k = &l->k[l->n++];
+	snprintf(k->domain, sizeof(k->domain), "%s", ki->domain);
+	snprintf(k->selector, sizeof(k->selector), "%s", ki->selector);
+	k->alg = alg;
+	k->pk = pk;
+	return 0;
+}
+
+static void free_keys(struct key *k, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		EVP_PKEY_free(k[i].pk);
+	free(k);
+}
+
+void sign_load(void)
+{
+	struct loading l = {.data_dir = mxf_config_str(R.cfg, "main", "data_dir")};
+	int r = mxf_rulesdb_dkim_list(R.rdb, NULL, load_one, &l);
+	if (r < 0) {
+		free_keys(l.k, l.n);
+		mxf_err("dkim keys: cannot read rules.db (%s); keeping the %zu loaded", strerror(-r),
+			nkeys);
+		return;
+	}
+	free_keys(keys, nkeys);
+	keys = l.k;
+	nkeys = l.n;
+	if (nkeys)
+		mxf_info("dkim: %zu signing key(s) loaded", nkeys);
+}
+
+void sign_free(void)
+{
+	free_keys(keys, nkeys);
+	keys = NULL;
+	nkeys = 0;
+}
+
+static const struct key *find_key(const char *domain, const char *selector)
+{
+	for (size_t i = 0; i < nkeys; i++)
+		if (strcmp(keys[i].domain, domain) == 0 && strcmp(keys[i].selector, selector) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+/* RSA: PKCS#1 v1.5 with the SHA-256 DigestInfo, over the digest (RFC 6376
+ * §3.3.1). Ed25519: PureEdDSA over the 32 digest bytes (RFC 8463 §3). */
+static int sign_digest(const struct key *k, const uint8_t *dg, uint8_t *sig, size_t *siglen)
+{
+	int ok = 0;
+	if (k->alg == MXF_DKIM_RSA) {
+		EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(k->pk, NULL);
+		ok = c && EVP_PKEY_sign_init(c) > 0 &&
+		     EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) > 0 &&
+		     EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) > 0 &&
+		     EVP_PKEY_sign(c, sig, siglen, dg, MXF_DKIM_DIGEST) > 0;
+		EVP_PKEY_CTX_free(c);
+	} else {
+		EVP_MD_CTX *c = EVP_MD_CTX_new();
+		ok = c && EVP_DigestSignInit(c, NULL, NULL, NULL, k->pk) > 0 &&
+		     EVP_DigestSign(c, sig, siglen, dg, MXF_DKIM_DIGEST) > 0;
+		EVP_MD_CTX_free(c);
+	}
+	return ok ? 0 : -EIO;
+}
+
+int sign_request(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req;
+	const uint8_t *dg;
+	size_t dl;
+	const char *domain = mxf_ipc_str(v, F_DOMAIN, 0), *sel = mxf_ipc_str(v, F_SELECTOR, 0);
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || !domain || !sel ||
+	    mxf_ipc_bytes(v, F_DIGEST, 0, &dg, &dl) < 0 || dl != MXF_DKIM_DIGEST)
+		return -1;
+	uint8_t sig[MXF_DKIM_SIG_MAX];
+	size_t siglen = sizeof(sig);
+	unsigned code = 250;
+	const struct key *k = find_key(domain, sel);
+	if (!k || sign_digest(k, dg, sig, &siglen) < 0) {
+		char e1[600];
+		mxf_log_escape(e1, sizeof(e1), domain, strlen(domain));
+		mxf_warn("signer[%ld]: %s key %s for %s", (long)p->pid,
+			 k ? "cannot sign with" : "no such", k ? k->selector : "", e1);
+		code = 550;
+		siglen = 0;
+	}
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_SIGN_REPLY);
+	int r = m ? 0 : -ENOMEM;
+	if (r == 0)
+		r = mxf_ipc_put_u64(m, F_REQ, req);
+	if (r == 0)
+		r = mxf_ipc_put_u64(m, F_CODE, code);
+	if (r == 0)
+		r = mxf_ipc_put_bytes(m, F_SIG, sig, siglen);
+	if (r == 0)
+		r = peer_send(p, m, -1);
+	mxf_ipc_msg_free(m);
+	if (r < 0 && !p->closing) {
+		mxf_warn("signer[%ld]: cannot reply: %s; closing", (long)p->pid, strerror(-r));
+		peer_close(p);
+	}
+	return 0;
+}
+
+/* The domain of an address (or a bare domain), as keys are stored. */
+static void domain_of(const char *addr, char *out, size_t len)
+{
+	const char *at = strrchr(addr, '@');
+	char a[256];
+	snprintf(a, sizeof(a), "%s", at ? at + 1 : addr);
+	for (char *q = a; *q; q++)
+		if (*q >= 'A' && *q <= 'Z')
+			*q = (char)(*q + 32);
+	/* U-label addresses: the keys are stored under the A-label. */
+	if (mxf_domain_to_ascii(a, out, len) < 0)
+		snprintf(out, len, "%s", a);
+}
+
+static int put_key(struct mxf_ipc_msg *msg, uint16_t tag, const struct key *k)
+{
+	char spec[400];
+	snprintf(spec, sizeof(spec), "%s %s %s", k->domain, k->selector, mxf_dkim_alg_name(k->alg));
+	return mxf_ipc_put_str(msg, tag, spec);
+}
+
+int sign_add_specs(struct mxf_ipc_msg *msg, const struct mxf_env *e, const size_t *ridx,
+		   size_t n)
+{
+	const char *srs = mxf_config_str(R.cfg, "router", "srs_domain");
+	char doms[4][256];
+	size_t nd = 0, nsig = 0;
+	int r = 0;
+	if (!nkeys)
+		return 0;
+	/* The SRS domain, then each receiving domain (the custom address's). */
+	domain_of(srs, doms[nd], sizeof(doms[nd]));
+	nd += doms[nd][0] != '\0';
+	for (size_t k = 0; k < n && nd < 4; k++) {
+		char d[256];
+		domain_of(e->rcpt[ridx[k]].orig, d, sizeof(d));
+		bool dup = !d[0];
+		for (size_t i = 0; i < nd && !dup; i++)
+			dup = strcmp(doms[i], d) == 0;
+		if (!dup)
+			snprintf(doms[nd++], sizeof(doms[0]), "%s", d);
+	}
+	for (size_t i = 0; i < nd && r == 0; i++)
+		for (size_t k = 0; k < nkeys && r == 0 && nsig < MAX_SIGS; k++)
+			if (strcmp(keys[k].domain, doms[i]) == 0) {
+				r = put_key(msg, F_DKIM, &keys[k]);
+				nsig++;
+			}
+	/* ARC is rsa-sha256 only (RFC 8617 §4.1.3 mandates it; Ed25519 is not
+	 * defined for ARC): the SRS domain's RSA key seals what we forward.
+	 * DSNs of our own are not forwarded mail: no ARC set. */
+	if (r == 0 && nd && strcasecmp(doms[0], srs) == 0 && strcmp(e->origin, "bouncer") != 0)
+		for (size_t k = 0; k < nkeys; k++)
+			if (keys[k].alg == MXF_DKIM_RSA && strcmp(keys[k].domain, doms[0]) == 0) {
+				r = put_key(msg, F_ARC, &keys[k]);
+				break;
+			}
+	return r;
+}
