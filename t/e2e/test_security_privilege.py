@@ -98,6 +98,19 @@ def test_secrets_readable_by_router_alone(world):
         r = as_user(d, f"echo x > '{os.path.join(gw.data, 'privprobe')}'")
         assert r.returncode != 0, f"{USERS[d]} can create files in data_dir"
 
+    # The DKIM private keys (issue 7/9): the router reads them, nobody else.
+    gw.ctl_ok("dkim", "keygen", "gw.test", "--selector", "priv")
+    keys = [os.path.join(gw.data, "dkim", n) for n in os.listdir(os.path.join(gw.data, "dkim"))]
+    assert keys
+    for k in keys:
+        st = os.stat(k)
+        assert st.st_uid == router.pw_uid and not st.st_mode & 0o077, (k, oct(st.st_mode))
+        r = as_user("router", f"cat '{k}' > /dev/null")
+        assert r.returncode == 0, f"control failed: the router cannot read {k}: {r.stderr}"
+        for d in OTHERS:
+            r = as_user(d, f"cat '{k}'")
+            assert r.returncode != 0 and not r.stdout, f"{USERS[d]} can read {k}"
+
 
 # The packaged unit (debian/mxferry.service): the master runs as its own user
 # with exactly the ambient capabilities UNIT_CAPS, no CAP_CHOWN; its
