@@ -110,9 +110,14 @@ static const struct key keys[] = {
 	/* Issue 6: a delay warning (DSN Action: delayed) once a message has
 	 * waited this long with recipients still deferred; 0 = never (default). */
 	{"bouncer", "delay_warning_time", T_DURATION, "0", 0, 60 * 86400, true},
-	/* Issue 7: the authserv-id of our Authentication-Results ("" = [main]
-	 * hostname), and whether deliverd seals forwarded mail with ARC. */
-	{"auth", "authserv_id", T_STR, "", 0, 0, false},
+	/* Issue 7, checks on incoming mail (smtpd): SPF, DKIM, DMARC in one
+	 * Authentication-Results header with authserv_id ("" = [main] hostname);
+	 * dmarc enforce|monitor|off; mail passing neither SPF nor DKIM refused. */
+	{"auth", "checks", T_BOOL, "yes", 0, 0, true},
+	{"auth", "authserv_id", T_STR, "", 0, 0, true},
+	{"auth", "dmarc", T_STR, "enforce", 0, 0, true},
+	{"auth", "require_spf_or_dkim", T_BOOL, "yes", 0, 0, true},
+	/* Whether deliverd seals forwarded mail with ARC (signing: issue 7). */
 	{"auth", "arc", T_BOOL, "yes", 0, 0, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -310,6 +315,12 @@ int mxf_config_load(const char *path, struct mxf_config **out, char *err, size_t
 			mxf_config_free(cfg);
 			return -EINVAL;
 		}
+	}
+	const char *dm = cfg->val[key_index("auth", "dmarc")];
+	if (strcmp(dm, "enforce") && strcmp(dm, "monitor") && strcmp(dm, "off")) {
+		snprintf(err, errlen, "%s: [auth] dmarc: expected enforce, monitor or off", abs);
+		mxf_config_free(cfg);
+		return -EINVAL;
 	}
 	static const char *const lists[] = {"dnsbl", "rhsbl"};
 	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {

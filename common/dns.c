@@ -490,3 +490,78 @@ int mxf_dns_ptr(struct mxf_dns *d, const char *revname, char (*names)[MXF_DNS_NA
 	*n = k;
 	return MXF_DNS_OK;
 }
+
+void mxf_dns_txt_free(char **txt, size_t n)
+{
+	if (!txt)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(txt[i]);
+	free(txt);
+}
+
+int mxf_dns_txt(struct mxf_dns *d, const char *name, char ***txt, size_t *n, char *why,
+		size_t whylen)
+{
+	ldns_rr_list *rrs;
+
+	*txt = NULL;
+	*n = 0;
+	int rc = query(d, name, LDNS_RR_TYPE_TXT, "TXT", &rrs, why, whylen);
+	if (rc != MXF_DNS_OK)
+		return rc;
+	size_t cnt = ldns_rr_list_rr_count(rrs);
+	if (cnt > MXF_DNS_TXT_MAX)
+		cnt = MXF_DNS_TXT_MAX;
+	char **out = calloc(cnt ? cnt : 1, sizeof(*out));
+	if (!out) {
+		ldns_rr_list_deep_free(rrs);
+		return -ENOMEM;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < cnt; i++) {
+		ldns_rr *rr = ldns_rr_list_rr(rrs, i);
+		size_t total = 0;
+		for (size_t j = 0; j < ldns_rr_rd_count(rr); j++) {
+			ldns_rdf *f = ldns_rr_rdf(rr, j);
+			if (ldns_rdf_size(f) >= 1)
+				total += ldns_rdf_size(f) - 1;
+		}
+		char *s = malloc(total + 1);
+		if (!s) {
+			mxf_dns_txt_free(out, k);
+			ldns_rr_list_deep_free(rrs);
+			return -ENOMEM;
+		}
+		size_t o = 0;
+		/* Character-strings are length-prefixed; RFC 7208 §3.3 and RFC
+		 * 6376 §3.6.2.2 join them without anything in between. */
+		for (size_t j = 0; j < ldns_rr_rd_count(rr); j++) {
+			ldns_rdf *f = ldns_rr_rdf(rr, j);
+			const uint8_t *p = ldns_rdf_data(f);
+			size_t sz = ldns_rdf_size(f);
+			if (sz < 1)
+				continue;
+			size_t l = p[0] < sz - 1 ? p[0] : sz - 1;
+			memcpy(s + o, p + 1, l);
+			o += l;
+		}
+		s[o] = '\0';
+		/* A NUL inside a record would cut it short for C callers:
+		 * such a record is not one we could evaluate; drop it. */
+		if (strlen(s) != o) {
+			free(s);
+			continue;
+		}
+		out[k++] = s;
+	}
+	ldns_rr_list_deep_free(rrs);
+	if (k == 0) {
+		free(out);
+		set_why(why, whylen, "TXT", "no usable records");
+		return MXF_DNS_NODATA;
+	}
+	*txt = out;
+	*n = k;
+	return MXF_DNS_OK;
+}

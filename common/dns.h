@@ -87,6 +87,15 @@ int mxf_dns_addrs(struct mxf_dns *d, const char *host, int family, struct mxf_dn
 int mxf_dns_ptr(struct mxf_dns *d, const char *revname, char (*names)[MXF_DNS_NAME_MAX + 1],
 		size_t cap, size_t *n, char *why, size_t whylen);
 
+/* TXT records at name (SPF, DKIM keys, DMARC; issue 7), each record's
+ * character-strings joined, at most MXF_DNS_TXT_MAX records; a record holding
+ * a NUL is dropped. On MXF_DNS_OK *txt holds *n >= 1 strings, freed with
+ * mxf_dns_txt_free. Returns an mxf_dns_rc, -EINVAL, -ENOMEM. */
+#define MXF_DNS_TXT_MAX 32
+int mxf_dns_txt(struct mxf_dns *d, const char *name, char ***txt, size_t *n, char *why,
+		size_t whylen);
+void mxf_dns_txt_free(char **txt, size_t n);
+
 /* TTL (seconds) of the last lookup's answer on this handle: the smallest TTL
  * of the records used (CNAMEs included) for MXF_DNS_OK, the negative-caching
  * TTL (RFC 2308) for NODATA and NXDOMAIN, 0 for TEMPFAIL. For caches. */

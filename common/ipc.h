@@ -39,7 +39,7 @@ enum mxf_ipc_type {
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
 	MXF_MSG_COMMIT,           /* c->r: F_REQ, F_QID, F_SENDER, F_RCPT*, F_SIZE, F_CLIENT_IP,
 	                             F_CLIENT_NAME, F_HELO, F_PROTO [, F_RET, F_ENVID, F_DSN_NOTIFY*,
-	                             F_ORCPT*, F_TLS] */
+	                             F_ORCPT*, F_TLS, F_AUTH_RESULTS] */
 	MXF_MSG_COMMIT_REPLY,     /* r->c: F_REQ, F_QID, F_CODE, F_ESC, F_TEXT.
 	                             F_CODE 250: durably queued; 4xx/5xx: nothing kept */
 	MXF_MSG_ABORT,            /* c->r: F_QID (discard an opened, uncommitted file) */
@@ -94,6 +94,11 @@ enum mxf_ipc_tag {
 	/* DELIVER: each F_DKIM "domain selector rsa|ed25519" is one DKIM signature
 	 * to add; F_ARC (at most one, rsa) the key to seal an ARC set with. */
 	F_DKIM, F_ARC,
+	/* COMMIT from smtpd (issue 7), optional: the whole Authentication-Results
+	 * field of our checks ("Authentication-Results: ID;...CRLF", folded with
+	 * CRLF TAB), which the router validates and prepends to the envelope's
+	 * headers. */
+	F_AUTH_RESULTS,
 	F_TAG_MAX
 };
 

@@ -44,7 +44,7 @@ static const char *col(sqlite3_stmt *st, int i)
 
 #define LOG_COLS                                                                                  \
 	"id, ts, queue_id, client_ip, helo, mail_from, rcpt, dest, rule, action, spf, dkim, "    \
-	"dmarc, status, remote_host, reply, size"
+	"dmarc, status, remote_host, reply, size, arc, auth"
 
 static const char *const statuses[] = {"forwarded",	  "dropped", "rejected", "deferred",
 				       "delivery_failed", "bounced", "error"};
@@ -68,6 +68,9 @@ static void log_row(sqlite3_stmt *st)
 			cj_raw("size", NULL);
 		else
 			cj_int("size", sqlite3_column_int64(st, 16));
+		/* Issue 7: the ARC result and smtpd's whole Authentication-Results. */
+		cj_str("arc", col(st, 17));
+		cj_str("auth", col(st, 18));
 		cj_end(false);
 		return;
 	}
@@ -86,6 +89,8 @@ static void log_row(sqlite3_stmt *st)
 	printf(" spf=%s dkim=%s dmarc=%s", col(st, 10) ? ctl_safe(b[3], 64, col(st, 10)) : "-",
 	       col(st, 11) ? ctl_safe(b[4], 64, col(st, 11)) : "-",
 	       col(st, 12) ? ctl_safe(b[5], 64, col(st, 12)) : "-");
+	if (col(st, 17))
+		printf(" arc=%s", ctl_safe(b[3], 64, col(st, 17)));
 	if (col(st, 3))
 		printf(" client=[%s]", ctl_safe(b[3], sizeof(b[3]), col(st, 3)));
 	if (host)

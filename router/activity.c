@@ -9,7 +9,7 @@
 #include "log.h"
 #include "router.h"
 
-#define ACTIVITY_SCHEMA 2
+#define ACTIVITY_SCHEMA 3
 
 static sqlite3 *db;
 static sqlite3_stmt *ins;
@@ -32,6 +32,11 @@ static const char schema_v1[] =
 /* 2: the message size (issue 4). */
 static const char schema_v2[] = "ALTER TABLE activity ADD COLUMN size INTEGER;"
 				"PRAGMA user_version = 2;";
+/* 3: issue 7, the ARC result and the whole Authentication-Results text of
+ * smtpd's checks (spf, dkim, dmarc were in v1 already). */
+static const char schema_v3[] = "ALTER TABLE activity ADD COLUMN arc TEXT;"
+				"ALTER TABLE activity ADD COLUMN auth TEXT;"
+				"PRAGMA user_version = 3;";
 
 int activity_open(const char *path)
 {
@@ -65,13 +70,15 @@ int activity_open(const char *path)
 		if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &err) != SQLITE_OK ||
 		    (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, &err) != SQLITE_OK) ||
 		    (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &err) != SQLITE_OK) ||
+		    (version < 3 && sqlite3_exec(db, schema_v3, NULL, NULL, &err) != SQLITE_OK) ||
 		    sqlite3_exec(db, "COMMIT", NULL, NULL, &err) != SQLITE_OK)
 			goto fail;
 	}
 	if (sqlite3_prepare_v2(db,
 			       "INSERT INTO activity (ts, queue_id, client_ip, helo, mail_from, "
-			       "rcpt, dest, rule, action, status, remote_host, reply, size) "
-			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+			       "rcpt, dest, rule, action, status, remote_host, reply, size, "
+			       "spf, dkim, dmarc, arc, auth) "
+			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 			       -1, &ins, NULL) != SQLITE_OK)
 		goto fail;
 	next_prune = 0;
@@ -103,6 +110,58 @@ static void bind_opt(int idx, const char *s)
 		sqlite3_bind_null(ins, idx);
 }
 
+/* Our Authentication-Results field in the envelope's header block (the
+ * router validated it at COMMIT), unfolded into out: "ID; spf=pass ...". */
+static bool auth_text(const struct mxf_env *e, char *out, size_t cap)
+{
+	static const char name[] = "Authentication-Results: ";
+	const char *h = e ? e->headers : NULL;
+	if (!h)
+		return false;
+	if (strncmp(h, name, sizeof(name) - 1) != 0) {
+		h = strstr(h, "\r\nAuthentication-Results: ");
+		if (!h)
+			return false;
+		h += 2;
+	}
+	size_t o = 0;
+	for (const char *p = h + sizeof(name) - 1; *p && o + 1 < cap; p++) {
+		if (p[0] == '\r' && p[1] == '\n') {
+			if (p[2] != '\t' && p[2] != ' ')
+				break;
+			p += 2; /* the fold becomes one space */
+			out[o++] = ' ';
+			continue;
+		}
+		out[o++] = *p;
+	}
+	out[o] = '\0';
+	return true;
+}
+
+/* The results of one method ("dkim": "pass,fail" for two signatures). */
+static void method_results(const char *ar, const char *method, char *out, size_t cap)
+{
+	size_t ml = strlen(method), o = 0;
+	out[0] = '\0';
+	for (const char *p = strchr(ar, ';'); p; p = strchr(p + 1, ';')) {
+		const char *q = p + 1;
+		while (*q == ' ')
+			q++;
+		if (strncmp(q, method, ml) != 0 || q[ml] != '=')
+			continue;
+		q += ml + 1;
+		size_t l = strcspn(q, " ;");
+		if (o + l + 2 >= cap)
+			break;
+		if (o)
+			out[o++] = ',';
+		memcpy(out + o, q, l);
+		o += l;
+		out[o] = '\0';
+	}
+}
+
 void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const char *rcpt,
 		  const char *status, const char *remote_host, const char *reply)
 {
@@ -126,6 +185,16 @@ void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const c
 	bind_opt(12, reply);
 	if (e)
 		sqlite3_bind_int64(ins, 13, (sqlite3_int64)e->size);
+	char ar[4096];
+	if (auth_text(e, ar, sizeof(ar))) {
+		static const char *const methods[] = {"spf", "dkim", "dmarc", "arc"};
+		for (int i = 0; i < 4; i++) {
+			char res[128];
+			method_results(ar, methods[i], res, sizeof(res));
+			bind_opt(14 + i, res);
+		}
+		bind_opt(18, ar);
+	}
 	if (sqlite3_step(ins) != SQLITE_DONE)
 		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
 	sqlite3_reset(ins);

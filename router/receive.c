@@ -575,6 +575,30 @@ static int build_headers(struct mxf_env *e, const char *single_rcpt, bool from_b
 	return mxf_env_set(&e->headers, buf);
 }
 
+/* Issue 7: smtpd's Authentication-Results field. smtpd parses hostile
+ * headers and DNS, so what it sends is checked like any peer string:
+ * printable ASCII lines, CRLF then TAB or SP between them (folding only, no
+ * new field can start), the field name, a CRLF at the end, bounded. */
+static bool auth_results_clean(const char *s)
+{
+	static const char name[] = "Authentication-Results: ";
+	size_t len = s ? strlen(s) : 0;
+	if (len < sizeof(name) + 2 || len > 4096 || strncmp(s, name, sizeof(name) - 1) != 0 ||
+	    s[len - 2] != '\r' || s[len - 1] != '\n')
+		return false;
+	for (size_t i = 0; i < len - 2; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '\r') {
+			if (s[i + 1] != '\n' || (s[i + 2] != '\t' && s[i + 2] != ' '))
+				return false;
+			i++;
+		} else if ((c < 0x20 && c != '\t') || c > 0x7e) {
+			return false;
+		}
+	}
+	return true;
+}
+
 /* Returns <0 only for a protocol violation. */
 int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 {
@@ -599,6 +623,10 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	if ((nnotify && nnotify != nrcpt) || (norcpt && norcpt != nrcpt) ||
 	    (ret && *ret && strcmp(ret, "FULL") && strcmp(ret, "HDRS")) || !dsn_clean(envid, 100) ||
 	    (mxf_ipc_count(v, F_TLS) && !addr_clean(mxf_ipc_str(v, F_TLS, 0))))
+		return -1;
+	if (mxf_ipc_count(v, F_AUTH_RESULTS) > 1 ||
+	    (mxf_ipc_count(v, F_AUTH_RESULTS) == 1 &&
+	     (bouncer || !auth_results_clean(mxf_ipc_str(v, F_AUTH_RESULTS, 0)))))
 		return -1;
 	for (size_t i = 0; i < nnotify; i++)
 		if (!mxf_ipc_str(v, F_DSN_NOTIFY, i) || !dsn_clean(mxf_ipc_str(v, F_DSN_NOTIFY, i), 31))
@@ -716,6 +744,20 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	if (build_headers(e, nrcpt == 1 ? mxf_ipc_str(v, F_RCPT, 0) : NULL, bouncer,
 			  mxf_ipc_str(v, F_TLS, 0)) < 0)
 		goto refuse;
+	if (mxf_ipc_count(v, F_AUTH_RESULTS) == 1) {
+		/* Right below our Received line: trace and results of this hop
+		 * stay together, and the block still starts with Received. */
+		const char *ar = mxf_ipc_str(v, F_AUTH_RESULTS, 0);
+		size_t l = strlen(ar) + strlen(e->headers) + 1;
+		char *h = malloc(l);
+		if (!h)
+			goto refuse;
+		snprintf(h, l, "%s%s", e->headers, ar);
+		int hr = mxf_env_set(&e->headers, h);
+		free(h);
+		if (hr < 0)
+			goto refuse;
+	}
 
 	struct commit *c = calloc(1, sizeof(*c));
 	if (!c)

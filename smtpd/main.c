@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "abuse.h"
+#include "auth.h"
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
@@ -204,10 +205,11 @@ int main(int argc, char **argv)
 	raise_nofile();
 	/* Before the chroot: the resolver may read /etc/resolv.conf. */
 	bl_init(cfg);
+	auth_init(cfg);
 	/* Block-list lookups block a pool thread each (abuse.c keeps at most
 	 * 16 running): the pool must keep threads for queue-file writes.
 	 * libuv reads this when the pool first starts. */
-	if (bl_enabled() && !getenv("UV_THREADPOOL_SIZE"))
+	if ((bl_enabled() || auth_enabled()) && !getenv("UV_THREADPOOL_SIZE"))
 		setenv("UV_THREADPOOL_SIZE", "24", 1);
 
 	nlisten = listen_fds();

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "abuse.h"
+#include "auth.h"
 #include "address.h"
 #include "dnsbl.h"
 #include "log.h"
@@ -39,7 +40,7 @@
 #define TEMPFAIL_TEXT "Error: temporary failure, try again later"
 #define IP_BUCKETS 4096
 
-enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE, W_DNSBL };
+enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE, W_DNSBL, W_AUTH };
 
 struct rcpt {
 	char *addr, *orcpt;
@@ -122,6 +123,7 @@ struct session {
 	bool write_error, too_big;
 	unsigned rcpt_overshoot; /* RCPTs refused past max_recipients */
 	bool disk_full; /* the write error was ENOSPC/EDQUOT */
+	struct auth *auth; /* issue 7: the checks of this message (NULL: off) */
 
 	unsigned errors;
 	unsigned cnt[MXF_SMTP_NVERBS], ok[MXF_SMTP_NVERBS];
@@ -279,6 +281,7 @@ static void maybe_free(struct session *s)
 	free(s->in);
 	free(s->out);
 	free(s->wbuf);
+	auth_free(s->auth);
 	mxf_tls_free(s->tls);
 	free(s);
 }
@@ -322,6 +325,10 @@ static void reset_transaction(struct session *s)
 	s->wlen = 0;
 	s->written = 0;
 	s->write_error = s->too_big = s->disk_full = false;
+	if (s->wait != W_AUTH) {
+		auth_free(s->auth);
+		s->auth = NULL;
+	}
 }
 
 /* A message in progress (its content being read, written or committed):
@@ -329,7 +336,7 @@ static void reset_transaction(struct session *s)
 static bool mid_message(const struct session *s)
 {
 	return s->in_data || s->in_chunk || s->open || s->wait == W_OPEN ||
-	       s->wait == W_COMMIT || s->wait == W_WRITE;
+	       s->wait == W_COMMIT || s->wait == W_WRITE || s->wait == W_AUTH;
 }
 
 /* ---- output ---- */
@@ -1034,6 +1041,32 @@ static const char *proto_name(const struct session *s)
 	return s->tls ? "ESMTPS" : "ESMTP";
 }
 
+static void commit_message(struct session *s);
+static void on_auth_done(void *arg);
+
+/* Room left in the write buffer for decoded content: while the header
+ * section is filtered, a held field may come out on top of the input. */
+static size_t wspace(const struct session *s)
+{
+	size_t space = WBUF_CAP - s->wlen;
+	if (s->auth && auth_in_header(s->auth))
+		space = space > AUTH_FILTER_SLACK ? space - AUTH_FILTER_SLACK : 0;
+	return space;
+}
+
+/* Decoded content just put at wbuf+wlen (o octets) as it goes to the file. */
+static void take(struct session *s, size_t o)
+{
+	s->wlen += s->auth ? auth_filter(s->auth, s->wbuf + s->wlen, o) : o;
+}
+
+/* The content is complete: a header field the filter still holds. */
+static void take_end(struct session *s)
+{
+	if (s->auth && !refused(s))
+		s->wlen += auth_end(s->auth, s->wbuf + s->wlen);
+}
+
 static void finish_message(struct session *s)
 {
 	int code;
@@ -1056,10 +1089,48 @@ static void finish_message(struct session *s)
 		data_refuse(s, 451, "4.3.0", "Error: queue file write error");
 		return;
 	}
-	if (s->written != s->data.size)
-		abort(); /* every decoded byte went to the file or we refused above */
+	/* Every decoded byte went to the file, was a forged header field we
+	 * removed, or we refused above. */
+	if (s->written + (s->auth ? auth_dropped_octets(s->auth) : 0) != s->data.size)
+		abort();
 	free(s->wbuf);
 	s->wbuf = NULL;
+	if (s->auth) {
+		/* The checks decide before the router is asked to commit. */
+		if (auth_check(s->auth, on_auth_done, s) < 0) {
+			data_refuse(s, 451, "4.3.0", TEMPFAIL_TEXT);
+			return;
+		}
+		s->refs++;
+		s->wait = W_AUTH;
+		return;
+	}
+	commit_message(s);
+}
+
+/* The checks are done (issue 7): refuse, or commit with their header. */
+static void on_auth_done(void *arg)
+{
+	struct session *s = arg;
+	s->refs--;
+	s->wait = W_NONE;
+	if (s->closing) {
+		abort_open(s);
+		maybe_free(s);
+		return;
+	}
+	const char *escode, *text;
+	int code = auth_verdict(s->auth, &escode, &text);
+	if (code) {
+		data_refuse(s, code, escode, text);
+	} else {
+		commit_message(s);
+	}
+	process(s);
+}
+
+static void commit_message(struct session *s)
+{
 
 	/* RFC 5321 4.5.3.1.6 sets what we must accept, not a ceiling: longer
 	 * lines are kept (deliverd folds or encodes them), and counted. */
@@ -1101,6 +1172,8 @@ static void finish_message(struct session *s)
 		r = mxf_ipc_put_str(m, F_ENVID, s->envid);
 	if (r == 0)
 		r = mxf_ipc_put_str(m, F_TLS, tls);
+	if (r == 0 && s->auth && auth_header(s->auth)[0])
+		r = mxf_ipc_put_str(m, F_AUTH_RESULTS, auth_header(s->auth));
 	if (r < 0) {
 		mxf_ipc_msg_free(m);
 		mxf_err("%s: cannot build COMMIT: %s", s->qid, strerror(-r));
@@ -1149,7 +1222,7 @@ static bool data_step(struct session *s)
 {
 	bool progress = false;
 	if (!s->data.done && s->inoff < s->inlen) {
-		size_t space = WBUF_CAP - s->wlen;
+		size_t space = wspace(s);
 		if (space >= 2) {
 			size_t o;
 			size_t used = mxf_smtp_data_feed(&s->data, s->in + s->inoff,
@@ -1162,12 +1235,14 @@ static bool data_step(struct session *s)
 			/* Content of a message that will be refused is read
 			 * to the end marker and dropped. */
 			if (!refused(s))
-				s->wlen += o;
+				take(s, o);
 			else
 				s->wlen = 0;
 		}
 	}
-	if (s->wlen > 0 && (s->data.done || WBUF_CAP - s->wlen < 2)) {
+	if (s->data.done)
+		take_end(s);
+	if (s->wlen > 0 && (s->data.done || wspace(s) < 2)) {
 		start_write(s);
 		/* Waiting for the write, or it failed at once (then the rest is
 		 * read and dropped). */
@@ -1184,7 +1259,7 @@ static bool data_step(struct session *s)
 static bool chunk_step(struct session *s)
 {
 	bool progress = false;
-	size_t avail = s->inlen - s->inoff, space = WBUF_CAP - s->wlen;
+	size_t avail = s->inlen - s->inoff, space = wspace(s);
 	size_t n = avail < space ? avail : space;
 	if (n > s->chunk_left)
 		n = (size_t)s->chunk_left;
@@ -1194,7 +1269,7 @@ static bool chunk_step(struct session *s)
 			s->too_big = true;
 		if (!refused(s) && s->fd >= 0) {
 			memcpy(s->wbuf + s->wlen, s->in + s->inoff, n);
-			s->wlen += n;
+			take(s, n);
 		} else {
 			s->wlen = 0;
 		}
@@ -1202,7 +1277,9 @@ static bool chunk_step(struct session *s)
 		s->chunk_left -= n;
 		progress = true;
 	}
-	if (s->wlen > 0 && (s->chunk_left == 0 || s->wlen == WBUF_CAP)) {
+	if (s->chunk_left == 0 && s->chunk_last && s->fd >= 0)
+		take_end(s);
+	if (s->wlen > 0 && (s->chunk_left == 0 || wspace(s) == 0)) {
 		start_write(s);
 		return s->wait == W_NONE;
 	}
@@ -1397,6 +1474,16 @@ static void on_open_reply(struct session *s, const struct mxf_ipc_view *v, int f
 		s->written = 0;
 		s->write_error = s->too_big = s->disk_full = false;
 		mxf_smtp_data_init(&s->data);
+		auth_free(s->auth);
+		s->auth = NULL;
+		if (auth_enabled() && !(s->auth = auth_new(qid, s->ip, s->helo, s->sender))) {
+			smtpd_abort_qid(qid);
+			s->open = false;
+			close(fd);
+			s->fd = -1;
+			code = 451, escode = "4.3.0", text = TEMPFAIL_TEXT;
+			goto fail;
+		}
 		mxf_info("%s: client=unknown[%s], helo=%s", s->qid, s->ip,
 			 esc(h, sizeof(h), s->helo));
 		if (bdat) {

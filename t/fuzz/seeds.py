@@ -270,3 +270,32 @@ for k, v in dk.items():
     put("fuzz_dkim", k, b"\x07" + v.encode())
 
 print("seeds written")
+
+
+# ---- issue 7: header sections (fuzz_mailhdr; 4 octets of chunking seed first)
+hdrs = {
+    "simple": "From: A <a@example.com>\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n",
+    "forged-ar": "Authentication-Results: mx.test; spf=pass\r\n dkim=pass\r\n"
+                 "Authentication-Results: (c) MX.TEST; x\r\n"
+                 "Authentication-Results: other.test; spf=fail\r\n\r\nb\r\n",
+    "dkim": "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d=example.com;\r\n"
+            "\ts=s1; h=from:to; bh=abc=; b=def=\r\nFrom: \"x, y\" <x@example.com>\r\n\r\n",
+    "groups": "From: undisclosed:;\r\nFrom: a@b.c, d@e.f\r\nFrom: (c) <a@[1.2.3.4]>\r\n",
+    "no-body": "Subject: x\r\nX: y",
+    "bare-lf": "Subject: x\nX: y\n\nbody",
+}
+for name, text in hdrs.items():
+    put("fuzz_mailhdr", name, b"\x01\x02\x03\x04" + text.encode())
+
+# ---- issue 7: SPF records (fuzz_spf)
+spf = {
+    "simple": "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 a mx ptr -all",
+    "include": "v=spf1 include:_spf.example.com redirect=other.example ~all",
+    "macros": "v=spf1 exists:%{ir}.%{l1r-}.%{d2}._spf.%{h} a:%{o}.%{s}.%{v} -all",
+    "exp": "v=spf1 -all exp=explain.%{d}",
+    "refused": "v=spf1 a:%{c}%{r}%{t}.x exists:%{d999r}.y -all",
+    "cidr": "v=spf1 a/24//64 mx:mx.example/16 ?all",
+    "junk": "v=spf1 foo:bar =bad %% %_ %- %{",
+}
+for name, text in spf.items():
+    put("fuzz_spf", name, text)
