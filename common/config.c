@@ -110,6 +110,13 @@ static const struct key keys[] = {
 	/* Issue 6: a delay warning (DSN Action: delayed) once a message has
 	 * waited this long with recipients still deferred; 0 = never (default). */
 	{"bouncer", "delay_warning_time", T_DURATION, "0", 0, 60 * 86400, true},
+	/* Issue 9: the whole DATA/BDAT phase of one message (from the 354 or the
+	 * first chunk to the end marker) must end within this, however steadily
+	 * the client trickles bytes (command_timeout only bounds each gap). */
+	{"smtpd", "data_timeout", T_DURATION, "600", 1, 86400, true},
+	/* Issue 11: activity rows for refusals per client network (/24, /64) and
+	 * second; past it they are counted and one summary row is written. */
+	{"router", "reject_log_rate", T_INT, "10", 0, 1000000, true},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

@@ -33,7 +33,8 @@
 enum mxf_ipc_type {
 	MXF_MSG_HELLO = 1,        /* c->r: F_ROLE, F_VERSION, F_PID */
 	MXF_MSG_HELLO_OK,         /* r->c: F_VERSION */
-	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR */
+	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR [, F_CLIENT_IP, F_HELO, F_SENDER: for the
+	                             activity row of a refusal (issue 11)] */
 	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT */
 	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
@@ -65,6 +66,15 @@ enum mxf_ipc_type {
 	                             found; 550: neither), F_BOUNCE_QID (original queue ID or ""),
 	                             F_MSGID, F_RCPT, F_ACTION, F_ESC, F_TEXT, F_RELAY (from the
 	                             report; "" when absent) */
+	/* Issue 11: the operator's allow/block lists, which the router holds
+	 * compiled in memory (smtpd cannot open rules.db). */
+	MXF_MSG_ACCESS_CHECK,     /* smtpd->r: F_REQ, F_CLIENT_IP [, F_HELO, F_SENDER (at MAIL)] */
+	MXF_MSG_ACCESS_REPLY,     /* r->smtpd: F_REQ, F_ACTION ("none", "allow", "allow-sender",
+	                             "block" (the client), "block-sender"), F_TEXT (the operator's reason or ""), F_ADDR (the
+	                             matching entry or "") */
+	MXF_MSG_REJECT_LOG,       /* smtpd->r, no reply: a refusal smtpd made itself, for the
+	                             activity log: F_CLIENT_IP, F_HELO, F_SENDER, F_RCPT (or ""),
+	                             F_CODE, F_ESC, F_TEXT, F_REASON */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -81,6 +91,7 @@ enum mxf_ipc_tag {
 	F_MSGID, /* DSN_PARSE_REPLY: Message-ID of the returned message */
 	F_LAST_ATTEMPT, /* BOUNCE: u64 unix seconds per F_RCPT (0: never tried) */
 	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "" */
+	F_REASON, /* REJECT_LOG: the refusal's keyword ("dnsbl:ZONE", "blocklist", "rate", ...) */
 	F_TAG_MAX
 };
 

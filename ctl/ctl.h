@@ -65,5 +65,8 @@ int ctl_audit(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_check(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_log(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_stats(const struct mxf_config *cfg, int argc, char **argv);
+/* Issue 11: the operator's block and allow lists in rules.db. */
+int ctl_block(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_allow(const struct mxf_config *cfg, int argc, char **argv);
 
 #endif

@@ -157,6 +157,8 @@ int main(int argc, char **argv)
 				      .subaddr_sep = R.subaddr_sep};
 	if (mxf_ruleset_load_opts(R.rdb, &ro, &R.rules, err, sizeof(err)) < 0)
 		mxf_fatal("rules: %s", err);
+	if (access_reload() < 0)
+		mxf_fatal("allow/block lists: cannot load");
 
 	uint8_t secret[4096];
 	size_t slen = 0;

@@ -672,11 +672,11 @@ static void test_migrate_v1(void **state)
 		 " action, created FROM rules;"
 		 "DROP TABLE rules; ALTER TABLE r1 RENAME TO rules;"
 		 "DROP TABLE transports; ALTER TABLE domains DROP COLUMN unverified;"
-		 "DROP TABLE audit;"
+		 "DROP TABLE audit; DROP TABLE access;"
 		 "PRAGMA user_version = 1; COMMIT;");
 	assert_int_equal(user_version(f->path), 1);
 	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
-	assert_int_equal(user_version(f->path), 3);
+	assert_int_equal(user_version(f->path), 4);
 	struct mxf_ruleset *rs;
 	struct mxf_route rt;
 	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
@@ -763,6 +763,59 @@ static void test_audit(void **state)
 	assert_int_equal(a.n, 0);
 }
 
+/* Issue 11: allow/block entries, normalised, unique per list, audited. */
+static int access_cb(const struct mxf_access_entry *e, void *arg)
+{
+	char *out = arg;
+	size_t o = strlen(out);
+	snprintf(out + o, 512 - o, "%s/%s/%s/%s;", e->list, e->kind, e->value, e->reason);
+	return 0;
+}
+
+static void test_access_lists(void **state)
+{
+	struct fx *f = *state;
+	struct audit_seen a = {0};
+	char out[512] = "";
+	mxf_rulesdb_set_actor(f->db, "unix:tester");
+	assert_int_equal(mxf_rulesdb_access_add(f->db, "block", "198.51.100.9/24", "spam\nrun",
+						err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_access_add(f->db, "block", "198.51.100.0/24", NULL, err,
+						sizeof(err)),
+			 -EEXIST);
+	assert_int_equal(mxf_rulesdb_access_add(f->db, "allow", "198.51.100.0/24", NULL, err,
+						sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_access_add(f->db, "block", "Bad.Test", NULL, err, sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_access_add(f->db, "deny", "bad.test", NULL, err, sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_access_add(f->db, "block", "not an entry", NULL, err,
+						sizeof(err)),
+			 -EINVAL);
+	assert_int_equal(mxf_rulesdb_access_remove(f->db, "allow", "bad.test", err, sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(mxf_rulesdb_access_remove(f->db, "allow", "198.51.100.1/24", err,
+						   sizeof(err)),
+			 0);
+	assert_int_equal(mxf_rulesdb_access_list(f->db, NULL, access_cb, out), 0);
+	assert_string_equal(out, "block/domain/bad.test/;block/ip/198.51.100.0/24/spam?run;");
+	out[0] = '\0';
+	assert_int_equal(mxf_rulesdb_access_list(f->db, "allow", access_cb, out), 0);
+	assert_string_equal(out, "");
+	assert_int_equal(mxf_rulesdb_audit_list(f->db, 0, 0, audit_cb, &a), 0);
+	assert_int_equal(a.n, 4);
+	assert_string_equal(a.action[0], "block.add");
+	assert_string_equal(a.object[0], "block:198.51.100.0/24");
+	assert_false(a.before[0]);
+	assert_true(a.after[0]);
+	assert_string_equal(a.action[3], "allow.remove");
+	assert_true(a.before[3]);
+	assert_false(a.after[3]);
+	assert_string_equal(a.who[3], "unix:tester");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -777,6 +830,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_access_lists, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
