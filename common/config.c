@@ -119,6 +119,13 @@ static const struct key keys[] = {
 	{"auth", "require_spf_or_dkim", T_BOOL, "yes", 0, 0, true},
 	/* Whether deliverd seals forwarded mail with ARC (signing: issue 7). */
 	{"auth", "arc", T_BOOL, "yes", 0, 0, false},
+	/* Issue 9: the whole DATA/BDAT phase of one message (from the 354 or the
+	 * first chunk to the end marker) must end within this, however steadily
+	 * the client trickles bytes (command_timeout only bounds each gap). */
+	{"smtpd", "data_timeout", T_DURATION, "600", 1, 86400, true},
+	/* Issue 11: activity rows for refusals per client network (/24, /64) and
+	 * second; past it they are counted and one summary row is written. */
+	{"router", "reject_log_rate", T_INT, "10", 0, 1000000, true},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

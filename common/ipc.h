@@ -33,7 +33,9 @@
 enum mxf_ipc_type {
 	MXF_MSG_HELLO = 1,        /* c->r: F_ROLE, F_VERSION, F_PID */
 	MXF_MSG_HELLO_OK,         /* r->c: F_VERSION */
-	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR [, F_SENDER (the MAIL FROM, "" null)] */
+	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR [, F_SENDER (the MAIL FROM, "" null: for
+	                             sender matchers and the activity row), F_CLIENT_IP, F_HELO
+	                             (for the activity row of a refusal, issue 11)] */
 	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT */
 	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
@@ -72,6 +74,15 @@ enum mxf_ipc_type {
 	MXF_MSG_SIGN,             /* signer->r: F_REQ, F_DOMAIN, F_SELECTOR, F_DIGEST (32 bytes) */
 	MXF_MSG_SIGN_REPLY,       /* r->signer: F_REQ, F_CODE (250, or 550: no such key / failed),
 	                             F_SIG (bytes; empty unless 250) */
+	/* Issue 11: the operator's allow/block lists, which the router holds
+	 * compiled in memory (smtpd cannot open rules.db). */
+	MXF_MSG_ACCESS_CHECK,     /* smtpd->r: F_REQ, F_CLIENT_IP [, F_HELO, F_SENDER (at MAIL)] */
+	MXF_MSG_ACCESS_REPLY,     /* r->smtpd: F_REQ, F_ACTION ("none", "allow", "allow-sender",
+	                             "block" (the client), "block-sender"), F_TEXT (the operator's reason or ""), F_ADDR (the
+	                             matching entry or "") */
+	MXF_MSG_REJECT_LOG,       /* smtpd->r, no reply: a refusal smtpd made itself, for the
+	                             activity log: F_CLIENT_IP, F_HELO, F_SENDER, F_RCPT (or ""),
+	                             F_CODE, F_ESC, F_TEXT, F_REASON */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -99,6 +110,7 @@ enum mxf_ipc_tag {
 	 * CRLF TAB), which the router validates and prepends to the envelope's
 	 * headers. */
 	F_AUTH_RESULTS,
+	F_REASON, /* REJECT_LOG: the refusal's keyword ("dnsbl:ZONE", "blocklist", "rate", ...) */
 	F_TAG_MAX
 };
 

@@ -23,6 +23,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "access.h"
 #include "address.h"
 #include "config.h"
 #include "dkim.h"
@@ -149,7 +150,7 @@ static const char *const migrations[] = {
 	"  CHECK (token_hash = '' OR (length(token_hash) = 64"
 	"    AND token_hash NOT GLOB '*[^0-9a-f]*'));"
 	"ALTER TABLE addresses ADD COLUMN token_expires INTEGER NOT NULL DEFAULT 0;",
-	/* 4: DKIM keys (issue 7). The private key is a file only the router can
+	/* 6: DKIM keys (issue 7). The private key is a file only the router can
 	 * read (data_dir/dkim/DOMAIN.SELECTOR.ALG.pem); the row says it exists,
 	 * carries the public key for `domain dns`, and whether to sign with it. */
 	"CREATE TABLE dkim_keys ("
@@ -162,6 +163,18 @@ static const char *const migrations[] = {
 	"  enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),"
 	"  created INTEGER NOT NULL,"
 	"  PRIMARY KEY (domain, selector)) WITHOUT ROWID;",
+	/* 7 (issue 11): the operator's allow and block lists. value is in the
+	 * form mxf_access_parse gives (validated by the writers and again by the
+	 * router's load); kind says which of client address range, domain or
+	 * sender address it is. */
+	"CREATE TABLE access ("
+	"  id INTEGER PRIMARY KEY,"
+	"  list TEXT NOT NULL CHECK (list IN ('allow', 'block')),"
+	"  kind TEXT NOT NULL CHECK (kind IN ('ip', 'domain', 'address')),"
+	"  value TEXT NOT NULL CHECK (length(value) BETWEEN 1 AND 329),"
+	"  reason TEXT NOT NULL DEFAULT '' CHECK (length(reason) <= 200),"
+	"  created INTEGER NOT NULL,"
+	"  UNIQUE (list, value));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -2616,4 +2629,116 @@ const char *mxf_ruleset_nexthop(const struct mxf_ruleset *rs, const char *domain
 	const struct rs_transport *t =
 		rs->ntp ? bsearch(&key, rs->tp, rs->ntp, sizeof(*rs->tp), cmp_tp) : NULL;
 	return t ? t->nexthop : NULL;
+}
+
+/* ---- allow and block lists (issue 11) ---- */
+
+#define SNAP_ACCESS                                                                               \
+	"SELECT json_object('list', list, 'kind', kind, 'value', value, 'reason', reason) "       \
+	"FROM access WHERE list || ':' || value = ?1"
+
+static int check_list(const char *list, char *err, size_t errlen)
+{
+	if (list && (strcmp(list, "allow") == 0 || strcmp(list, "block") == 0))
+		return 0;
+	seterr(err, errlen, "list must be allow or block");
+	return -EINVAL;
+}
+
+int mxf_rulesdb_access_add(struct mxf_rulesdb *db, const char *list, const char *value,
+			   const char *reason, char *err, size_t errlen)
+{
+	char norm[MXF_ACCESS_VALUE_MAX], why[MXF_ACCESS_REASON_MAX + 1], key[MXF_ACCESS_VALUE_MAX + 8];
+	char action[16];
+	enum mxf_access_kind kind;
+	int r = check_list(list, err, errlen);
+	if (r < 0)
+		return r;
+	if (mxf_access_parse(value, &kind, norm, sizeof(norm)) < 0) {
+		seterr(err, errlen, "not an IP address, CIDR range, domain or address: %s", value);
+		return -EINVAL;
+	}
+	if (mxf_access_reason_clean(reason ? reason : "", why, sizeof(why)) < 0) {
+		seterr(err, errlen, "reason longer than %d characters", MXF_ACCESS_REASON_MAX);
+		return -EINVAL;
+	}
+	snprintf(key, sizeof(key), "%s:%s", list, norm);
+	snprintf(action, sizeof(action), "%s.add", list);
+	sqlite3_stmt *st;
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = prep(db, "INSERT INTO access (list, kind, value, reason, created) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5)",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, list, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, mxf_access_kind_name(kind), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, norm, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 4, why, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)time(NULL));
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+		seterr(err, errlen, "%s is already on the %s list", norm, list);
+		r = -EEXIST;
+		goto out;
+	}
+	if (rc != SQLITE_DONE) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if ((r = audit_after(db, action, key, NULL, SNAP_ACCESS, key, 0, err, errlen)) < 0)
+		goto out;
+	return commit(db, err, errlen);
+out:
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_access_remove(struct mxf_rulesdb *db, const char *list, const char *value,
+			      char *err, size_t errlen)
+{
+	char norm[MXF_ACCESS_VALUE_MAX], key[MXF_ACCESS_VALUE_MAX + 8], action[16];
+	enum mxf_access_kind kind;
+	int r = check_list(list, err, errlen);
+	if (r < 0)
+		return r;
+	/* An entry stored by an older validation is still removable verbatim. */
+	if (mxf_access_parse(value, &kind, norm, sizeof(norm)) < 0)
+		snprintf(norm, sizeof(norm), "%s", value ? value : "");
+	snprintf(key, sizeof(key), "%s:%s", list, norm);
+	snprintf(action, sizeof(action), "%s.remove", list);
+	return write_one(db, "DELETE FROM access WHERE list || ':' || value = ?1 AND ?2 = ?2 "
+			     "AND ?3 = ?3",
+			 key, NULL, 0, "entry", action, SNAP_ACCESS, err, errlen);
+}
+
+int mxf_rulesdb_access_list(struct mxf_rulesdb *db, const char *list,
+			    int (*cb)(const struct mxf_access_entry *e, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	int r = prep(db,
+		     "SELECT list, kind, value, reason, created FROM access "
+		     "WHERE ?1 IS NULL OR list = ?1 ORDER BY list, kind, value",
+		     &st, NULL, 0);
+	if (r < 0)
+		return r;
+	if (list)
+		sqlite3_bind_text(st, 1, list, -1, SQLITE_TRANSIENT);
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_access_entry e = {
+			.list = col_text(st, 0),
+			.kind = col_text(st, 1),
+			.value = col_text(st, 2),
+			.reason = col_text(st, 3),
+			.created = sqlite3_column_int64(st, 4),
+		};
+		if ((r = cb(&e, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
 }

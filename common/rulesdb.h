@@ -217,4 +217,21 @@ bool mxf_ruleset_dest_verified(const struct mxf_ruleset *rs, const char *addr);
 /* The transport next hop for a destination domain (A-label), or NULL. */
 const char *mxf_ruleset_nexthop(const struct mxf_ruleset *rs, const char *domain);
 
+/* ---- allow and block lists (issue 11; common/access.h) ----
+ * list "allow" or "block"; value an IP address or CIDR range, a domain or a
+ * sender address, stored normalised (mxf_access_parse); reason (block: given
+ * in the refusal) printable ASCII up to 200 characters. Audited as
+ * "block.add", "allow.remove", ... -EEXIST: already listed; -ENOENT: not listed. */
+int mxf_rulesdb_access_add(struct mxf_rulesdb *db, const char *list, const char *value,
+			   const char *reason, char *err, size_t errlen);
+int mxf_rulesdb_access_remove(struct mxf_rulesdb *db, const char *list, const char *value,
+			      char *err, size_t errlen);
+struct mxf_access_entry {
+	const char *list, *kind, *value, *reason;
+	long long created;
+};
+/* Entries of list (NULL: both), ordered by list, kind, value. */
+int mxf_rulesdb_access_list(struct mxf_rulesdb *db, const char *list,
+			    int (*cb)(const struct mxf_access_entry *e, void *arg), void *arg);
+
 #endif

@@ -45,6 +45,21 @@ static const char *col(sqlite3_stmt *st, int i)
 #define LOG_COLS                                                                                  \
 	"id, ts, queue_id, client_ip, helo, mail_from, rcpt, dest, rule, action, spf, dkim, "    \
 	"dmarc, status, remote_host, reply, size, arc, auth"
+/* Issue 11 (activity schema 4): a refusal's reason keyword, and how many
+ * refusals a coalesced row stands for (NULL: one). */
+#define LOG_COLS_V3 LOG_COLS ", reason, count"
+#define LOG_COLS_V2 LOG_COLS ", NULL, NULL"
+
+/* Whether the log has the reason and count columns (a router that has not
+ * run since the upgrade has not added them yet). */
+static bool has_reason(sqlite3 *s)
+{
+	sqlite3_stmt *st = NULL;
+	bool ok = sqlite3_prepare_v2(s, "SELECT reason, count FROM activity LIMIT 0", -1, &st,
+				     NULL) == SQLITE_OK;
+	sqlite3_finalize(st);
+	return ok;
+}
 
 static const char *const statuses[] = {"forwarded",	  "dropped", "rejected", "deferred",
 				       "delivery_failed", "bounced", "error"};
@@ -71,6 +86,10 @@ static void log_row(sqlite3_stmt *st)
 		/* Issue 7: the ARC result and smtpd's whole Authentication-Results. */
 		cj_str("arc", col(st, 17));
 		cj_str("auth", col(st, 18));
+		cj_str("reason", col(st, 19));
+		cj_int("count", sqlite3_column_type(st, 20) == SQLITE_NULL
+					? 1
+					: sqlite3_column_int64(st, 20));
 		cj_end(false);
 		return;
 	}
@@ -95,6 +114,10 @@ static void log_row(sqlite3_stmt *st)
 		printf(" client=[%s]", ctl_safe(b[3], sizeof(b[3]), col(st, 3)));
 	if (host)
 		printf(" relay=%s", ctl_safe(b[4], sizeof(b[4]), host));
+	if (col(st, 19))
+		printf(" reason=%s", ctl_safe(b[4], sizeof(b[4]), col(st, 19)));
+	if (sqlite3_column_type(st, 20) != SQLITE_NULL)
+		printf(" count=%lld", (long long)sqlite3_column_int64(st, 20));
 	if (reply)
 		printf(" (%s)", ctl_safe(b[5], sizeof(b[5]), reply));
 	putchar('\n');
@@ -170,12 +193,13 @@ int ctl_log(const struct mxf_config *cfg, int argc, char **argv)
 		"      OR dest LIKE '%' || ?6 || '%' ESCAPE '\\')"
 		" AND (?7 IS NULL OR queue_id = ?7)";
 	char sql_first[1024], sql_next[1024];
+	bool v3 = !s || has_reason(s);
 	snprintf(sql_first, sizeof(sql_first),
-		 "SELECT * FROM (SELECT " LOG_COLS " FROM activity%s ORDER BY id DESC LIMIT ?8) "
+		 "SELECT * FROM (SELECT %s FROM activity%s ORDER BY id DESC LIMIT ?8) "
 		 "ORDER BY id",
-		 where);
-	snprintf(sql_next, sizeof(sql_next), "SELECT " LOG_COLS " FROM activity%s ORDER BY id LIMIT 1000",
-		 where);
+		 v3 ? LOG_COLS_V3 : LOG_COLS_V2, where);
+	snprintf(sql_next, sizeof(sql_next), "SELECT %s FROM activity%s ORDER BY id LIMIT 1000",
+		 v3 ? LOG_COLS_V3 : LOG_COLS_V2, where);
 	char like_from[1024], like_to[1024];
 	const char *pats[2] = {from, to};
 	char *outs[2] = {like_from, like_to};
@@ -329,15 +353,40 @@ int ctl_stats(const struct mxf_config *cfg, int argc, char **argv)
 	struct bucket *b = NULL;
 	size_t nb = 0, cap = 0;
 	int rc = CTL_OK;
+	/* Refusals by reason (issue 11): keyword and count, largest first. */
+	struct reason {
+		char name[80];
+		long long n;
+	} reasons[64];
+	size_t nreasons = 0;
 	if (s) {
 		char sql[2][1024];
+		bool v3 = has_reason(s);
+		/* A coalesced refusal row stands for count refusals. */
 		snprintf(sql[0], sizeof(sql[0]),
 			 "SELECT CAST(strftime('%%s', k, 'utc') AS INTEGER), k, "
-			 "sum(status = 'forwarded'), sum(status = 'dropped'), sum(status = 'rejected'),"
+			 "sum(status = 'forwarded'), sum(status = 'dropped'), "
+			 "sum(CASE WHEN status = 'rejected' THEN n ELSE 0 END),"
 			 " sum(status = 'delivery_failed'), sum(status = 'bounced'),"
 			 " sum(status = 'deferred') FROM (SELECT strftime('%s', ts, 'unixepoch', "
-			 "'localtime') AS k, status FROM activity WHERE ts >= ?1) GROUP BY k",
-			 fmt);
+			 "'localtime') AS k, status, %s AS n FROM activity WHERE ts >= ?1) GROUP BY k",
+			 fmt, v3 ? "coalesce(count, 1)" : "1");
+		if (v3) {
+			sqlite3_stmt *st = NULL;
+			if (sqlite3_prepare_v2(s,
+					       "SELECT coalesce(reason, '-'), sum(coalesce(count, 1)) "
+					       "FROM activity WHERE status = 'rejected' AND ts >= ?1 "
+					       "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 64",
+					       -1, &st, NULL) == SQLITE_OK) {
+				sqlite3_bind_int64(st, 1, (sqlite3_int64)since);
+				while (sqlite3_step(st) == SQLITE_ROW && nreasons < 64) {
+					snprintf(reasons[nreasons].name, sizeof(reasons[0].name),
+						 "%s", col(st, 0) ? col(st, 0) : "-");
+					reasons[nreasons++].n = sqlite3_column_int64(st, 1);
+				}
+			}
+			sqlite3_finalize(st);
+		}
 		/* A message counts as received in the bucket of its first row. */
 		snprintf(sql[1], sizeof(sql[1]),
 			 "SELECT CAST(strftime('%%s', k, 'utc') AS INTEGER), k, count(*) FROM "
@@ -402,6 +451,10 @@ int ctl_stats(const struct mxf_config *cfg, int argc, char **argv)
 		for (int k = 0; k < NSTAT; k++)
 			cj_int(stat_names[k], tot[k]);
 		cj_end(false);
+		cj_begin("rejected_by_reason", false);
+		for (size_t i = 0; i < nreasons; i++)
+			cj_int(reasons[i].name, reasons[i].n);
+		cj_end(false);
 		cj_end(false);
 		free(b);
 		return CTL_OK;
@@ -451,6 +504,19 @@ int ctl_stats(const struct mxf_config *cfg, int argc, char **argv)
 		printf(" %lld\n", sum);
 	}
 	printf("(# forwarded, - dropped, x rejected, ! delivery failed, b bounced, ~ deferred)\n");
+	if (nreasons > 0) {
+		static const char *const rh[] = {"REJECTED BY REASON", "COUNT"};
+		struct ctl_table *rt = ctl_table_new(2, rh);
+		for (size_t i = 0; i < nreasons; i++) {
+			char n[32], name[256];
+			snprintf(n, sizeof(n), "%lld", reasons[i].n);
+			const char *rc2[] = {ctl_safe(name, sizeof(name), reasons[i].name), n};
+			ctl_table_add(rt, rc2);
+		}
+		putchar('\n');
+		ctl_table_print(rt);
+		ctl_table_free(rt);
+	}
 	free(b);
 	return CTL_OK;
 }

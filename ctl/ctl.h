@@ -93,5 +93,8 @@ struct mxf_rulesdb;
 int ctl_db_open(const struct mxf_config *cfg, bool writable, struct mxf_rulesdb **h);
 int ctl_owner(const struct mxf_config *cfg, bool *give, uid_t *uid, gid_t *gid);
 void ctl_reload_router(const struct mxf_config *cfg);
+/* Issue 11: the operator's block and allow lists in rules.db. */
+int ctl_block(const struct mxf_config *cfg, int argc, char **argv);
+int ctl_allow(const struct mxf_config *cfg, int argc, char **argv);
 
 #endif

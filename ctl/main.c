@@ -61,7 +61,14 @@ static const char usage_text[] =
 	"  audit [--since T] [--limit N]            configuration changes, newest last\n"
 	"  log [--since T] [--until T] [--status S] [--from X] [--to Y] [--id QID]\n"
 	"      [--limit N] [--follow]               the activity log\n"
-	"  stats [--since T] [--by hour|day]        messages per status and bucket\n"
+	"  stats [--since T] [--by hour|day]        messages per status and bucket,\n"
+	"                                           refusals per reason\n"
+	"  block add VALUE [--reason TEXT]          refuse a client IP or CIDR range (at\n"
+	"                                           connect), a sender domain or address\n"
+	"                                           or a HELO domain (at MAIL)\n"
+	"  block remove VALUE | block list\n"
+	"  allow add|remove VALUE | allow list      IP/CIDR: skip block lists, score and\n"
+	"                                           greylisting; sender: skip greylisting\n"
 	"\n"
 	"T: 30m, 2h, 7d ago; YYYY-MM-DD[THH:MM[:SS]] local time; @EPOCH\n"
 	"exit status: 0 done, 1 refused (reason on stderr), 2 usage error\n";
@@ -133,7 +140,7 @@ static const struct {
 	{"catchall", ctl_catchall}, {"queue", ctl_queue}, {"status", ctl_status},
 	{"transport", ctl_transport},
 	{"config", cmd_config}, {"audit", ctl_audit}, {"log", ctl_log}, {"stats", ctl_stats},
-	{"check", ctl_check}, {"dkim", ctl_dkim},
+	{"check", ctl_check}, {"dkim", ctl_dkim}, {"block", ctl_block}, {"allow", ctl_allow},
 };
 
 int main(int argc, char **argv)

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "address.h"
 #include "ctl.h"
 #include "daemon.h"
@@ -1466,4 +1467,106 @@ int ctl_owner(const struct mxf_config *cfg, bool *give, uid_t *uid, gid_t *gid)
 void ctl_reload_router(const struct mxf_config *cfg)
 {
 	reload_router(cfg);
+}
+
+/* ---- allow and block lists (issue 11) ---- */
+
+static int access_list_cb(const struct mxf_access_entry *e, void *arg)
+{
+	struct ctl_table *t = arg;
+	if (ctl_json) {
+		char iso[40];
+		ctl_iso(iso, sizeof(iso), (time_t)e->created);
+		cj_begin(NULL, false);
+		cj_str("list", e->list);
+		cj_str("kind", e->kind);
+		cj_str("value", e->value);
+		cj_str("reason", e->reason);
+		cj_int("created", e->created);
+		cj_str("time", iso);
+		cj_end(false);
+		return 0;
+	}
+	char when[64], v[1024], r[1024];
+	ctl_time(when, sizeof(when), (time_t)e->created);
+	const char *cells[] = {ctl_safe(v, sizeof(v), e->value), e->kind,
+			       ctl_safe(r, sizeof(r), e->reason[0] ? e->reason : "-"), when};
+	ctl_table_add(t, cells);
+	return 0;
+}
+
+/* block|allow add VALUE [--reason TEXT] | remove VALUE | list */
+static int access_cmd(const struct mxf_config *cfg, const char *list, int argc, char **argv)
+{
+	if (argc < 1)
+		return ctl_usage();
+	const char *op = argv[0];
+	bool add = strcmp(op, "add") == 0, del = strcmp(op, "remove") == 0;
+	if (strcmp(op, "list") == 0) {
+		if (argc != 1)
+			return ctl_usage();
+		struct db db;
+		if (db_open(cfg, false, &db) != 0)
+			return CTL_REFUSED;
+		static const char *const hdr[] = {"VALUE", "KIND", "REASON", "ADDED"};
+		struct ctl_table *t = ctl_json ? NULL : ctl_table_new(4, hdr);
+		if (ctl_json) {
+			cj_begin(NULL, false);
+			cj_str("list", list);
+			cj_begin("entries", true);
+		}
+		int r = mxf_rulesdb_access_list(db.h, list, access_list_cb, t);
+		mxf_rulesdb_close(db.h);
+		if (ctl_json) {
+			cj_end(true);
+			cj_end(false);
+		} else if (r == 0 && ctl_table_rows(t) == 0) {
+			printf("The %s list is empty\n", list);
+		} else if (r == 0) {
+			ctl_table_print(t);
+		}
+		ctl_table_free(t);
+		return r < 0 ? ctl_fail("%s list: %s", list, strerror(-r)) : CTL_OK;
+	}
+	const char *reason = NULL;
+	if (add && argc == 4 && strcmp(argv[2], "--reason") == 0)
+		reason = argv[3];
+	else if (!((add || del) && argc == 2))
+		return ctl_usage();
+	struct db db;
+	char err[512], norm[MXF_ACCESS_VALUE_MAX], h[1024];
+	enum mxf_access_kind kind;
+	if (db_open(cfg, true, &db) != 0)
+		return CTL_REFUSED;
+	int r = add ? mxf_rulesdb_access_add(db.h, list, argv[1], reason, err, sizeof(err))
+		    : mxf_rulesdb_access_remove(db.h, list, argv[1], err, sizeof(err));
+	mxf_rulesdb_close(db.h);
+	if (r < 0)
+		return ctl_fail("%s", err);
+	if (mxf_access_parse(argv[1], &kind, norm, sizeof(norm)) < 0)
+		snprintf(norm, sizeof(norm), "%s", argv[1]);
+	if (ctl_json) {
+		cj_begin(NULL, false);
+		cj_str("list", list);
+		cj_str("value", norm);
+		cj_str("kind", mxf_access_kind_name(kind));
+		cj_str("result", add ? "added" : "removed");
+		cj_end(false);
+	} else {
+		printf("%s %s the %s list\n", ctl_safe(h, sizeof(h), norm),
+		       add ? "added to" : "removed from", list);
+	}
+	fflush(stdout);
+	reload_router(cfg);
+	return CTL_OK;
+}
+
+int ctl_block(const struct mxf_config *cfg, int argc, char **argv)
+{
+	return access_cmd(cfg, "block", argc, argv);
+}
+
+int ctl_allow(const struct mxf_config *cfg, int argc, char **argv)
+{
+	return access_cmd(cfg, "allow", argc, argv);
 }

@@ -9,7 +9,7 @@
 #include "log.h"
 #include "router.h"
 
-#define ACTIVITY_SCHEMA 3
+#define ACTIVITY_SCHEMA 4
 
 static sqlite3 *db;
 static sqlite3_stmt *ins;
@@ -37,6 +37,13 @@ static const char schema_v2[] = "ALTER TABLE activity ADD COLUMN size INTEGER;"
 static const char schema_v3[] = "ALTER TABLE activity ADD COLUMN arc TEXT;"
 				"ALTER TABLE activity ADD COLUMN auth TEXT;"
 				"PRAGMA user_version = 3;";
+
+/* 4 (issue 11): why a refusal happened ("relay", "dnsbl:ZONE", "rate", ...)
+ * and, for a row that stands for several coalesced refusals, how many. */
+static const char schema_v4[] = "ALTER TABLE activity ADD COLUMN reason TEXT;"
+				"ALTER TABLE activity ADD COLUMN count INTEGER;"
+				"PRAGMA user_version = 4;";
+static sqlite3_stmt *ins_rej;
 
 int activity_open(const char *path)
 {
@@ -71,6 +78,7 @@ int activity_open(const char *path)
 		    (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, &err) != SQLITE_OK) ||
 		    (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &err) != SQLITE_OK) ||
 		    (version < 3 && sqlite3_exec(db, schema_v3, NULL, NULL, &err) != SQLITE_OK) ||
+		    (version < 4 && sqlite3_exec(db, schema_v4, NULL, NULL, &err) != SQLITE_OK) ||
 		    sqlite3_exec(db, "COMMIT", NULL, NULL, &err) != SQLITE_OK)
 			goto fail;
 	}
@@ -80,6 +88,12 @@ int activity_open(const char *path)
 			       "spf, dkim, dmarc, arc, auth) "
 			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 			       -1, &ins, NULL) != SQLITE_OK)
+		goto fail;
+	if (sqlite3_prepare_v2(db,
+			       "INSERT INTO activity (ts, client_ip, helo, mail_from, rcpt, rule, "
+			       "action, status, reply, reason, count) "
+			       "VALUES (?,?,?,?,?,?,?,'rejected',?,?,?)",
+			       -1, &ins_rej, NULL) != SQLITE_OK)
 		goto fail;
 	next_prune = 0;
 	activity_prune();
@@ -96,6 +110,8 @@ fail_quiet:
 
 void activity_close(void)
 {
+	sqlite3_finalize(ins_rej);
+	ins_rej = NULL;
 	sqlite3_finalize(ins);
 	sqlite3_close(db);
 	ins = NULL;
@@ -198,6 +214,27 @@ void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const c
 	if (sqlite3_step(ins) != SQLITE_DONE)
 		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
 	sqlite3_reset(ins);
+	activity_prune();
+}
+
+void activity_reject(const char *ip, const char *helo, const char *sender, const char *rcpt,
+		     const char *rule, const char *action, const char *reply, const char *reason,
+		     unsigned count)
+{
+	if (!ins_rej)
+		return;
+	sqlite3_reset(ins_rej);
+	sqlite3_clear_bindings(ins_rej);
+	sqlite3_bind_int64(ins_rej, 1, (sqlite3_int64)time(NULL));
+	const char *vals[] = {ip, helo, sender, rcpt, rule, action, reply, reason};
+	for (int i = 0; i < 8; i++)
+		if (vals[i] && *vals[i])
+			sqlite3_bind_text(ins_rej, i + 2, vals[i], -1, SQLITE_TRANSIENT);
+	if (count > 1)
+		sqlite3_bind_int64(ins_rej, 10, count);
+	if (sqlite3_step(ins_rej) != SQLITE_DONE)
+		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
+	sqlite3_reset(ins_rej);
 	activity_prune();
 }
 

@@ -158,6 +158,8 @@ int main(int argc, char **argv)
 				      .subaddr_sep = R.subaddr_sep};
 	if (mxf_ruleset_load_opts(R.rdb, &ro, &R.rules, err, sizeof(err)) < 0)
 		mxf_fatal("rules: %s", err);
+	if (access_reload() < 0)
+		mxf_fatal("allow/block lists: cannot load");
 
 	sign_load();
 

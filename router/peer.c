@@ -181,7 +181,7 @@ static bool type_allowed(enum role role, uint16_t t)
 	switch (role) {
 	case ROLE_SMTPD:
 		return t == MXF_MSG_RCPT_CHECK || t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT ||
-		       t == MXF_MSG_ABORT;
+		       t == MXF_MSG_ABORT || t == MXF_MSG_ACCESS_CHECK || t == MXF_MSG_REJECT_LOG;
 	case ROLE_BOUNCER:
 		return t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT ||
 		       t == MXF_MSG_BOUNCE_DONE || t == MXF_MSG_DSN_PARSE_REPLY;
@@ -223,6 +223,8 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_RELOAD: return on_reload(p, v);
 	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
 	case MXF_MSG_SIGN: return sign_request(p, v);
+	case MXF_MSG_ACCESS_CHECK: return access_check(p, v);
+	case MXF_MSG_REJECT_LOG: return access_reject_log(p, v);
 	default: return -1;
 	}
 }

@@ -1103,6 +1103,7 @@ int queue_reload_rules(char *err, size_t errlen)
 	R.rules_version = v;
 	mxf_info("rules reloaded: %zu rule(s)", mxf_ruleset_count(rs));
 	sign_load();
+	access_reload(); /* the allow/block lists live in rules.db too */
 	/* A destination may have become verified: what waits for one goes now. */
 	int64_t now = now_s();
 	for (struct qmsg *m = msgs; m; m = m->next) {

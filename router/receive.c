@@ -162,7 +162,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		return;
 	}
 	unsigned code = 550;
-	const char *ecode = "5.7.1", *why = "relay denied";
+	const char *ecode = "5.7.1", *why = "relay denied", *reason = "relay";
 	struct mxf_env_rcpt log_r = {.orig = norm, .dest = "", .rule = "", .action = "",
 				     .reply = "", .relay = ""};
 	if (srs_ours(norm)) {
@@ -172,7 +172,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 			peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
 			return;
 		}
-		ecode = "5.1.1", why = "bad SRS address";
+		ecode = "5.1.1", why = "bad SRS address", reason = "srs";
 		snprintf(text, sizeof(text),
 			 "<%s>: Recipient address rejected: invalid or expired SRS address", norm);
 		log_r.action = "relay";
@@ -187,7 +187,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 	case MXF_ROUTE_FORWARD:
 		if (rt.nverified == 0 && rt.refuse_unverified) {
 			log_r.action = "forward";
-			why = "destination not verified";
+			why = "destination not verified", reason = "unverified";
 			snprintf(text, sizeof(text),
 				 "<%s>: Recipient address rejected: destination not verified", norm);
 			break;
@@ -199,18 +199,18 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 	case MXF_ROUTE_REJECT:
 		/* The operator's reason, sanitised to printable ASCII when stored. */
 		log_r.action = "reject";
-		why = "rule";
+		why = "rule", reason = "rule";
 		snprintf(text, sizeof(text), "%s", rt.text);
 		break;
 	case MXF_ROUTE_WORKER:
 		/* The worker runtime is issue 13: until then a temporary failure,
 		 * so nothing is lost and the sender retries. */
 		log_r.action = "worker";
-		code = 451, ecode = "4.3.0", why = "worker runtime not available";
+		code = 451, ecode = "4.3.0", why = "worker runtime not available", reason = "worker";
 		snprintf(text, sizeof(text), "worker runtime not available");
 		break;
 	case MXF_ROUTE_NO_RULE:
-		ecode = "5.1.1", why = "user unknown";
+		ecode = "5.1.1", why = "user unknown", reason = "unknown-rcpt";
 		snprintf(text, sizeof(text), "<%s>: Recipient address rejected: User unknown", norm);
 		break;
 	default:
@@ -223,7 +223,12 @@ refuse:
 	snprintf(reply, sizeof(reply), "%u %s %s", code, ecode, text);
 	mxf_info("NOQUEUE: reject: RCPT to=<%s>, reply=%u %s %s", esc(e1, sizeof(e1), norm), code,
 		 ecode, why);
-	activity_add(NULL, &log_r, norm, "rejected", NULL, reply);
+	/* smtpd names the client and the envelope so far (optional fields). */
+	const char *ip = mxf_ipc_str(v, F_CLIENT_IP, 0), *helo = mxf_ipc_str(v, F_HELO, 0);
+	const char *from = mxf_ipc_str(v, F_SENDER, 0);
+	access_reject_row(ip && addr_clean(ip) ? ip : NULL, helo && addr_clean(helo) ? helo : NULL,
+			  from && addr_clean(from) ? from : NULL, norm, log_r.rule,
+			  log_r.action, reply, reason);
 }
 
 /* ---- OPEN / ABORT ---- */

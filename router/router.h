@@ -134,6 +134,18 @@ int sign_request(struct peer *p, const struct mxf_ipc_view *v);
  * domains of the job's recipients) and the F_ARC key. */
 int sign_add_specs(struct mxf_ipc_msg *msg, const struct mxf_env *e, const size_t *ridx,
 		   size_t n);
+/* access.c (issue 11): the allow/block lists and smtpd's refusal log */
+int access_reload(void);
+int access_check(struct peer *p, const struct mxf_ipc_view *v);
+int access_reject_log(struct peer *p, const struct mxf_ipc_view *v);
+/* One refusal for the activity log, subject to the per-network rate
+ * ([router] reject_log_rate); reason is its keyword ("relay", "dnsbl:ZONE"...). */
+void access_reject_row(const char *ip, const char *helo, const char *sender, const char *rcpt,
+		       const char *rule, const char *action, const char *reply, const char *reason);
+/* activity.c: a refusal row (status rejected) standing for count refusals. */
+void activity_reject(const char *ip, const char *helo, const char *sender, const char *rcpt,
+		     const char *rule, const char *action, const char *reply, const char *reason,
+		     unsigned count);
 
 /* util */
 void rfc5322_date(time_t t, char *out, size_t len);

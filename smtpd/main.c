@@ -47,7 +47,7 @@ static void on_router_msg(const struct mxf_ipc_view *v, int fd, void *arg)
 	(void)arg;
 	uint16_t type = mxf_ipc_type(v);
 	if (type != MXF_MSG_RCPT_REPLY && type != MXF_MSG_OPEN_REPLY &&
-	    type != MXF_MSG_COMMIT_REPLY) {
+	    type != MXF_MSG_COMMIT_REPLY && type != MXF_MSG_ACCESS_REPLY) {
 		mxf_warn("unexpected message type %u from router; ignored", type);
 		if (fd >= 0)
 			close(fd);
@@ -179,6 +179,7 @@ int main(int argc, char **argv)
 	smtpd.max_size = (uint64_t)mxf_config_int(cfg, "smtpd", "max_message_size");
 	smtpd.max_rcpt = (size_t)mxf_config_int(cfg, "smtpd", "max_recipients");
 	smtpd.timeout_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "command_timeout") * 1000;
+	smtpd.data_timeout_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "data_timeout") * 1000;
 	smtpd.greet_delay_ms = (uint64_t)mxf_config_int(cfg, "smtpd", "greet_delay");
 	smtpd.max_conn_per_ip = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_per_ip");
 	smtpd.max_conn_rate = (unsigned)mxf_config_int(cfg, "smtpd", "max_conn_rate");

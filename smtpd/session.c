@@ -40,7 +40,7 @@
 #define TEMPFAIL_TEXT "Error: temporary failure, try again later"
 #define IP_BUCKETS 4096
 
-enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE, W_DNSBL, W_AUTH };
+enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE, W_DNSBL, W_AUTH, W_ACCESS };
 
 struct rcpt {
 	char *addr, *orcpt;
@@ -124,12 +124,22 @@ struct session {
 	unsigned rcpt_overshoot; /* RCPTs refused past max_recipients */
 	bool disk_full; /* the write error was ENOSPC/EDQUOT */
 	struct auth *auth; /* issue 7: the checks of this message (NULL: off) */
+	uint64_t data_deadline; /* loop ms the message's content must be in by; 0: none */
+
+	/* The operator's allow/block lists (issue 11), asked of the router at
+	 * connect and at MAIL (ACCESS_CHECK). */
+	bool allowed;        /* client allow-listed: no block lists, score, greylisting */
+	bool sender_allowed; /* this transaction's sender allow-listed: no greylisting */
+	bool access_at_mail; /* the ACCESS_CHECK waited for is MAIL's, not the connect's */
+	bool greet_due;      /* the greeting delay ended while the connect check ran */
 
 	unsigned errors;
 	unsigned cnt[MXF_SMTP_NVERBS], ok[MXF_SMTP_NVERBS];
 };
 
 static void process(struct session *s);
+static void reject_note(struct session *s, int code, const char *escode, const char *text,
+			const char *reason, const char *rcpt);
 static void session_close(struct session *s, bool graceful);
 static void read_toggle(struct session *s, bool on);
 static void flush(struct session *s);
@@ -329,6 +339,8 @@ static void reset_transaction(struct session *s)
 		auth_free(s->auth);
 		s->auth = NULL;
 	}
+	s->data_deadline = 0;
+	s->sender_allowed = false;
 }
 
 /* A message in progress (its content being read, written or committed):
@@ -461,6 +473,7 @@ static void reply_err(struct session *s, int code, const char *escode, const cha
 	if (++s->errors > MAX_ERRORS) {
 		mxf_info("too many errors after %s from unknown[%s]",
 			 mxf_smtp_verb_name(s->last_verb), s->ip);
+		reject_note(s, 421, "4.7.0", "Error: too many errors", "errors", NULL);
 		put_line(s, 421, false, "4.7.0", "Error: too many errors");
 		session_close(s, true);
 		return;
@@ -524,6 +537,43 @@ static void log_reject(struct session *s, const char *stage, int code, const cha
 		 esc(h, sizeof(h), s->helo));
 }
 
+static int access_ask(struct session *s, bool at_mail);
+static void mail_accept(struct session *s);
+static void greet(struct session *s);
+static void arm_timeout(struct session *s);
+
+/* A refusal smtpd made itself goes to the router's activity log (the
+ * router logs its own RCPT refusals). Fire and forget: no reply, and with
+ * the router down the refusal is only in the mail log. reason is the
+ * keyword stats count by. */
+static void reject_note(struct session *s, int code, const char *escode, const char *text,
+			const char *reason, const char *rcpt)
+{
+	if (!smtpd.link || !mxf_routerlink_up(smtpd.link))
+		return;
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_REJECT_LOG);
+	int r = m ? 0 : -ENOMEM;
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_CLIENT_IP, s->ip);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_HELO, s->helo);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_SENDER, s->sender);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_RCPT, rcpt ? rcpt : "");
+	if (r == 0)
+		r = mxf_ipc_put_u64(m, F_CODE, (uint64_t)code);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_ESC, escode ? escode : "");
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_TEXT, text ? text : "");
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_REASON, reason);
+	if (r == 0)
+		mxf_routerlink_send(smtpd.link, m, -1);
+	mxf_ipc_msg_free(m);
+}
+
 static void do_helo(struct session *s, const struct mxf_smtp_cmd *c)
 {
 	reset_transaction(s);
@@ -569,6 +619,7 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 		return;
 	}
 	if (c->has_size && c->size > smtpd.max_size) {
+		reject_note(s, 552, "5.3.4", "Message size exceeds fixed limit", "size", NULL);
 		reply_err(s, 552, "5.3.4", "Message size exceeds fixed limit");
 		return;
 	}
@@ -578,6 +629,8 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 		 * comes back later (RFC 5321 4.2.3: 421 closes). */
 		mxf_info("reject: MAIL from unknown[%s]: too many messages per minute (%s limit)",
 			 s->ip, why);
+		reject_note(s, 421, "4.7.0", "Error: too many messages from your address", "rate",
+			    NULL);
 		put_line(s, 421, false, "4.7.0", "Error: too many messages from your address, "
 						 "try again later");
 		session_close(s, true);
@@ -591,12 +644,22 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 		reply_err(s, 501, "5.1.7", "Bad sender address syntax");
 		return;
 	}
-	s->mail_done = true;
 	s->smtputf8 = c->smtputf8;
-	if (strchr(s->sender, '@'))
-		bl_lookup_domain(s->bl, strrchr(s->sender, '@') + 1);
 	snprintf(s->ret, sizeof(s->ret), "%s", c->ret);
 	snprintf(s->envid, sizeof(s->envid), "%s", c->envid);
+	/* The sender and HELO against the operator's lists: the MAIL answer
+	 * waits for the router (later input stays buffered, in order). */
+	if (access_ask(s, true) == 0)
+		return;
+	mail_accept(s);
+}
+
+/* MAIL passed every check. */
+static void mail_accept(struct session *s)
+{
+	s->mail_done = true;
+	if (strchr(s->sender, '@'))
+		bl_lookup_domain(s->bl, strrchr(s->sender, '@') + 1);
 	s->ok[MXF_SMTP_MAIL]++;
 	reply(s, 250, "2.1.0", "Ok");
 }
@@ -620,6 +683,10 @@ static void rcpt_decide(struct session *s)
 {
 	char reason[400], detail[400];
 	struct bl_facts f;
+	if (s->allowed) { /* the operator vouches for this client */
+		rcpt_to_router(s);
+		return;
+	}
 	facts(s, &f);
 	int score = bl_verdict(s->bl, &f, reason, sizeof(reason), detail, sizeof(detail));
 	int th = bl_reject_threshold();
@@ -645,6 +712,17 @@ static void rcpt_decide(struct session *s)
 		snprintf(text, sizeof(text), "Service unavailable; %s",
 			 reason[0] ? reason : "listed on block lists");
 		log_reject(s, "RCPT", 554, "5.7.1", text, s->pending_rcpt);
+		/* The keyword: the first list that named it ("dnsbl:ZONE",
+		 * "rhsbl:ZONE"), else the score of the heuristics. */
+		char kw[300] = "score";
+		const char *u = strstr(reason, " blocked using ");
+		if (u) {
+			size_t zl = strcspn(u + 15, "; ");
+			snprintf(kw, sizeof(kw), "%s:%.*s",
+				 strncmp(reason, "client ", 7) == 0 ? "dnsbl" : "rhsbl", (int)zl,
+				 u + 15);
+		}
+		reject_note(s, 554, "5.7.1", text, kw, s->pending_rcpt);
 		if (!s->bl_refused) { /* one refusal per session in the history */
 			s->bl_refused = true;
 			bl_history_add(s->ip);
@@ -668,6 +746,8 @@ static void on_bl_wait_over(uv_timer_t *t)
 /* How long the verdict may still wait for lookups; 0: take it now. */
 static uint64_t verdict_wait(const struct session *s)
 {
+	if (s->allowed)
+		return 0;
 	uint64_t wait = bl_wait_ms(s->bl);
 	char reason[400], detail[400];
 	struct bl_facts f;
@@ -726,6 +806,8 @@ static void do_rcpt(struct session *s, const struct mxf_smtp_cmd *c)
 		/* 452: this recipient later; those already accepted go now. */
 		mxf_info("reject: RCPT from unknown[%s]: too many recipients per minute (%s limit)",
 			 s->ip, why);
+		reject_note(s, 452, "4.5.3", "Error: too many recipients from your address", "rate",
+			    NULL);
 		reply(s, 452, "4.5.3", "Error: too many recipients from your address, try again "
 				       "later");
 		return;
@@ -762,6 +844,7 @@ static void rcpt_to_router(struct session *s)
 	s->req = ++smtpd.next_req;
 	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0 ||
 	    mxf_ipc_put_str(m, F_ADDR, s->pending_rcpt) < 0 ||
+	    mxf_ipc_put_str(m, F_CLIENT_IP, s->ip) < 0 || mxf_ipc_put_str(m, F_HELO, s->helo) < 0 ||
 	    mxf_ipc_put_str(m, F_SENDER, s->sender) < 0) {
 		mxf_ipc_msg_free(m);
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
@@ -986,6 +1069,14 @@ static bool refusal(const struct session *s, int *code, const char **escode, con
 	return true;
 }
 
+/* The activity row of a refused message: its size or its content; our own
+ * write errors are not the client's refusal. */
+static void content_note(struct session *s, int code, const char *escode, const char *text)
+{
+	if (!s->write_error)
+		reject_note(s, code, escode, text, s->too_big ? "size" : "content", NULL);
+}
+
 static void on_file_written(uv_fs_t *req);
 
 static void start_write(struct session *s)
@@ -1073,6 +1164,7 @@ static void finish_message(struct session *s)
 	const char *escode, *text;
 	s->in_data = s->in_chunk = false;
 	if (refusal(s, &code, &escode, &text)) {
+		content_note(s, code, escode, text);
 		data_refuse(s, code, escode, text);
 		return;
 	}
@@ -1204,6 +1296,7 @@ static void chunk_done(struct session *s)
 		 * are read past until LAST or RSET. */
 		abort_open(s);
 		log_reject(s, "BDAT", code, escode, text, NULL);
+		content_note(s, code, escode, text);
 		if (s->fd >= 0 && s->wait != W_WRITE) {
 			close(s->fd);
 			s->fd = -1;
@@ -1406,11 +1499,13 @@ static void on_rcpt_reply(struct session *s, const struct mxf_ipc_view *v)
 	 * at once. Not counted as an error: a message to many recipients
 	 * gets one 451 each. */
 	uint64_t left;
-	if (s->bl && bl_greylist(s->ip, s->sender, s->pending_rcpt, s->score, &left) == GL_DEFER) {
+	if (s->bl && !s->allowed && !s->sender_allowed &&
+	    bl_greylist(s->ip, s->sender, s->pending_rcpt, s->score, &left) == GL_DEFER) {
 		char gt[128];
 		snprintf(gt, sizeof(gt), "Greylisted, try again in %llu seconds",
 			 (unsigned long long)(left + 999) / 1000);
 		log_reject(s, "RCPT", 451, "4.7.1", gt, s->pending_rcpt);
+		reject_note(s, 451, "4.7.1", gt, "greylist", s->pending_rcpt);
 		reply(s, 451, "4.7.1", gt);
 		return;
 	}
@@ -1486,6 +1581,12 @@ static void on_open_reply(struct session *s, const struct mxf_ipc_view *v, int f
 		}
 		mxf_info("%s: client=unknown[%s], helo=%s", s->qid, s->ip,
 			 esc(h, sizeof(h), s->helo));
+		/* From the 354 (or the first chunk) the whole content has
+		 * data_timeout: each read re-arms the command timeout, so without
+		 * a total a client sending a byte a second holds the session and
+		 * its queue file for ever (slowloris). */
+		s->data_deadline = now_ms() + smtpd.data_timeout_ms;
+		arm_timeout(s);
 		if (bdat) {
 			s->in_chunk = true;
 			s->chunk_left = s->chunk_size;
@@ -1541,6 +1642,92 @@ static void on_commit_reply(struct session *s, const struct mxf_ipc_view *v)
 	data_refuse(s, (int)code, escode, text);
 }
 
+/* ---- the operator's allow/block lists ---- */
+
+/* Sends ACCESS_CHECK (at connect: the address; at MAIL: with the HELO and
+ * the sender). 0: the session now waits for the answer; <0: no router, go
+ * on without a verdict. */
+static int access_ask(struct session *s, bool at_mail)
+{
+	if (!smtpd.link || !mxf_routerlink_up(smtpd.link))
+		return -ENOTCONN;
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_ACCESS_CHECK);
+	s->req = ++smtpd.next_req;
+	int r = m ? 0 : -ENOMEM;
+	if (r == 0)
+		r = mxf_ipc_put_u64(m, F_REQ, s->req);
+	if (r == 0)
+		r = mxf_ipc_put_str(m, F_CLIENT_IP, s->ip);
+	if (r == 0 && at_mail)
+		r = mxf_ipc_put_str(m, F_HELO, s->helo);
+	if (r == 0 && at_mail)
+		r = mxf_ipc_put_str(m, F_SENDER, s->sender);
+	if (r < 0) {
+		mxf_ipc_msg_free(m);
+		return r;
+	}
+	s->access_at_mail = at_mail;
+	return send_request(s, m, W_ACCESS);
+}
+
+static void on_access_reply(struct session *s, const char *action, const char *why,
+			    const char *entry)
+{
+	char e[700], t[480];
+	if (!action)
+		action = "none";
+	if (!why)
+		why = "";
+	if (!entry)
+		entry = "";
+	bool block = strcmp(action, "block") == 0, sblock = strcmp(action, "block-sender") == 0;
+	if (strcmp(action, "allow") == 0) {
+		if (!s->allowed)
+			mxf_info("allow-listed: unknown[%s] (entry %s)", s->ip,
+				 esc(e, sizeof(e), entry));
+		s->allowed = true;
+	} else if (strcmp(action, "allow-sender") == 0 && s->access_at_mail) {
+		s->sender_allowed = true;
+	}
+	if (!s->access_at_mail) {
+		/* At connect: a blocked client gets 554 instead of the greeting
+		 * (RFC 5321 3.1) and is disconnected. */
+		if (block) {
+			snprintf(t, sizeof(t), "Service unavailable; client [%s] blocked%s%s", s->ip,
+				 why[0] ? ": " : " by local policy", why);
+			mxf_info("NOQUEUE: reject: CONNECT from unknown[%s]: 554 5.7.1 %s (entry %s)",
+				 s->ip, t, esc(e, sizeof(e), entry));
+			s->greeted = true;
+			reject_note(s, 554, "5.7.1", t, "blocklist", NULL);
+			put_line(s, 554, false, "5.7.1", t);
+			session_close(s, true);
+			return;
+		}
+		if (s->greet_due) {
+			greet(s);
+			if (!s->closing)
+				arm_timeout(s);
+		}
+		return;
+	}
+	if (block || sblock) {
+		/* A client blocked since it connected, its HELO name, or its
+		 * sender: 550 5.7.1 to this MAIL; the session goes on. */
+		if (sblock)
+			snprintf(t, sizeof(t), "<%s>: Sender address rejected: %s", s->sender,
+				 why[0] ? why : "Access denied");
+		else
+			snprintf(t, sizeof(t), "Client host rejected: %s",
+				 why[0] ? why : "Access denied");
+		log_reject(s, "MAIL", 550, "5.7.1", t, NULL);
+		reject_note(s, 550, "5.7.1", t, "blocklist", NULL);
+		reset_transaction(s);
+		reply_err(s, 550, "5.7.1", t);
+		return;
+	}
+	mail_accept(s);
+}
+
 bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 {
 	enum wait_kind want;
@@ -1548,6 +1735,7 @@ bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 	case MXF_MSG_RCPT_REPLY: want = W_RCPT; break;
 	case MXF_MSG_OPEN_REPLY: want = W_OPEN; break;
 	case MXF_MSG_COMMIT_REPLY: want = W_COMMIT; break;
+	case MXF_MSG_ACCESS_REPLY: want = W_ACCESS; break;
 	default: want = W_NONE; break;
 	}
 	struct session *s = smtpd.sessions;
@@ -1569,6 +1757,14 @@ bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 	case W_OPEN:
 		on_open_reply(s, v, fd);
 		break;
+	case W_ACCESS:
+		if (fd >= 0)
+			close(fd);
+		on_access_reply(s, mxf_ipc_str(v, F_ACTION, 0), mxf_ipc_str(v, F_TEXT, 0),
+				mxf_ipc_str(v, F_ADDR, 0));
+		if (s->closing)
+			return true;
+		break;
 	default:
 		if (fd >= 0)
 			close(fd);
@@ -1584,6 +1780,15 @@ void session_link_down(void)
 	for (struct session *s = smtpd.sessions, *next; s; s = next) {
 		next = s->next;
 		enum wait_kind w = s->wait;
+		if (w == W_ACCESS) {
+			/* No verdict: the session goes on as if no entry applied. */
+			s->wait = W_NONE;
+			s->req = 0;
+			on_access_reply(s, "none", "", "");
+			if (!s->closing)
+				process(s);
+			continue;
+		}
 		if (w != W_RCPT && w != W_OPEN && w != W_COMMIT)
 			continue;
 		s->wait = W_NONE;
@@ -1621,7 +1826,14 @@ static void on_timeout(uv_timer_t *t);
 
 static void arm_timeout(struct session *s)
 {
-	uv_timer_start(&s->timer, on_timeout, smtpd.timeout_ms, 0);
+	uint64_t t = smtpd.timeout_ms;
+	if (s->data_deadline) {
+		uint64_t now = now_ms();
+		uint64_t left = s->data_deadline > now ? s->data_deadline - now : 0;
+		if (left < t)
+			t = left ? left : 1;
+	}
+	uv_timer_start(&s->timer, on_timeout, t, 0);
 }
 
 static void on_timeout(uv_timer_t *t)
@@ -1633,9 +1845,27 @@ static void on_timeout(uv_timer_t *t)
 		return;
 	}
 	if (!s->greeted) {
+		if (s->wait == W_ACCESS && !s->greet_due) {
+			s->greet_due = true; /* greeted when the connect check is answered */
+			arm_timeout(s);
+			return;
+		}
+		if (s->wait == W_ACCESS) /* the router never answered: go on without */
+			s->wait = W_NONE;
 		greet(s);
 		if (!s->closing)
 			arm_timeout(s);
+		return;
+	}
+	if (s->data_deadline && now_ms() >= s->data_deadline && (s->in_data || s->in_chunk || s->open)) {
+		/* The message is dropped: session_close aborts its queue file. */
+		mxf_info("%s: data timeout: content not complete after %llu s from unknown[%s]",
+			 s->qid[0] ? s->qid : "NOQUEUE",
+			 (unsigned long long)(smtpd.data_timeout_ms / 1000), s->ip);
+		reject_note(s, 421, "4.4.2", "Error: timeout exceeded (message took too long)",
+			    "data-timeout", NULL);
+		put_line(s, 421, false, "4.4.2", "Error: timeout exceeded (message took too long)");
+		session_close(s, true);
 		return;
 	}
 	mxf_info("timeout after %s from unknown[%s]", mxf_smtp_verb_name(s->last_verb), s->ip);
@@ -1732,6 +1962,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 		if (s->bl)
 			bl_history_add(s->ip);
 		s->greeted = true;
+		reject_note(s, 554, "5.5.0", "Error: talked before the greeting", "pregreet", NULL);
 		put_line(s, 554, false, "5.5.0", "Error: talked before the greeting");
 		session_close(s, true);
 		return;
@@ -1896,6 +2127,8 @@ void session_accept(uv_stream_t *listener)
 		mxf_info("reject: connect from unknown[%s]: too many connections (%s limit)", s->ip,
 			 why);
 		s->greeted = true;
+		reject_note(s, 421, "4.7.0", "Error: too many connections from your address", "rate",
+			    NULL);
 		put_line(s, 421, false, "4.7.0", "Error: too many connections from your address");
 		session_close(s, true);
 		return;
@@ -1909,8 +2142,16 @@ void session_accept(uv_stream_t *listener)
 	}
 	/* Reading starts at once: input before the greeting is a pregreet. */
 	read_toggle(s, true);
+	/* The operator's lists are asked now; the greeting waits for the
+	 * answer (a local round trip, well inside any greeting delay). */
+	bool asked = access_ask(s, false) == 0;
 	if (smtpd.greet_delay_ms > 0) {
 		uv_timer_start(&s->timer, on_timeout, smtpd.greet_delay_ms, 0);
+		return;
+	}
+	if (asked) {
+		s->greet_due = true;
+		arm_timeout(s); /* bounds the wait for a router that does not answer */
 		return;
 	}
 	greet(s);

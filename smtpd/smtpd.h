@@ -38,6 +38,10 @@ struct smtpd {
 	/* SIGTERM: no new sessions, 421 to new commands; sessions in the
 	 * middle of a message finish it first. */
 	bool stopping;
+	/* Issue 9: the most one message's DATA/BDAT phase may take ([smtpd]
+	 * data_timeout); bounds a client that trickles bytes within the
+	 * command timeout. */
+	uint64_t data_timeout_ms;
 };
 
 extern struct smtpd smtpd;

@@ -63,7 +63,8 @@ def test_log_and_stats(world):
     assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
     keys = {"id", "ts", "time", "queue_id", "client_ip", "helo", "from", "rcpt", "dest", "rule",
             "action", "spf", "dkim", "dmarc", "status", "remote_host", "reply", "size",
-            "arc", "auth"}  # issue 7
+            "arc", "auth",  # issue 7
+            "reason", "count"}  # issue 11: why a refusal, how many a row stands for
     assert all(set(e) == keys for e in entries), entries[0]
     by_q = {e["queue_id"]: e for e in entries if e["queue_id"]}
     assert by_q[q1]["reply"].startswith("250") and by_q[q1]["size"] > 0
