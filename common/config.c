@@ -110,6 +110,9 @@ static const struct key keys[] = {
 	/* Issue 6: a delay warning (DSN Action: delayed) once a message has
 	 * waited this long with recipients still deferred; 0 = never (default). */
 	{"bouncer", "delay_warning_time", T_DURATION, "0", 0, 60 * 86400, true},
+	/* Issue 8: the router's Prometheus endpoint ("127.0.0.1:9325", "[::1]:9325");
+	 * empty: off. Bound by the master, so a restart keeps the port. */
+	{"main", "metrics_listen", T_STR, "", 0, 0, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

@@ -65,6 +65,8 @@ enum mxf_ipc_type {
 	                             found; 550: neither), F_BOUNCE_QID (original queue ID or ""),
 	                             F_MSGID, F_RCPT, F_ACTION, F_ESC, F_TEXT, F_RELAY (from the
 	                             report; "" when absent) */
+	MXF_MSG_SMTPD_STATS,      /* smtpd->r, fire and forget: F_SESSIONS, F_TLS_SESSIONS (u64,
+	                             counted since the last STATS), F_ACTIVE (u64, sessions open now) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -83,6 +85,7 @@ enum mxf_ipc_tag {
 	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "";
 		     BOUNCE: "delayed" or "relayed" (a success notice), absent for failures */
 	F_PEER_DSN, /* DELIVER_RESULT: u64 1 when the host that took the message offered DSN */
+	F_SESSIONS, F_TLS_SESSIONS, F_ACTIVE, /* SMTPD_STATS: u64 each */
 	F_TAG_MAX
 };
 

@@ -180,7 +180,7 @@ static bool type_allowed(enum role role, uint16_t t)
 	switch (role) {
 	case ROLE_SMTPD:
 		return t == MXF_MSG_RCPT_CHECK || t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT ||
-		       t == MXF_MSG_ABORT;
+		       t == MXF_MSG_ABORT || t == MXF_MSG_SMTPD_STATS;
 	case ROLE_BOUNCER:
 		return t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT ||
 		       t == MXF_MSG_BOUNCE_DONE || t == MXF_MSG_DSN_PARSE_REPLY;
@@ -216,6 +216,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_DSN_PARSE_REPLY: return recv_dsn_parsed(p, v);
 	case MXF_MSG_RELOAD: return on_reload(p, v);
 	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
+	case MXF_MSG_SMTPD_STATS: return metrics_smtpd_stats(p, v);
 	default: return -1;
 	}
 }

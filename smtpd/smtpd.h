@@ -38,6 +38,8 @@ struct smtpd {
 	/* SIGTERM: no new sessions, 421 to new commands; sessions in the
 	 * middle of a message finish it first. */
 	bool stopping;
+	/* Counted since the last SMTPD_STATS to the router (metrics). */
+	uint64_t stat_sessions, stat_tls;
 };
 
 extern struct smtpd smtpd;
