@@ -126,6 +126,9 @@ static const struct key keys[] = {
 	/* Issue 11: activity rows for refusals per client network (/24, /64) and
 	 * second; past it they are counted and one summary row is written. */
 	{"router", "reject_log_rate", T_INT, "10", 0, 1000000, true},
+	/* Issue 8: the router's Prometheus endpoint ("127.0.0.1:9325", "[::1]:9325");
+	 * empty: off. Bound by the master, so a restart keeps the port. */
+	{"main", "metrics_listen", T_STR, "", 0, 0, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

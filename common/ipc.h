@@ -83,6 +83,8 @@ enum mxf_ipc_type {
 	MXF_MSG_REJECT_LOG,       /* smtpd->r, no reply: a refusal smtpd made itself, for the
 	                             activity log: F_CLIENT_IP, F_HELO, F_SENDER, F_RCPT (or ""),
 	                             F_CODE, F_ESC, F_TEXT, F_REASON */
+	MXF_MSG_SMTPD_STATS,      /* smtpd->r, fire and forget: F_SESSIONS, F_TLS_SESSIONS (u64,
+	                             counted since the last STATS), F_ACTIVE (u64, sessions open now) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -111,6 +113,7 @@ enum mxf_ipc_tag {
 	 * headers. */
 	F_AUTH_RESULTS,
 	F_REASON, /* REJECT_LOG: the refusal's keyword ("dnsbl:ZONE", "blocklist", "rate", ...) */
+	F_SESSIONS, F_TLS_SESSIONS, F_ACTIVE, /* SMTPD_STATS: u64 each */
 	F_TAG_MAX
 };
 

@@ -11,7 +11,7 @@
 
 #include "config.h"
 
-static int bind_one(const char *item, char *err, size_t errlen)
+static int bind_one(const char *item, const char *key, char *err, size_t errlen)
 {
 	char host[256];
 	unsigned port;
@@ -20,7 +20,7 @@ static int bind_one(const char *item, char *err, size_t errlen)
 	int one = 1;
 
 	if (mxf_config_split_hostport(item, host, sizeof(host), &port) < 0) {
-		snprintf(err, errlen, "[smtpd] listen: bad address '%s' (want addr:port)", item);
+		snprintf(err, errlen, "%s: bad address '%s' (want addr:port)", key, item);
 		return -EINVAL;
 	}
 	memset(&ss, 0, sizeof(ss));
@@ -35,7 +35,7 @@ static int bind_one(const char *item, char *err, size_t errlen)
 		s6->sin6_port = htons((uint16_t)port);
 		sl = sizeof(*s6);
 	} else {
-		snprintf(err, errlen, "[smtpd] listen: '%s' is not an IP address", host);
+		snprintf(err, errlen, "%s: '%s' is not an IP address", key, host);
 		return -EINVAL;
 	}
 	int s = socket(ss.ss_family, SOCK_STREAM, 0);
@@ -68,7 +68,7 @@ int mxf_listen_bind_all(const char *spec, int *fds, size_t max, char *err, size_
 			r = -E2BIG;
 			break;
 		}
-		int s = bind_one(tok, err, errlen);
+		int s = bind_one(tok, "[smtpd] listen", err, errlen);
 		if (s < 0) {
 			r = s;
 			break;
@@ -86,4 +86,9 @@ int mxf_listen_bind_all(const char *spec, int *fds, size_t max, char *err, size_
 		return r;
 	}
 	return (int)n;
+}
+
+int mxf_listen_bind_one(const char *item, const char *key, char *err, size_t errlen)
+{
+	return bind_one(item, key, err, errlen);
 }

@@ -9,4 +9,8 @@
  * Fills fds (at most max) and returns the count, or -errno with err set. */
 int mxf_listen_bind_all(const char *spec, int *fds, size_t max, char *err, size_t errlen);
 
+/* Binds one "addr:port" (key names the setting in errors). Returns the
+ * listening socket or -errno with err set. */
+int mxf_listen_bind_one(const char *item, const char *key, char *err, size_t errlen);
+
 #endif

@@ -57,6 +57,8 @@ static struct mxf_config *cfg;
 static char daemon_dir[PATH_MAX];
 static int listen_fds[MAX_LISTEN];
 static int nlisten;
+/* [main] metrics_listen, bound here and handed to the router (-1: off). */
+static int metrics_fd = -1;
 static bool use_syslog;
 static bool same_user; /* every daemon runs as the invoking user */
 static time_t master_started;
@@ -210,6 +212,9 @@ static void write_status(void)
 		mxf_warn("cannot write %s: %s", tmp, strerror(errno));
 		return;
 	}
+	/* Readable by all whatever our umask: mxferryctl status and the
+	 * router's metrics (restarts per daemon) read it unprivileged. */
+	fchmod(fileno(f), 0644);
 	fprintf(f, "mxferryd %ld %ld 0\n", (long)getpid(), (long)master_started);
 	for (size_t i = 0; i < NCHILD; i++)
 		fprintf(f, "%s %ld %ld %u\n", children[i].name, (long)children[i].pid,
@@ -223,6 +228,7 @@ static void start_child(struct child *c)
 	char prog[PATH_MAX];
 	snprintf(prog, sizeof(prog), "%s/%s", daemon_dir, c->name);
 	bool is_smtpd = strcmp(c->name, "smtpd") == 0;
+	bool is_router = strcmp(c->name, "router") == 0;
 
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -234,11 +240,13 @@ static void start_child(struct child *c)
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
-		/* Listeners go to fds 3.. (systemd's convention), smtpd only. */
-		int n = is_smtpd ? nlisten : 0;
+		/* Listeners go to fds 3.. (systemd's convention): smtpd's SMTP
+		 * listeners, the router's metrics listener. */
+		int n = is_smtpd ? nlisten : is_router && metrics_fd >= 0 ? 1 : 0;
+		const int *src = is_smtpd ? listen_fds : &metrics_fd;
 		int high[MAX_LISTEN];
 		for (int i = 0; i < n; i++)
-			if ((high[i] = fcntl(listen_fds[i], F_DUPFD, 100)) < 0)
+			if ((high[i] = fcntl(src[i], F_DUPFD, 100)) < 0)
 				_exit(127);
 		for (int i = 0; i < n; i++)
 			if (dup2(high[i], 3 + i) < 0)
@@ -246,7 +254,7 @@ static void start_child(struct child *c)
 		closefrom(3 + n);
 		char nbuf[16];
 		snprintf(nbuf, sizeof(nbuf), "%d", n);
-		if (is_smtpd)
+		if (n > 0)
 			setenv("MXF_LISTEN_FDS", nbuf, 1);
 		else
 			unsetenv("MXF_LISTEN_FDS");
@@ -508,6 +516,10 @@ int main(int argc, char **argv)
 				      err, sizeof(err));
 	if (nlisten < 0)
 		mxf_fatal("%s", err);
+	const char *mlisten = mxf_config_str(cfg, "main", "metrics_listen");
+	if (mlisten[0] &&
+	    (metrics_fd = mxf_listen_bind_one(mlisten, "[main] metrics_listen", err, sizeof(err))) < 0)
+		mxf_fatal("%s", err);
 
 	if (!foreground) {
 		daemonize();
@@ -602,6 +614,8 @@ int main(int argc, char **argv)
 	stop_all();
 	for (int i = 0; i < nlisten; i++)
 		close(listen_fds[i]);
+	if (metrics_fd >= 0)
+		close(metrics_fd);
 	char p[PATH_MAX];
 	snprintf(p, sizeof(p), "%s/status", pid_dir);
 	unlink(p);

@@ -212,6 +212,7 @@ static bool rl_admit(const char *ip, const char *reason)
 void access_reject_row(const char *ip, const char *helo, const char *sender, const char *rcpt,
 		       const char *rule, const char *action, const char *reply, const char *reason)
 {
+	metrics_refusal(reason, rcpt && *rcpt);
 	if (rl_admit(ip ? ip : "", reason))
 		activity_reject(ip, helo, sender, rcpt, rule, action, reply, reason, 1);
 }

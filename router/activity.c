@@ -181,6 +181,8 @@ static void method_results(const char *ar, const char *method, char *out, size_t
 void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const char *rcpt,
 		  const char *status, const char *remote_host, const char *reply)
 {
+	/* Every recipient outcome passes here: count it even if the log fails. */
+	metrics_recipient(status);
 	if (!ins)
 		return;
 	sqlite3_reset(ins);

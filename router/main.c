@@ -46,6 +46,7 @@ static void on_signal(uv_signal_t *h, int signum)
 	mxf_info("stopping on signal %d", signum);
 	R.stopping = true;
 	uv_poll_stop(&R.listen_poll);
+	metrics_stop();
 	peer_close_all();
 	router_maybe_exit(); /* or when the last running commit returns */
 }
@@ -189,6 +190,7 @@ int main(int argc, char **argv)
 	queue_rules_poll_start();
 	if ((r = peer_listen(sock)) < 0)
 		mxf_fatal("cannot listen on %s: %s", sock, strerror(-r));
+	metrics_start();
 
 	uv_signal_init(R.loop, &sig_hup);
 	uv_signal_init(R.loop, &sig_term);

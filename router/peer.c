@@ -181,7 +181,8 @@ static bool type_allowed(enum role role, uint16_t t)
 	switch (role) {
 	case ROLE_SMTPD:
 		return t == MXF_MSG_RCPT_CHECK || t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT ||
-		       t == MXF_MSG_ABORT || t == MXF_MSG_ACCESS_CHECK || t == MXF_MSG_REJECT_LOG;
+		       t == MXF_MSG_ABORT || t == MXF_MSG_ACCESS_CHECK || t == MXF_MSG_REJECT_LOG ||
+		       t == MXF_MSG_SMTPD_STATS;
 	case ROLE_BOUNCER:
 		return t == MXF_MSG_OPEN || t == MXF_MSG_COMMIT || t == MXF_MSG_ABORT ||
 		       t == MXF_MSG_BOUNCE_DONE || t == MXF_MSG_DSN_PARSE_REPLY;
@@ -225,6 +226,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_SIGN: return sign_request(p, v);
 	case MXF_MSG_ACCESS_CHECK: return access_check(p, v);
 	case MXF_MSG_REJECT_LOG: return access_reject_log(p, v);
+	case MXF_MSG_SMTPD_STATS: return metrics_smtpd_stats(p, v);
 	default: return -1;
 	}
 }

@@ -50,6 +50,7 @@ struct qmsg {
 	int64_t wake;         /* 0, or when to look at this message again */
 	bool held;            /* mxferryctl queue hold: nothing is delivered until released */
 	bool del;             /* mxferryctl queue delete: removed when nothing is in flight */
+	int64_t arrival_ms;   /* for the latency metric: accepted (unix ms) */
 };
 
 /* Per destination domain: jobs in flight and the last job's start, so one
@@ -164,6 +165,20 @@ static int64_t now_s(void)
 	return (int64_t)time(NULL);
 }
 
+/* Wall clock in ms (arrival times are wall clock: they survive restarts). */
+static int64_t now_ms_real(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void queue_count(size_t *counts)
+{
+	for (const struct qmsg *m = msgs; m; m = m->next)
+		counts[m->dir]++;
+}
+
 static char *esc(char *buf, size_t cap, const char *s)
 {
 	return mxf_log_escape(buf, cap, s ? s : "", s ? strlen(s) : 0);
@@ -184,6 +199,7 @@ static struct qmsg *msg_new(struct mxf_env *e, enum mxf_spool_dir dir)
 	}
 	m->env = e;
 	m->dir = dir;
+	m->arrival_ms = e->arrival * 1000;
 	unsigned h = hash_qid(e->qid);
 	m->hnext = bucket[h];
 	bucket[h] = m;
@@ -839,6 +855,8 @@ static void apply_one(struct qmsg *m, size_t i, unsigned code, const char *ecode
 	mxf_env_set(&r->reply, reply);
 	mxf_env_set(&r->relay, relay);
 	r->attempts++;
+	metrics_delivery(code, !(code / 100 == 4 && now - e->arrival < R.lifetime),
+			 (double)(now_ms_real() - m->arrival_ms) / 1000.0);
 	if (code / 100 == 2) {
 		/* NOTIFY=SUCCESS that the host cannot take on: we owe the sender
 		 * an "Action: relayed" notice (RFC 3461 4.1). Never for our own
@@ -900,6 +918,13 @@ int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v)
 	if (mxf_ipc_count(v, F_PEER_DSN) && (mxf_ipc_u64(v, F_PEER_DSN, 0, &peer_dsn) < 0 ||
 					     peer_dsn > 1))
 		return -1;
+	/* deliverd reports a failed or timed-out DNS lookup as 4.4.3: one
+	 * DNS error per delivery attempt, however many recipients it had. */
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(mxf_ipc_str(v, F_ESC, i), "4.4.3") == 0) {
+			metrics_dns_error();
+			break;
+		}
 	struct qmsg *m = j->m;
 	inflight_remove(j);
 	p->jobs--;
@@ -1071,6 +1096,9 @@ void queue_add(struct mxf_env *e, int dir)
 		mxf_env_free(e);
 		return;
 	}
+	/* Just committed: the envelope's arrival is in whole seconds. */
+	m->arrival_ms = now_ms_real();
+	metrics_received(e);
 	for (size_t i = 0; i < e->nrcpt; i++) {
 		const struct mxf_env_rcpt *r = &e->rcpt[i];
 		if (r->status != MXF_RS_DROPPED)

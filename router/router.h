@@ -43,6 +43,7 @@ struct peer {
 	unsigned nopened;
 	struct commit *commits; /* running commits that will answer on this peer */
 	unsigned jobs;          /* deliverd: delivery jobs in flight */
+	uint64_t smtp_active;   /* smtpd: sessions open, from its last SMTPD_STATS */
 };
 
 struct router {
@@ -114,6 +115,25 @@ int queue_reload_rules(char *err, size_t errlen);
 void queue_rules_poll_start(void);
 /* QUEUE_CTL from mxferryctl: <0 for a protocol violation. */
 int queue_ctl(struct peer *p, const struct mxf_ipc_view *v);
+
+/* Messages in the in-memory queue per state directory (indexed by
+ * enum mxf_spool_dir; adds to counts). */
+void queue_count(size_t *counts);
+
+/* metrics.c: the Prometheus endpoint ([main] metrics_listen) and its counters */
+int metrics_start(void);
+void metrics_stop(void);
+void metrics_received(const struct mxf_env *e);
+void metrics_recipient(const char *status);
+/* One refusal (every one, before the activity log's flood limit); rcpt: it
+ * refused a recipient, which counts as a rejected recipient too. */
+void metrics_refusal(const char *reason, bool rcpt);
+/* One recipient's result: code, whether a non-2xx is final (5xx, expired),
+ * seconds since arrival (for a 2xx). */
+void metrics_delivery(unsigned code, bool final, double latency);
+void metrics_dns_error(void);
+/* SMTPD_STATS: <0 when malformed. */
+int metrics_smtpd_stats(struct peer *p, const struct mxf_ipc_view *v);
 
 /* activity.c */
 int activity_open(const char *path);

@@ -30,6 +30,28 @@ static uv_signal_t sigterm, sigint;
 static uv_timer_t stop_timer;
 static bool stop_timer_on, done;
 static uint64_t shutdown_ms;
+static uv_timer_t stats_timer;
+static uint64_t stats_sent_active = UINT64_MAX; /* forces a first report */
+
+/* Session counts for the router's metrics, at most once a second and only
+ * when something changed: deltas, so an old and a new smtpd after a reload
+ * add up, and nothing is lost while the router is away (kept until sent). */
+static void on_stats_timer(uv_timer_t *t)
+{
+	(void)t;
+	if (!smtpd.link || !mxf_routerlink_up(smtpd.link) ||
+	    (smtpd.stat_sessions == 0 && smtpd.stat_tls == 0 && stats_sent_active == smtpd.nsessions))
+		return;
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_SMTPD_STATS);
+	if (m && mxf_ipc_put_u64(m, F_SESSIONS, smtpd.stat_sessions) == 0 &&
+	    mxf_ipc_put_u64(m, F_TLS_SESSIONS, smtpd.stat_tls) == 0 &&
+	    mxf_ipc_put_u64(m, F_ACTIVE, smtpd.nsessions) == 0 &&
+	    mxf_routerlink_send(smtpd.link, m, -1) == 0) {
+		smtpd.stat_sessions = smtpd.stat_tls = 0;
+		stats_sent_active = smtpd.nsessions;
+	}
+	mxf_ipc_msg_free(m);
+}
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -73,6 +95,7 @@ static void on_router_state(bool up, void *arg)
 	(void)arg;
 	if (up) {
 		smtpd.link_gen++;
+		stats_sent_active = UINT64_MAX; /* a new router knows nothing yet */
 		return;
 	}
 	session_link_down();
@@ -95,6 +118,8 @@ void smtpd_check_done(void)
 		uv_close((uv_handle_t *)&stop_timer, on_closed_noop);
 	uv_close((uv_handle_t *)&sigterm, on_closed_noop);
 	uv_close((uv_handle_t *)&sigint, on_closed_noop);
+	on_stats_timer(&stats_timer); /* the last counts, while the link is up */
+	uv_close((uv_handle_t *)&stats_timer, on_closed_noop);
 	mxf_routerlink_stop(smtpd.link);
 	smtpd.link = NULL;
 }
@@ -233,6 +258,10 @@ int main(int argc, char **argv)
 				     NULL, &smtpd.link);
 	if (r < 0)
 		mxf_fatal("router link: %s", strerror(-r));
+
+	uv_timer_init(smtpd.loop, &stats_timer);
+	uv_timer_start(&stats_timer, on_stats_timer, 1000, 1000);
+	uv_unref((uv_handle_t *)&stats_timer);
 
 	uv_signal_init(smtpd.loop, &sigterm);
 	uv_signal_start(&sigterm, on_signal, SIGTERM);

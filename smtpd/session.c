@@ -1923,6 +1923,7 @@ static int tls_input(struct session *s, const char *p, size_t n)
 			was = true;
 			mxf_tls_describe(s->tls, d, sizeof(d));
 			mxf_info("TLS established from unknown[%s]: %s", s->ip, d);
+			smtpd.stat_tls++;
 		}
 		if (r == -ECONNRESET)
 			return r;
@@ -2119,6 +2120,7 @@ void session_accept(uv_stream_t *listener)
 		s->next->prev = s;
 	smtpd.sessions = s;
 	smtpd.nsessions++;
+	smtpd.stat_sessions++;
 	peer_ip(s);
 	mxf_info("connect from unknown[%s]", s->ip);
 

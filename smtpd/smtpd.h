@@ -42,6 +42,8 @@ struct smtpd {
 	 * data_timeout); bounds a client that trickles bytes within the
 	 * command timeout. */
 	uint64_t data_timeout_ms;
+	/* Counted since the last SMTPD_STATS to the router (metrics). */
+	uint64_t stat_sessions, stat_tls;
 };
 
 extern struct smtpd smtpd;

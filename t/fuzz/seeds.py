@@ -268,6 +268,24 @@ dk = {
 }
 for k, v in dk.items():
     put("fuzz_dkim", k, b"\x07" + v.encode())
+# ---- HTTP request heads (fuzz_http): two chunk-seed bytes, then the request
+http = {
+    "scrape": b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9325\r\nUser-Agent: Prometheus/2.45.0\r\n"
+              b"Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n"
+              b"Accept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n",
+    "http10": b"GET /metrics?name[]=up HTTP/1.0\r\n\r\n",
+    "post": b"POST /api/rules HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
+    "chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "smuggle": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "fold": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+    "bare-lf": b"GET / HTTP/1.1\nHost: a\n\n",
+    "leading-crlf": b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "v2": b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+    "tls-hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    "obs-text": b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n",
+}
+for i, (k, v) in enumerate(http.items()):
+    put("fuzz_http", k, bytes([i, 3 * i + 1]) + v)
 
 print("seeds written")
 
