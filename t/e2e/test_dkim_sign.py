@@ -317,6 +317,38 @@ def test_domain_dns_and_keys(dns_server, sinks, gateway):
     assert len(recs[("r1._domainkey.gw.test.", "TXT")]["strings"]) == 2  # 2048-bit: > 255
     text = w.gw.ctl_ok("domain", "dns", "gw.test")
     assert f'r1._domainkey.gw.test. 3600 IN TXT "v=DKIM1; k=rsa; p=' in text
+
+    # Checked against the live DNS ([main] dns_resolver): the MX and SPF as
+    # printed, e1 published right, r1 published with another key, DMARC and
+    # MTA-STS missing, a TLS-RPT of the operator's own (any rua= is fine).
+    def strings(v):
+        return '" "'.join(v[i:i + 200] for i in range(0, len(v), 200))
+    e1 = recs[("e1._domainkey.gw.test.", "TXT")]["value"]
+    r1_wrong = "v=DKIM1; k=rsa; p=" + "A" * 300
+    w.dns.zone("gw.test", mx=[(10, GW_HOST)], txt={
+        "gw.test": spf, "e1._domainkey.gw.test": strings(e1),
+        "r1._domainkey.gw.test": strings(r1_wrong),
+        "_smtp._tls.gw.test": "v=TLSRPTv1; rua=mailto:ops@elsewhere.test"})
+    live = json.loads(w.gw.ctl_ok("--json", "domain", "dns", "gw.test"))
+    st = {(r["name"], r["type"]): r.get("status") for r in live["records"]}
+    assert st[("gw.test.", "MX")] == "ok", st
+    assert st[("gw.test.", "TXT")] == "ok", st
+    assert st[("e1._domainkey.gw.test.", "TXT")] == "ok", st
+    assert st[("r1._domainkey.gw.test.", "TXT")] == "wrong", st
+    assert st[("_dmarc.gw.test.", "TXT")] == "missing", st
+    assert st[("_mta-sts.gw.test.", "TXT")] == "missing", st
+    assert st[("_smtp._tls.gw.test.", "TXT")] == "ok", st
+    # The MX pointing elsewhere is wrong, and says where it points.
+    w.dns.zone("gw.test", mx=[(5, "mx.other.test")], txt={"gw.test": "v=spf1 -all"})
+    live = json.loads(w.gw.ctl_ok("--json", "domain", "dns", "gw.test"))
+    mx = [r for r in live["records"] if r["type"] == "MX"][0]
+    assert mx["status"] == "wrong" and mx["found"] == "5 mx.other.test.", mx
+    assert [r["status"] for r in live["records"] if r["name"] == "gw.test."
+            and r["type"] == "TXT"] == ["wrong"]
+    assert "live DNS: wrong: 5 mx.other.test." in w.gw.ctl_ok("domain", "dns", "gw.test")
+    # --offline: no lookups, no status.
+    off = json.loads(w.gw.ctl_ok("--json", "domain", "dns", "gw.test", "--offline"))
+    assert all("status" not in r for r in off["records"])
     # list, disable, remove; each change audited; a second key under the same
     # selector refused.
     rc, _, err = w.gw.ctl("dkim", "keygen", "gw.test", "--selector", "r1")
