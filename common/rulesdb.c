@@ -175,6 +175,10 @@ static const char *const migrations[] = {
 	"  reason TEXT NOT NULL DEFAULT '' CHECK (length(reason) <= 200),"
 	"  created INTEGER NOT NULL,"
 	"  UNIQUE (list, value));",
+	/* 8: the code a reject rule answers with (issue 8's --code): 0 is the
+	 * default 550; 4xx ones make the sender try again later. */
+	"ALTER TABLE rules ADD COLUMN reject_code INTEGER NOT NULL DEFAULT 0"
+	"  CHECK (reject_code IN (0, 450, 451, 452, 550, 551, 552, 553, 554));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -495,7 +499,8 @@ void mxf_rulesdb_set_actor(struct mxf_rulesdb *db, const char *who)
 #define SNAP_RULE                                                                                 \
 	"SELECT json_object('tag', r.tag, 'domain', d.name, 'name', r.name, 'priority', "         \
 	"r.priority, 'enabled', r.enabled, 'matcher', r.matcher, 'to', r.match_to, 'action', "    \
-	"r.action, 'argument', r.action_arg, 'from', r.match_from, 'destinations', "              \
+	"r.action, 'argument', r.action_arg, 'code', r.reject_code, 'from', r.match_from, "  \
+	"'destinations', "              \
 	"(SELECT json_group_array(email) FROM (SELECT a.email FROM rule_dests rd JOIN addresses a ON a.id = rd.address_id "       \
 	"WHERE rd.rule_id = r.id ORDER BY a.email))) FROM rules r "                               \
 	"JOIN domains d ON d.id = r.domain_id WHERE r.id = ?1"
@@ -785,6 +790,20 @@ static bool worker_name_ok(const char *s)
 	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
 }
 
+/* A reject rule's code: 0 (the default, 550) or one of these; for other
+ * actions only 0. */
+static int check_code(const char *action, int code, char *err, size_t errlen)
+{
+	static const int ok[] = {0, 450, 451, 452, 550, 551, 552, 553, 554};
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		if (code == ok[i] && (code == 0 || strcmp(action, "reject") == 0))
+			return 0;
+	seterr(err, errlen, code && strcmp(action, "reject") != 0
+				    ? "--code goes with --reject"
+				    : "--code takes 450, 451, 452 or 550 to 554");
+	return -EINVAL;
+}
+
 /* The action's argument: out gets the stored form. */
 static int check_arg(const char *action, const char *arg, char *out, size_t outlen, char *err,
 		     size_t errlen)
@@ -963,6 +982,7 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 	if ((r = check_domain(s->domain, name, sizeof(name), err, errlen)) < 0 ||
 	    (r = check_match(s->matcher, s->to, name, addr, sizeof(addr), err, errlen)) < 0 ||
 	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0 ||
+	    (r = check_code(s->action, s->code, err, errlen)) < 0 ||
 	    (r = check_from(s->from, from, sizeof(from), err, errlen)) < 0)
 		return r;
 	if (s->priority < 0 || s->priority > 1000000) {
@@ -985,8 +1005,8 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 		goto out;
 	sqlite3_stmt *st;
 	if ((r = prep(db, "INSERT INTO rules (tag, domain_id, name, priority, enabled, matcher, "
-			  "match_to, action, action_arg, created, match_from) "
-			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+			  "match_to, action, action_arg, created, match_from, reject_code) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, tag, -1, SQLITE_TRANSIENT);
@@ -1000,6 +1020,7 @@ int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *
 	sqlite3_bind_text(st, 9, arg, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 10, (sqlite3_int64)time(NULL));
 	sqlite3_bind_text(st, 11, from, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 12, s->code);
 	int rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
@@ -1059,7 +1080,8 @@ int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec 
 		return -EINVAL;
 	}
 	if ((r = check_domain(s->domain, name, sizeof(name), err, errlen)) < 0 ||
-	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0)
+	    (r = check_arg(s->action, s->arg, arg, sizeof(arg), err, errlen)) < 0 ||
+	    (r = check_code(s->action, s->code, err, errlen)) < 0)
 		return r;
 	if ((r = new_tag(tag)) < 0) {
 		seterr(err, errlen, "getrandom: %s", strerror(-r));
@@ -1109,13 +1131,14 @@ static int catchall_write(struct mxf_rulesdb *db, const struct mxf_rule_spec *s,
 	sqlite3_int64 rule_id = *rule_idp;
 	int r;
 	if (rule_id) {
-		if ((r = prep(db, "UPDATE rules SET action = ?1, action_arg = ?2, enabled = 1 "
-				  "WHERE id = ?3",
+		if ((r = prep(db, "UPDATE rules SET action = ?1, action_arg = ?2, enabled = 1, "
+				  "reject_code = ?4 WHERE id = ?3",
 			      &st, err, errlen)) < 0)
 			goto out;
 		sqlite3_bind_text(st, 1, s->action, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_text(st, 2, arg, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_int64(st, 3, rule_id);
+		sqlite3_bind_int(st, 4, s->code);
 		if ((r = step_done(db, st, err, errlen)) < 0)
 			goto out;
 		if ((r = prep(db, "DELETE FROM rule_dests WHERE rule_id = ?1", &st, err, errlen)) < 0)
@@ -1125,8 +1148,8 @@ static int catchall_write(struct mxf_rulesdb *db, const struct mxf_rule_spec *s,
 			goto out;
 	} else {
 		if ((r = prep(db, "INSERT INTO rules (tag, domain_id, name, priority, enabled, "
-				  "matcher, match_to, action, action_arg, created) "
-				  "VALUES (?1, ?2, ?3, 0, 1, 'all', '', ?4, ?5, ?6)",
+				  "matcher, match_to, action, action_arg, created, reject_code) "
+				  "VALUES (?1, ?2, ?3, 0, 1, 'all', '', ?4, ?5, ?6, ?7)",
 			      &st, err, errlen)) < 0)
 			goto out;
 		sqlite3_bind_text(st, 1, tag, -1, SQLITE_TRANSIENT);
@@ -1135,6 +1158,7 @@ static int catchall_write(struct mxf_rulesdb *db, const struct mxf_rule_spec *s,
 		sqlite3_bind_text(st, 4, s->action, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_text(st, 5, arg, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+		sqlite3_bind_int(st, 7, s->code);
 		if ((r = step_done(db, st, err, errlen)) < 0)
 			goto out;
 		rule_id = sqlite3_last_insert_rowid(db->db);
@@ -1263,7 +1287,8 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 		return r;
 	if ((r = find_rule(db, which, &id, err, errlen)) < 0 ||
 	    (r = prep(db, "SELECT d.name, r.matcher, r.match_to, r.action, r.action_arg, r.name, "
-			  "r.priority, r.enabled, r.tag, r.match_from FROM rules r JOIN domains d "
+			  "r.priority, r.enabled, r.tag, r.match_from, r.reject_code FROM rules r "
+			  "JOIN domains d "
 			  "ON d.id = r.domain_id WHERE r.id = ?1",
 		      &st, err, errlen)) < 0)
 		goto out;
@@ -1282,6 +1307,7 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 	enabled = sqlite3_column_int(st, 7);
 	snprintf(tag, sizeof(tag), "%s", col_text(st, 8));
 	snprintf(from, sizeof(from), "%s", col_text(st, 9));
+	int code = sqlite3_column_int(st, 10);
 	sqlite3_finalize(st);
 	st = NULL;
 	if (e->from) {
@@ -1309,6 +1335,11 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 			goto out;
 		snprintf(action, sizeof(action), "%s", e->action);
 	}
+	/* A new action starts from the default code unless one is given. */
+	if (e->action || e->code >= 0)
+		code = e->code >= 0 ? e->code : 0;
+	if ((r = check_code(action, code, err, errlen)) < 0)
+		goto out;
 	if (e->name)
 		snprintf(name, sizeof(name), "%s", e->name);
 	if (e->priority >= 0)
@@ -1317,8 +1348,8 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 		enabled = e->enabled ? 1 : 0;
 	if ((r = snapshot(db, SNAP_RULE, NULL, id, &before, err, errlen)) < 0 ||
 	    (r = prep(db, "UPDATE rules SET matcher = ?2, match_to = ?3, action = ?4, "
-			  "action_arg = ?5, name = ?6, priority = ?7, enabled = ?8, match_from = ?9 "
-			  "WHERE id = ?1",
+			  "action_arg = ?5, name = ?6, priority = ?7, enabled = ?8, match_from = ?9, "
+			  "reject_code = ?10 WHERE id = ?1",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
@@ -1330,6 +1361,7 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 	sqlite3_bind_int(st, 7, prio);
 	sqlite3_bind_int(st, 8, enabled);
 	sqlite3_bind_text(st, 9, from, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 10, code);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	st = NULL;
@@ -1925,7 +1957,7 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 		     "  (SELECT group_concat(email, ',') FROM (SELECT a.email FROM rule_dests rd "
 		     "     JOIN addresses a ON a.id = rd.address_id WHERE rd.rule_id = r.id "
 		     "     ORDER BY a.email)), "
-		     "  r.priority, r.enabled, r.action_arg, r.name, r.match_from "
+		     "  r.priority, r.enabled, r.action_arg, r.name, r.match_from, r.reject_code "
 		     "FROM rules r JOIN domains d ON d.id = r.domain_id "
 		     "ORDER BY d.name, r.matcher = 'all', r.priority, r.matcher = 'wildcard', "
 		     "  r.match_to, r.id",
@@ -1946,6 +1978,7 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 			.arg = col_text(st, 8),
 			.name = col_text(st, 9),
 			.from = col_text(st, 10),
+			.code = sqlite3_column_int(st, 11),
 		};
 		if ((r = cb(&ri, arg)) != 0)
 			break;
@@ -1974,6 +2007,7 @@ struct rs_rule {
 	bool *verified;
 	size_t nfrom; /* sender patterns, any of which must match; none: any sender */
 	char **from;
+	int code; /* reject: the SMTP code (0: 550) */
 };
 
 struct rs_domain {
@@ -2166,7 +2200,7 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 	sqlite3_stmt *st;
 	int r = prep(db,
 		     "SELECT r.id, r.tag, d.name, r.matcher, r.match_to, r.action, r.priority, "
-		     "  r.action_arg, r.match_from "
+		     "  r.action_arg, r.match_from, r.reject_code "
 		     "FROM rules r JOIN domains d ON d.id = r.domain_id "
 		     "WHERE r.enabled = 1 AND d.enabled = 1 ORDER BY r.id",
 		     &st, err, errlen);
@@ -2190,6 +2224,11 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 		}
 		if (check_arg(action, arg, a2, sizeof(a2), NULL, 0) < 0 || strcmp(a2, arg) != 0) {
 			seterr(err, errlen, "rules database: rule %s: invalid action", tag);
+			r = -EINVAL;
+			break;
+		}
+		if (check_code(action, sqlite3_column_int(st, 9), NULL, 0) < 0) {
+			seterr(err, errlen, "rules database: rule %s: invalid reject code", tag);
 			r = -EINVAL;
 			break;
 		}
@@ -2223,6 +2262,7 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 			.m = m,
 			.act = act,
 			.priority = sqlite3_column_int(st, 6),
+			.code = sqlite3_column_int(st, 9),
 		};
 		if (m == RS_ALL) {
 			ru->key = strdup(dom);
@@ -2480,6 +2520,7 @@ static void route_from(const struct rs_rule *ru, const struct rs_domain *d, stru
 	out->kind = ru->act;
 	out->tag = ru->tag;
 	out->text = ru->text;
+	out->code = ru->act == MXF_ROUTE_REJECT ? (ru->code ? ru->code : 550) : 0;
 	out->refuse_unverified = d->refuse_unverified;
 	if (ru->act == MXF_ROUTE_FORWARD) {
 		out->ndest = ru->ndest;

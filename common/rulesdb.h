@@ -56,6 +56,8 @@ struct mxf_rule_spec {
 	 * sender; '*' any run of characters; ASCII-case-insensitive). NULL or "":
 	 * any sender. Not for the catch-all. */
 	const char *from;
+	/* reject: the code (450, 451, 452, 550..554; 0: 550). */
+	int code;
 };
 int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *tag_out,
 			    char *err, size_t errlen);
@@ -80,6 +82,7 @@ struct mxf_rule_edit {
 	int priority; /* -1: keep */
 	int enabled;  /* -1: keep */
 	const char *from; /* NULL: keep; "": any sender */
+	int code;         /* reject code; -1: keep (0 with a new action) */
 };
 int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struct mxf_rule_edit *e,
 			  char *err, size_t errlen);
@@ -169,6 +172,7 @@ struct mxf_rule_info {
 	int priority;
 	bool enabled;
 	const char *from; /* sender patterns, comma-separated; "" any sender */
+	int code;         /* reject code, 0: the default 550 */
 };
 int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 			  int (*cb)(const struct mxf_rule_info *r, void *arg), void *arg);
@@ -201,6 +205,7 @@ struct mxf_route {
 	size_t nverified;
 	bool refuse_unverified;   /* the domain refuses at RCPT rather than defer */
 	const char *text;         /* reject reason or worker program, else "" */
+	unsigned code;            /* reject: 550 (default) or the rule's code */
 };
 /* addr: a normalised "local@a-label" address; sender: the envelope sender
  * ("" the null sender; NULL unknown: rules with a sender matcher do not

@@ -693,6 +693,7 @@ struct action_args {
 	char forward[MXF_ADDR_SIZE * 26], from[2048];
 	bool have_forward, have_from, drop, disabled, have_prio;
 	int priority, enabled; /* enabled: -1 keep (edit --enable / --disable) */
+	int code;              /* --code with --reject; -1: none given */
 };
 
 static int append_list(char *buf, size_t len, const char *val, const char *opt)
@@ -711,10 +712,11 @@ static int append_list(char *buf, size_t len, const char *val, const char *opt)
  * options a command takes is checked at the end. */
 static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_args *a)
 {
-	static const char *const valued[] = {"to",     "match", "forward",  "reject",
-					     "worker", "name",  "priority", "from"};
+	static const char *const valued[] = {"to",   "match",    "forward", "reject", "worker",
+					     "name", "priority", "from",    "code"};
 	memset(a, 0, sizeof(*a));
 	a->enabled = -1;
+	a->code = -1;
 	bool any_sender = false;
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i];
@@ -758,6 +760,12 @@ static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_
 					return ctl_fail("--from needs a sender pattern");
 				if (append_list(a->from, sizeof(a->from), val, "--from") != 0)
 					return CTL_REFUSED;
+			} else if (!strcmp(opt, "code")) {
+				char *end;
+				long c = strtol(val, &end, 10);
+				if (a->code >= 0 || !*val || *end || c < 400 || c > 599)
+					return ctl_fail("--code takes an SMTP code (450-452, 550-554)");
+				a->code = (int)c;
 			} else {
 				char *end;
 				long pr = strtol(val, &end, 10);
@@ -782,7 +790,8 @@ static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_
 		}
 	}
 	int nact = a->have_forward + a->drop + !!a->reject + !!a->worker;
-	if (!a->first || nact > 1 || (a->to && a->match) || (any_sender && a->have_from))
+	if (!a->first || nact > 1 || (a->to && a->match) || (any_sender && a->have_from) ||
+	    (a->code >= 0 && nact && !a->reject))
 		return ctl_usage();
 	if (any_sender)
 		a->have_from = true; /* an empty list: any sender */
@@ -845,6 +854,8 @@ static void rule_json(const struct mxf_rule_info *r)
 	each_item(r->dests, cj_item, NULL);
 	cj_end(true);
 	cj_str("argument", r->arg);
+	if (strcmp(r->action, "reject") == 0)
+		cj_int("code", r->code ? r->code : 550);
 	cj_end(false);
 }
 
@@ -971,6 +982,8 @@ static int rule_show_cb(const struct mxf_rule_info *r, void *arg)
 	if (*r->arg)
 		printf("%s %s\n", strcmp(r->action, "reject") == 0 ? "reason:      " : "program:     ",
 		       ctl_safe(b1, sizeof(b1), r->arg));
+	if (strcmp(r->action, "reject") == 0)
+		printf("code:         %d\n", r->code ? r->code : 550);
 	return 0;
 }
 
@@ -1034,6 +1047,7 @@ static int rule_edit(const struct mxf_config *cfg, int argc, char **argv)
 		return rc;
 	struct mxf_rule_edit e = {.priority = a.have_prio ? a.priority : -1,
 				  .enabled = a.enabled,
+				  .code = a.code,
 				  .name = a.name,
 				  .from = a.have_from ? a.from : NULL};
 	if (a.to || a.match) {
@@ -1105,6 +1119,7 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 	struct mxf_rule_spec sp = {
 		.domain = a.first,
 		.from = a.from,
+		.code = a.code < 0 ? 0 : a.code,
 		.matcher = a.match ? "wildcard" : "literal",
 		.to = a.match ? a.match : a.to,
 		.action = action_name(&a),
@@ -1181,6 +1196,7 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 	}
 	struct mxf_rule_spec sp = {
 		.domain = a.first,
+		.code = a.code < 0 ? 0 : a.code,
 		.matcher = "all",
 		.action = action_name(&a),
 		.dests = (const char *const *)dests,

@@ -197,7 +197,10 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
 		return;
 	case MXF_ROUTE_REJECT:
-		/* The operator's reason, sanitised to printable ASCII when stored. */
+		/* The operator's reason, sanitised to printable ASCII when stored,
+		 * with the rule's code: 550 unless it says e.g. 451 (try later). */
+		code = rt.code ? rt.code : 550;
+		ecode = code < 500 ? "4.7.1" : "5.7.1";
 		log_r.action = "reject";
 		why = "rule", reason = "rule";
 		snprintf(text, sizeof(text), "%s", rt.text);

@@ -201,6 +201,32 @@ def test_sender_matchers_and_several_actions(routed):
                for e in audit), audit
 
 
+def test_reject_code(routed):
+    """`--reject TEXT --code N` (issue 8): the rule's own SMTP code, 4xx making
+    the sender try later; the default stays 550; --code goes with --reject."""
+    gw = routed.gw
+    t = gw.ctl_ok("rule", "add", "gw.test", "--to", "later@gw.test", "--reject",
+                  "Mailbox moving, try later", "--code", "451").strip()
+    gw.ctl_ok("rule", "add", "gw.test", "--to", "gone@gw.test", "--reject", "Gone")
+    gw.ctl_ok("catchall", "set", "gw.test", "--reject", "Nobody here", "--code", "554")
+    assert gw.ctl("rule", "add", "gw.test", "--to", "x@gw.test", "--drop", "--code", "451")[0] == 2
+    rc, _, err = gw.ctl("rule", "add", "gw.test", "--to", "x@gw.test", "--reject", "no",
+                        "--code", "499")
+    assert rc == 1 and "--code" in err, err
+    code, text = rcpt(gw, "later@gw.test")
+    assert code == 451 and text.startswith("4.7.1 Mailbox moving"), (code, text)
+    code, text = rcpt(gw, "gone@gw.test")
+    assert code == 550 and text.startswith("5.7.1 Gone"), (code, text)
+    code, text = rcpt(gw, "anyone@gw.test")
+    assert code == 554 and text.startswith("5.7.1 Nobody here"), (code, text)
+    assert gw.ctl_json("rule", "show", t)["rules"][0]["code"] == 451
+    # Edit: a new code alone; a new action forgets it.
+    gw.ctl_ok("rule", "edit", t, "--code", "553")
+    assert rcpt_settled(gw, "later@gw.test", 553)[1].startswith("5.7.1")
+    gw.ctl_ok("rule", "edit", t, "--reject", "Moved")
+    assert rcpt_settled(gw, "later@gw.test", 550)[1].startswith("5.7.1 Moved")
+
+
 def test_subaddressing(routed):
     gw, sink = routed.gw, routed.dest
     gw.ctl_ok("rule", "add", "gw.test", "--to", "user@gw.test", "--forward", "a@dest.test")

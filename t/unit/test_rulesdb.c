@@ -719,7 +719,7 @@ static void test_sender_matcher(void **state)
 	mxf_ruleset_free(rs);
 
 	/* Editing: the plain rule gets "<>" too, then the "<>" rule clashes... */
-	struct mxf_rule_edit e = {.priority = -1, .enabled = -1, .from = "<>"};
+	struct mxf_rule_edit e = {.priority = -1, .enabled = -1, .from = "<>", .code = -1};
 	assert_int_equal(mxf_rulesdb_rule_edit(f->db, t_plain, &e, err, sizeof(err)), -EEXIST);
 	/* ... the conditioned rule loses its condition: a clash with the plain one. */
 	e.from = "";
