@@ -126,4 +126,24 @@ int mxf_arc_seal_digest(const struct mxf_dkim_field *f, size_t n, int i, const c
 			const char *domain, const char *selector, long long t, const char *aar,
 			const char *ams, char **hdr, uint8_t digest[MXF_DKIM_DIGEST]);
 
+
+/* ---- verifying (ARC chain validation, smtpd) ---- */
+enum mxf_arc_kind { MXF_ARC_AAR = 0, MXF_ARC_AMS, MXF_ARC_AS };
+/* Which ARC field f is (an mxf_arc_kind, or -1 for another field) and its
+ * instance into *inst (0 when i= is missing, malformed or outside 1..50). */
+int mxf_arc_field_kind(const struct mxf_dkim_field *f, int *inst);
+/* The header hash a DKIM-style signature field sig (DKIM-Signature or
+ * ARC-Message-Signature, one of f or not) claims: the fields its h= names,
+ * bottom-up (RFC 6376 §5.4.2), canonicalised relaxed or simple, then sig
+ * itself with the b= value emptied and no CRLF. -EBADMSG without a usable
+ * h= or b=, -ENOMEM. */
+int mxf_dkim_verify_digest(const struct mxf_dkim_field *f, size_t n,
+			   const struct mxf_dkim_field *sig, bool relaxed,
+			   uint8_t digest[MXF_DKIM_DIGEST]);
+/* The hash the ARC-Seal of instance inst signs (RFC 8617 §5.1.1): the sets
+ * 1..inst, AAR, AMS, AS each, relaxed, that seal last with its b= value
+ * emptied and no CRLF. Each set must be in f exactly once (-EBADMSG). */
+int mxf_arc_seal_verify_digest(const struct mxf_dkim_field *f, size_t n, int inst,
+			       uint8_t digest[MXF_DKIM_DIGEST]);
+
 #endif

@@ -14,6 +14,7 @@
 
 #include <opendkim/dkim.h>
 
+#include "arcv.h"
 #include "dmarc.h"
 #include "dns.h"
 #include "log.h"
@@ -38,6 +39,7 @@ static unsigned njobs;
 static struct {
 	bool enabled;
 	bool require_spf_or_dkim;
+	bool arc; /* [auth] arc: validate incoming chains (and seal, in deliverd) */
 	enum dmarc_mode dmarc;
 	char authserv_id[256];
 	const char *hostname;
@@ -60,6 +62,9 @@ struct auth {
 	bool from_bad;
 	bool arc_seen;
 	unsigned forged_ar;
+	/* ARC (common/arcv.c): fed beside libopendkim, verified in the job */
+	struct mxf_arcv *arcv;
+	struct mxf_arcv_out arc;
 	/* DKIM */
 	DKIM *dkim;
 	bool dkim_broken; /* the library refused the input: dkim=permerror */
@@ -89,6 +94,7 @@ void auth_init(const struct mxf_config *cfg)
 	char err[512];
 	g.enabled = mxf_config_bool(cfg, "auth", "checks");
 	g.require_spf_or_dkim = mxf_config_bool(cfg, "auth", "require_spf_or_dkim");
+	g.arc = mxf_config_bool(cfg, "auth", "arc");
 	const char *dm = mxf_config_str(cfg, "auth", "dmarc");
 	if (strcmp(dm, "off") == 0)
 		g.dmarc = DM_OFF;
@@ -195,6 +201,8 @@ static bool on_field(void *arg, const char *f, size_t len, bool whole)
 		if (colon && mxf_mailhdr_tags(colon + 1, len - (size_t)(colon + 1 - f), tag_sig, s) == 0)
 			a->nsig++;
 	}
+	if (a->arcv)
+		mxf_arcv_field(a->arcv, f, len, whole);
 	if (a->dkim && !a->dkim_broken) {
 		/* libopendkim takes the field without its final CRLF. A field
 		 * too long to hold is not given: a signature covering it fails,
@@ -214,6 +222,8 @@ static bool on_field(void *arg, const char *f, size_t len, bool whole)
 static void on_eoh(void *arg)
 {
 	struct auth *a = arg;
+	if (a->arcv)
+		mxf_arcv_eoh(a->arcv);
 	if (!a->dkim || a->dkim_broken)
 		return;
 	DKIM_STAT st = dkim_eoh(a->dkim);
@@ -229,6 +239,8 @@ static void on_eoh(void *arg)
 static void on_body(void *arg, const char *p, size_t len)
 {
 	struct auth *a = arg;
+	if (a->arcv)
+		mxf_arcv_body(a->arcv, p, len);
 	if (a->dkim && !a->dkim_broken && dkim_body(a->dkim, (u_char *)p, len) != DKIM_STAT_OK)
 		a->dkim_broken = true;
 }
@@ -238,6 +250,10 @@ struct auth *auth_new(const char *qid, const char *ip, const char *helo, const c
 	struct auth *a = calloc(1, sizeof(*a));
 	if (!a)
 		return NULL;
+	if (g.arc && mxf_arcv_new(&a->arcv) < 0) {
+		free(a);
+		return NULL;
+	}
 	snprintf(a->qid, sizeof(a->qid), "%s", qid);
 	snprintf(a->ip, sizeof(a->ip), "%s", ip);
 	snprintf(a->helo, sizeof(a->helo), "%s", helo);
@@ -260,6 +276,7 @@ void auth_free(struct auth *a)
 		return;
 	if (a->dkim)
 		dkim_free(a->dkim);
+	mxf_arcv_free(a->arcv);
 	free(a);
 }
 
@@ -450,10 +467,15 @@ static void build_header(struct auth *a)
 		append(h, cap, " (p=%s)", mxf_dmarc_policy_name(a->dmarc.policy));
 	if (a->from_domain[0] && ar_token_ok(a->from_domain))
 		append(h, cap, " header.from=%s", a->from_domain);
-	/* ARC chains are not validated yet (see doc/design.md): a message
-	 * carrying one is reported "none" with a comment saying so, never
-	 * "pass". */
-	append(h, cap, ";\r\n\tarc=none%s\r\n", a->arc_seen ? " (chain not evaluated)" : "");
+	/* ARC (RFC 8617 §5.2): deliverd seals cv=pass only on our arc=pass.
+	 * The comment's text is fixed (letters, digits, spaces, '='). */
+	if (a->arc.result == MXF_ARCV_PASS)
+		append(h, cap, ";\r\n\tarc=pass (i=%d)\r\n", a->arc.i);
+	else if (a->arc.result == MXF_ARCV_FAIL)
+		append(h, cap, ";\r\n\tarc=fail (%s)\r\n", a->arc.why ? a->arc.why : "chain");
+	else
+		append(h, cap, ";\r\n\tarc=none%s\r\n",
+		       a->arc_seen && !a->arcv ? " (chain not evaluated)" : "");
 	size_t l = strlen(h);
 	if (l + 1 >= cap || l < 2 || h[l - 2] != '\r' || h[l - 1] != '\n') {
 		/* Cut short (cannot happen within the bounds above, but the
@@ -461,10 +483,10 @@ static void build_header(struct auth *a)
 		 * without their properties. */
 		snprintf(h, cap,
 			 "Authentication-Results: %s;\r\n\tspf=%s;\r\n\tdkim=%s;\r\n\tdmarc=%s;"
-			 "\r\n\tarc=none\r\n",
+			 "\r\n\tarc=%s\r\n",
 			 g.authserv_id, mxf_spf_result_name(a->spf),
 			 reported ? "permerror (too many signatures to report)" : a->dkim_result,
-			 mxf_dmarc_result_name(a->dmarc.result));
+			 mxf_dmarc_result_name(a->dmarc.result), mxf_arcv_result_name(a->arc.result));
 	}
 }
 
@@ -485,6 +507,8 @@ static void run_checks(uv_work_t *w)
 		a->spf = MXF_SPF_TEMPERROR;
 
 	run_dkim(a);
+	if (a->arcv)
+		mxf_arcv_verify(a->arcv, dmarc_txt, a->jdns, &a->arc);
 
 	const char *pass[SIGS_MAX];
 	size_t npass = 0;

@@ -1,13 +1,15 @@
 /* Inbound email authentication (issue 7): SPF (libspf2), DKIM verification
  * (libopendkim, RSA and Ed25519), DMARC (common/dmarc.c) and the hosted
- * service's "SPF or DKIM must pass" rule, summed up in one
+ * service's "SPF or DKIM must pass" rule, ARC chain validation
+ * (common/arcv.c, RFC 8617 §5.2), summed up in one
  * Authentication-Results header (RFC 8601) that the router prepends.
  *
  * The loop thread feeds the message as it is written (auth_filter): the
  * header section goes through common/mailhdr.c, which drops any
  * Authentication-Results claiming our authserv-id, and every kept field and
- * the body go to libopendkim. At the end of the message auth_check runs
- * the DNS-bound parts (SPF, DKIM keys, DMARC records) on the thread pool
+ * the body go to libopendkim and the ARC validator. At the end of the message
+ * auth_check runs the DNS-bound parts (SPF, DKIM and ARC keys, DMARC
+ * records) on the thread pool
  * with the [main] dns_resolver resolver, then calls back on the loop with a
  * verdict and the header. */
 #ifndef MXF_SMTPD_AUTH_H

@@ -176,9 +176,23 @@ def chunks(s, n=255):
     return '" "'.join(s[i:i + n] for i in range(0, len(s), n))
 
 
-def arc_hop1(tmp, dns_server, arc_result=b"pass"):
-    """A message as an earlier forwarder (hop1.test) sealed it with dkimpy,
-    plus the Authentication-Results our smtpd would add (arc=...)."""
+def header_values(data, name):
+    """Every value of header field name in the message, unfolded (CRLF
+    before WSP removed, runs of WSP as one space), stripped."""
+    head = data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    out = []
+    for line in head.split(b"\r\n"):
+        n, sep, v = line.partition(b":")
+        if sep and n.strip().lower() == name.lower():
+            out.append(b" ".join(v.split()))
+    return out
+
+
+def arc_hop1(tmp, dns_server, arc_result=b"pass", tamper=False):
+    """A message as an earlier forwarder (hop1.test) sealed it with dkimpy
+    (its body changed afterwards when tamper), under an Authentication-Results
+    claiming our authserv-id and arc=arc_result: a forgery smtpd removes, so
+    only its own chain validation decides."""
     priv, pub = openssl_rsa(tmp)
     dns_server.zone("hop1.test", txt={"h1._domainkey.hop1.test": chunks(f"v=DKIM1; k=rsa; p={pub}")})
     msg = make_message(SENDER, "info@gw.test", subject="via hop1")
@@ -187,6 +201,9 @@ def arc_hop1(tmp, dns_server, arc_result=b"pass"):
     assert arc, "dkimpy made no ARC set"
     sealed = b"".join(arc) + msg
     assert dkim.arc_verify(sealed, dnsfunc=dnsfunc(dns_server.port))[0] == dkim.CV_Pass
+    if tamper:
+        sealed = sealed.replace(b"Hello.", b"Hello!")
+        assert dkim.arc_verify(sealed, dnsfunc=dnsfunc(dns_server.port))[0] == dkim.CV_Fail
     ar = (b"Authentication-Results: " + GW_HOST.encode() + b"; arc=" + arc_result +
           b" header.oldest-pass=0 smtp.remote-ip=127.0.0.1\r\n")
     return ar + sealed
@@ -202,19 +219,26 @@ def test_arc_multi_hop_chain_passes(dns_server, sinks, gateway, workdir):
     assert sorted(r["instance"] for r in results) == [1, 2]
     assert b"ARC-Seal: i=2; a=rsa-sha256;" in m.data
     assert b"cv=pass" in m.data
-    assert b"ARC-Authentication-Results: i=2; " + GW_HOST.encode() + b"; arc=pass" in m.data
+    # Our set carries our own A-R (the forged one was removed): its arc=pass
+    # is smtpd's verdict on hop1's chain.
+    aar = [v for v in header_values(m.data, b"ARC-Authentication-Results")
+           if v.startswith(b"i=2;")]
+    assert len(aar) == 1 and aar[0].startswith(b"i=2; " + GW_HOST.encode() + b";"), aar
+    assert b"; arc=pass (i=1)" in aar[0], aar
 
 
 def test_arc_failed_incoming_chain_sealed_as_fail(dns_server, sinks, gateway, workdir):
-    """Our A-R says arc=fail: the set we add says cv=fail, and verifiers see
-    the chain as failed (not pass)."""
+    """hop1's chain is broken (body changed after sealing), a forged A-R
+    claims arc=pass: smtpd says arc=fail, the set we add says cv=fail, and
+    verifiers see the chain as failed (not pass)."""
     w = world(dns_server, sinks, gateway, [("rsa", "r1")])
-    data = arc_hop1(workdir, dns_server, arc_result=b"fail")
+    data = arc_hop1(workdir, dns_server, arc_result=b"pass", tamper=True)
     w.gw.send_retrying(SENDER, "info@gw.test", data)
     [m] = w.dest.wait_for(1)
     assert b"ARC-Seal: i=2; a=rsa-sha256;" in m.data and b"cv=fail" in m.data
     cv = dkim.arc_verify(m.data, dnsfunc=dnsfunc(dns_server.port))[0]
     assert cv != dkim.CV_Pass
+    assert b"arc=fail (AMS body hash mismatch)" in m.data
 
 
 def test_arc_off(dns_server, sinks, gateway):

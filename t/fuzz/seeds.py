@@ -287,6 +287,35 @@ http = {
 for i, (k, v) in enumerate(http.items()):
     put("fuzz_http", k, bytes([i, 3 * i + 1]) + v)
 
+
+# ---- issue 7: ARC chain validation (fuzz_arc): a chunk-seed byte, the key
+# record every lookup answers, LF, then a message. The "dkimpy" seed is a
+# two-hop chain made with dkimpy's arc_sign (it verifies with its key).
+ARC_KEY = ("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtcf3wouoGkKGHq95fxZj"
+           "DJ+2BvbMHyycuN2AlcDy5AkZPse0myRxntgMNW0TSQB09A+rCNNMBcrAz9m9eQHbtW8x08h0OOEOeWaueN9O"
+           "dnI/gqWzzbbk3i4vueeC3ECK5/JdeReOv94ur6YBi7/pSsSQxMSfwFwhFC8KNL2am0HS2UlpYSlwFMo71raL"
+           "68ABoemrAQs7z+heBFlnckFtMdLlaHsmNn6em0gmR92eyNjknxCqKPqmqHAj4H6wOmaXiHQUye17y2qPvs7L"
+           "JG59f5aU94r5hPy6gfd8iH5Gfr2fiag6aQ+t1aa2Or7b+KLy06ltdCDPvLfh3pGTTnrdcwIDAQAB")
+ARC_CHAIN = open(os.path.join(here, "..", "unit", "test_arc.c")).read()
+ARC_CHAIN = ARC_CHAIN[ARC_CHAIN.index("CHAIN2[] =") + len("CHAIN2[] ="):]
+ARC_CHAIN = ARC_CHAIN[:ARC_CHAIN.index(";\n")]
+ARC_CHAIN = "".join(ln.strip()[1:-1] for ln in ARC_CHAIN.strip().split("\n"))
+ARC_CHAIN = ARC_CHAIN.replace("\\r\\n", "\r\n").replace('\\"', '"')
+arc = {
+    "dkimpy": ARC_KEY + "\n" + ARC_CHAIN,
+    "dkimpy-tempfail": "T\n" + ARC_CHAIN,
+    "dkimpy-nokey": "\n" + ARC_CHAIN,
+    "dkimpy-ed25519-key": "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n"
+                          + ARC_CHAIN,
+    "none": ARC_KEY + "\nFrom: a@b.example\r\n\r\nbody\r\n",
+    "broken": "v=DKIM1; p=\nARC-Seal: i=1; cv=none; a=rsa-sha256; d=a; s=b; b=AAAA\r\n"
+              "ARC-Message-Signature: i=1; a=ed25519-sha256; c=simple; d=a; s=b; h=from;"
+              " bh=AAAA; b=AAAA; l=3\r\nARC-Authentication-Results: i=1; a; none\r\n"
+              "ARC-Seal: i=51; cv=pass\r\n\r\nx",
+}
+for k, v in arc.items():
+    put("fuzz_arc", k, b"\x05" + v.encode())
+
 print("seeds written")
 
 
