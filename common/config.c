@@ -110,6 +110,12 @@ static const struct key keys[] = {
 	/* Issue 6: a delay warning (DSN Action: delayed) once a message has
 	 * waited this long with recipients still deferred; 0 = never (default). */
 	{"bouncer", "delay_warning_time", T_DURATION, "0", 0, 60 * 86400, true},
+	/* Issue 13: workerd runs worker programs as this user (no spool or DB
+	 * access), js workers with this node binary, each run limited to
+	 * memory_limit MiB of data (RLIMIT_DATA). */
+	{"workerd", "user", T_STR, "mxferry-worker", 0, 0, false},
+	{"workerd", "node", T_PATH, "/usr/bin/node", 0, 0, false},
+	{"workerd", "memory_limit", T_INT, "512", 64, 65536, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

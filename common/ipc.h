@@ -65,6 +65,14 @@ enum mxf_ipc_type {
 	                             found; 550: neither), F_BOUNCE_QID (original queue ID or ""),
 	                             F_MSGID, F_RCPT, F_ACTION, F_ESC, F_TEXT, F_RELAY (from the
 	                             report; "" when absent) */
+	MXF_MSG_WORK,             /* r->workerd (issue 13): F_REQ, F_QID, F_WORKER, F_RUNTIME ("js"|
+	                             "program"), F_PATH (program) or F_SCRIPT (js source), F_ENV*
+	                             ("KEY=VALUE"), F_TIMEOUT (u64 s), F_SENDER, F_ADDR (the custom
+	                             address), F_CLIENT_IP, F_HELO, F_SIZE; fd (O_RDONLY content) */
+	MXF_MSG_WORK_RESULT,      /* workerd->r: F_REQ, F_QID, F_CODE (250: decisions follow; 451:
+	                             the worker failed, F_TEXT says how), F_TEXT, then parallel
+	                             lists F_ACTION* (forward|reject|drop), F_RCPT* (forward: the
+	                             destination, else ""), F_REASON*, F_XHEADERS* ("X-A: v\r\n"...) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -83,6 +91,8 @@ enum mxf_ipc_tag {
 	F_ACTION, /* DSN_PARSE_REPLY: the report's Action ("failed", "delivered", ...) or "";
 		     BOUNCE: "delayed" or "relayed" (a success notice), absent for failures */
 	F_PEER_DSN, /* DELIVER_RESULT: u64 1 when the host that took the message offered DSN */
+	/* WORK / WORK_RESULT (issue 13) */
+	F_WORKER, F_RUNTIME, F_PATH, F_ENV, F_TIMEOUT, F_SCRIPT, F_REASON, F_XHEADERS,
 	F_TAG_MAX
 };
 

@@ -83,5 +83,11 @@ int ctl_audit(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_check(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_log(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_stats(const struct mxf_config *cfg, int argc, char **argv);
+/* worker.c (issue 13) */
+int ctl_worker(const struct mxf_config *cfg, int argc, char **argv);
+bool ctl_worker_defined(const struct mxf_config *cfg, const char *name);
+struct mxf_rulesdb;
+struct mxf_rulesdb *ctl_rules_open(const struct mxf_config *cfg, bool writable);
+void ctl_rules_reload(const struct mxf_config *cfg);
 
 #endif

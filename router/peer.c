@@ -16,7 +16,8 @@
 
 #define MAX_PEERS 256
 
-static const char *const role_names[ROLE_N] = {"none", "smtpd", "deliverd", "bouncer", "ctl"};
+static const char *const role_names[ROLE_N] = {"none",    "smtpd", "deliverd",
+						 "bouncer", "ctl",   "workerd"};
 
 const char *role_name(enum role r)
 {
@@ -186,6 +187,8 @@ static bool type_allowed(enum role role, uint16_t t)
 		       t == MXF_MSG_BOUNCE_DONE || t == MXF_MSG_DSN_PARSE_REPLY;
 	case ROLE_DELIVERD:
 		return t == MXF_MSG_DELIVER_RESULT;
+	case ROLE_WORKERD:
+		return t == MXF_MSG_WORK_RESULT;
 	case ROLE_CTL:
 		/* OPEN/COMMIT: the verification mail of `address add` (from
 		 * the null sender to one address; checked at COMMIT). */
@@ -219,6 +222,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_DSN_PARSE_REPLY: return recv_dsn_parsed(p, v);
 	case MXF_MSG_RELOAD: return on_reload(p, v);
 	case MXF_MSG_QUEUE_CTL: return queue_ctl(p, v);
+	case MXF_MSG_WORK_RESULT: return work_result(p, v);
 	default: return -1;
 	}
 }

@@ -6,7 +6,7 @@ set -eu
 BUILD_PKGS="build-essential cmake pkg-config libssl-dev libuv1-dev libldns-dev \
 libopendkim-dev libspf2-dev libsqlite3-dev libidn2-dev libinih-dev libcmocka-dev libgmime-3.0-dev"
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd python3-dnspython nsd iproute2 \
-util-linux openssl sqlite3 clang libclang-rt-14-dev strace"
+util-linux openssl sqlite3 clang libclang-rt-14-dev strace nodejs"
 # The Debian package: build (dpkg-buildpackage, dh), check (lintian,
 # systemd-analyze), install (adduser) and its log summary (pflogsumm).
 PKG_PKGS="debhelper dpkg-dev lintian systemd adduser openssl pflogsumm"

@@ -28,10 +28,11 @@ import pytest
 from aiosmtpd.controller import Controller
 
 NSD = "/usr/sbin/nsd"
-DAEMONS = ("smtpd", "router", "deliverd", "bouncer")
+DAEMONS = ("smtpd", "router", "deliverd", "bouncer", "workerd")
 PROGRAMS = ("mxferryd", "mxferryctl") + DAEMONS
 USERS = {"smtpd": "mxferry-smtpd", "router": "mxferry-router",
-         "deliverd": "mxferry-deliver", "bouncer": "mxferry-bounce"}
+         "deliverd": "mxferry-deliver", "bouncer": "mxferry-bounce",
+         "workerd": "mxferry-worker"}
 GW_HOST = "mx.gateway.test"
 SRS_DOMAIN = "fwd.gateway.test"
 SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:")
@@ -545,7 +546,7 @@ class Gateway:
             # (Only when the daemons log to our file, not to a journal.)
             log = self.log_text()
             if f"mxferry/router[{st['router']['pid']}]" in log:
-                for d in ("smtpd", "deliverd", "bouncer"):
+                for d in ("smtpd", "deliverd", "bouncer", "workerd"):
                     if f"mxferry/{d}[{st[d]['pid']}]: connected to router" not in log:
                         return False
             try:

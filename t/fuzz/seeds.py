@@ -245,4 +245,16 @@ m7 = {
 for k, v in m7.items():
     put("fuzz_mime7bit", k, v.encode("latin-1", "replace") if k in ("multipart",) else v.encode())
 
+# ---- worker decisions (issue 13): two chunking-seed bytes, then stdout
+wp = {
+    "forward": '{"action":"forward","to":"a@dest.test","headers":{"X-Tag":"t\\u00e9"}}\n',
+    "two": '{"action":"forward","to":"a@b.test"}\n\n{"action":"forward","to":"c@d.test"}',
+    "reject": '{"action":"reject","reason":"No \\"thanks\\" \\ud83d\\ude00"}\r\n',
+    "drop": '{"action":"drop"}\n',
+    "garbage": "hello\n",
+    "bad-header": '{"action":"forward","to":"a@b.test","headers":{"Subject":"x"}}\n',
+}
+for k, v in wp.items():
+    put("fuzz_workerproto", k, b"\x07\x01" + v.encode())
+
 print("seeds written")
