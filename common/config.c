@@ -129,6 +129,12 @@ static const struct key keys[] = {
 	/* Issue 8: the router's Prometheus endpoint ("127.0.0.1:9325", "[::1]:9325");
 	 * empty: off. Bound by the master, so a restart keeps the port. */
 	{"main", "metrics_listen", T_STR, "", 0, 0, false},
+	/* Issue 13: workerd runs worker programs as this user (no spool or DB
+	 * access), js workers with this node binary, each run limited to
+	 * memory_limit MiB of data (RLIMIT_DATA). */
+	{"workerd", "user", T_STR, "mxferry-worker", 0, 0, false},
+	{"workerd", "node", T_PATH, "/usr/bin/node", 0, 0, false},
+	{"workerd", "memory_limit", T_INT, "512", 64, 65536, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

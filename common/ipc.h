@@ -85,6 +85,14 @@ enum mxf_ipc_type {
 	                             F_CODE, F_ESC, F_TEXT, F_REASON */
 	MXF_MSG_SMTPD_STATS,      /* smtpd->r, fire and forget: F_SESSIONS, F_TLS_SESSIONS (u64,
 	                             counted since the last STATS), F_ACTIVE (u64, sessions open now) */
+	MXF_MSG_WORK,             /* r->workerd (issue 13): F_REQ, F_QID, F_WORKER, F_RUNTIME ("js"|
+	                             "program"), F_PATH (program) or F_SCRIPT (js source), F_ENV*
+	                             ("KEY=VALUE"), F_TIMEOUT (u64 s), F_SENDER, F_ADDR (the custom
+	                             address), F_CLIENT_IP, F_HELO, F_SIZE; fd (O_RDONLY content) */
+	MXF_MSG_WORK_RESULT,      /* workerd->r: F_REQ, F_QID, F_CODE (250: decisions follow; 451:
+	                             the worker failed, F_TEXT says how), F_TEXT, then parallel
+	                             lists F_ACTION* (forward|reject|drop), F_RCPT* (forward: the
+	                             destination, else ""), F_REASON*, F_XHEADERS* ("X-A: v\r\n"...) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -114,6 +122,8 @@ enum mxf_ipc_tag {
 	F_AUTH_RESULTS,
 	F_REASON, /* REJECT_LOG: the refusal's keyword ("dnsbl:ZONE", "blocklist", "rate", ...) */
 	F_SESSIONS, F_TLS_SESSIONS, F_ACTIVE, /* SMTPD_STATS: u64 each */
+	/* WORK / WORK_RESULT (issue 13) */
+	F_WORKER, F_RUNTIME, F_PATH, F_ENV, F_TIMEOUT, F_SCRIPT, F_XHEADERS, /* and F_REASON */
 	F_TAG_MAX
 };
 

@@ -179,6 +179,23 @@ static const char *const migrations[] = {
 	 * default 550; 4xx ones make the sender try again later. */
 	"ALTER TABLE rules ADD COLUMN reject_code INTEGER NOT NULL DEFAULT 0"
 	"  CHECK (reject_code IN (0, 450, 451, 452, 550, 551, 552, 553, 554));",
+	/* 9 (issue 13): worker definitions. A js worker's module source is kept
+	 * here (copied at `worker add`), so editing the original file changes
+	 * nothing until the operator adds it again, every change is audited,
+	 * and workerd needs no file access: the router sends the source with
+	 * each message (hence the size bound, under the 64 KiB IPC message). */
+	"CREATE TABLE workers ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 64"
+	"    AND name NOT GLOB '*[^A-Za-z0-9._-]*'),"
+	"  runtime TEXT NOT NULL CHECK (runtime IN ('js', 'program')),"
+	"  path TEXT NOT NULL DEFAULT '' CHECK (length(path) <= 1024),"
+	"  source TEXT NOT NULL DEFAULT '' CHECK (length(CAST(source AS BLOB)) <= 49152),"
+	"  env TEXT NOT NULL DEFAULT '{}' CHECK (length(env) <= 40000),"
+	"  timeout INTEGER NOT NULL DEFAULT 30 CHECK (timeout BETWEEN 1 AND 120),"
+	"  created INTEGER NOT NULL,"
+	"  CHECK ((runtime = 'js') = (source <> '')),"
+	"  CHECK ((runtime = 'program') = (path <> '')));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -2022,6 +2039,12 @@ struct rs_transport {
 	char *domain, *nexthop;
 };
 
+struct rs_worker {
+	struct mxf_ruleset_worker w;
+	char *name, *runtime, *path, *source;
+	char **env;
+};
+
 struct mxf_ruleset {
 	struct rs_domain *doms; /* sorted by name */
 	size_t ndom;
@@ -2033,6 +2056,8 @@ struct mxf_ruleset {
 	size_t nverified;
 	struct rs_transport *tp; /* sorted by domain */
 	size_t ntp;
+	struct rs_worker *workers; /* issue 13: worker definitions, sorted by name */
+	size_t nworker;
 	bool cs;
 	char sep[16];
 };
@@ -2065,6 +2090,17 @@ void mxf_ruleset_free(struct mxf_ruleset *rs)
 		free(rs->tp[i].domain);
 		free(rs->tp[i].nexthop);
 	}
+	for (size_t i = 0; i < rs->nworker; i++) {
+		struct rs_worker *w = &rs->workers[i];
+		free(w->name);
+		free(w->runtime);
+		free(w->path);
+		free(w->source);
+		for (size_t j = 0; j < w->w.nenv; j++)
+			free(w->env[j]);
+		free(w->env);
+	}
+	free(rs->workers);
 	free(rs->verified);
 	free(rs->tp);
 	free(rs->doms);
@@ -2424,6 +2460,9 @@ static int load_transports(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char 
 	return r;
 }
 
+static int load_workers(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
+			size_t errlen);
+
 int mxf_ruleset_load_opts(struct mxf_rulesdb *db, const struct mxf_ruleset_opts *o,
 			  struct mxf_ruleset **out, char *err, size_t errlen)
 {
@@ -2443,7 +2482,8 @@ int mxf_ruleset_load_opts(struct mxf_rulesdb *db, const struct mxf_ruleset_opts 
 	if ((r = load_domains(db, rs, err, errlen)) < 0 || (r = load_rules(db, rs, err, errlen)) < 0 ||
 	    (r = load_dests(db, rs, err, errlen)) < 0 ||
 	    (r = load_verified(db, rs, err, errlen)) < 0 ||
-	    (r = load_transports(db, rs, err, errlen)) < 0)
+	    (r = load_transports(db, rs, err, errlen)) < 0 ||
+	    (r = load_workers(db, rs, err, errlen)) < 0)
 		goto fail;
 	rollback(db);
 
@@ -2782,4 +2822,263 @@ int mxf_rulesdb_access_list(struct mxf_rulesdb *db, const char *list,
 		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
 	sqlite3_finalize(st);
 	return r;
+}
+
+/* ---- workers (issue 13) ---- */
+
+#define SNAP_WORKER                                                                               \
+	"SELECT json_object('name', name, 'runtime', runtime, 'path', path, 'source', source, "    \
+	"'env', json(env), 'timeout', timeout) FROM workers WHERE name = ?1"
+
+static bool worker_env_ok(const char *kv, char *err, size_t errlen)
+{
+	const char *eq = strchr(kv, '=');
+	size_t kl = eq ? (size_t)(eq - kv) : 0;
+	bool ok = eq && kl >= 1 && kl <= 64 && strncmp(kv, "MXF_", 4) != 0 &&
+		  strlen(eq + 1) <= 1024 && !(kv[0] >= '0' && kv[0] <= '9');
+	for (size_t i = 0; ok && i < kl; i++)
+		ok = (kv[i] >= 'A' && kv[i] <= 'Z') || (kv[i] >= 'a' && kv[i] <= 'z') ||
+		     (kv[i] >= '0' && kv[i] <= '9') || kv[i] == '_';
+	/* Values reach a process environment and the audit log: no controls. */
+	for (const unsigned char *c = eq ? (const unsigned char *)eq + 1 : NULL; ok && *c; c++)
+		ok = *c >= 0x20 && *c != 0x7f;
+	if (!ok)
+		seterr(err, errlen, "bad variable (KEY=VALUE, KEY [A-Za-z_][A-Za-z0-9_]*, not "
+				    "MXF_..., VALUE printable, at most 1024 bytes)");
+	return ok;
+}
+
+int mxf_rulesdb_worker_add(struct mxf_rulesdb *db, const struct mxf_worker_spec *w, bool replace,
+			   char *err, size_t errlen)
+{
+	bool js = w->runtime && strcmp(w->runtime, "js") == 0;
+	if (!w->name || !worker_name_ok(w->name)) {
+		seterr(err, errlen, "a worker name is 1..64 characters of [A-Za-z0-9._-]");
+		return -EINVAL;
+	}
+	if (!js && !(w->runtime && strcmp(w->runtime, "program") == 0)) {
+		seterr(err, errlen, "runtime must be js or program");
+		return -EINVAL;
+	}
+	if (js && (!w->source || !*w->source || strlen(w->source) > MXF_WORKER_MAX_SOURCE)) {
+		seterr(err, errlen, "a js worker needs a module of 1..%d bytes", MXF_WORKER_MAX_SOURCE);
+		return -EINVAL;
+	}
+	if (!js && (!w->path || w->path[0] != '/' || strlen(w->path) > 1024)) {
+		seterr(err, errlen, "a program worker needs an absolute path");
+		return -EINVAL;
+	}
+	if (!js)
+		for (const unsigned char *c = (const unsigned char *)w->path; *c; c++)
+			if (*c < 0x20 || *c == 0x7f) {
+				seterr(err, errlen, "bad program path");
+				return -EINVAL;
+			}
+	if (w->timeout < 0 || w->timeout > MXF_WORKER_MAX_TIMEOUT) {
+		seterr(err, errlen, "timeout must be 1..%d seconds", MXF_WORKER_MAX_TIMEOUT);
+		return -EINVAL;
+	}
+	if (w->nenv > 32) {
+		seterr(err, errlen, "at most 32 variables");
+		return -EINVAL;
+	}
+	size_t total = js ? strlen(w->source) : strlen(w->path);
+	for (size_t i = 0; i < w->nenv; i++) {
+		if (!worker_env_ok(w->env[i], err, errlen))
+			return -EINVAL;
+		total += strlen(w->env[i]) + 6;
+	}
+	/* The router sends the whole definition in one WORK message (64 KiB
+	 * with the envelope): refuse here what could never be sent. */
+	if (total > MXF_WORKER_MAX_SOURCE + 8192) {
+		seterr(err, errlen, "module and variables together are over %d bytes",
+		       MXF_WORKER_MAX_SOURCE + 8192);
+		return -EINVAL;
+	}
+	char *before = NULL;
+	sqlite3_stmt *st = NULL;
+	int r = begin_write(db, err, errlen);
+	if (r < 0)
+		return r;
+	if ((r = snapshot(db, SNAP_WORKER, w->name, 0, &before, err, errlen)) < 0)
+		goto out;
+	if (before && !replace) {
+		seterr(err, errlen, "worker %s already exists", w->name);
+		r = -EEXIST;
+		goto out;
+	}
+	if ((r = prep(db, "INSERT INTO workers (name, runtime, path, source, env, timeout, created) "
+			  "VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?6) ON CONFLICT (name) DO UPDATE SET "
+			  "runtime = excluded.runtime, path = excluded.path, source = "
+			  "excluded.source, env = '{}', timeout = excluded.timeout",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, w->name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, js ? "js" : "program", -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, js ? "" : w->path, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 4, js ? w->source : "", -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 5, w->timeout ? w->timeout : MXF_WORKER_DEFAULT_TIMEOUT);
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+	if ((r = step_done(db, st, err, errlen)) < 0)
+		goto out;
+	st = NULL;
+	for (size_t i = 0; i < w->nenv; i++) {
+		const char *eq = strchr(w->env[i], '=');
+		/* The key is [A-Za-z0-9_]: safe inside a JSON path. */
+		if ((r = prep(db, "UPDATE workers SET env = json_set(env, '$.' || ?1, ?2) "
+				  "WHERE name = ?3",
+			      &st, err, errlen)) < 0)
+			goto out;
+		sqlite3_bind_text(st, 1, w->env[i], (int)(eq - w->env[i]), SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 2, eq + 1, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 3, w->name, -1, SQLITE_TRANSIENT);
+		if ((r = step_done(db, st, err, errlen)) < 0)
+			goto out;
+		st = NULL;
+	}
+	if ((r = audit_after(db, before ? "worker.replace" : "worker.add", w->name, before,
+			     SNAP_WORKER, w->name, 0, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	free(before);
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_worker_remove(struct mxf_rulesdb *db, const char *name, char *err, size_t errlen)
+{
+	if (!name || !worker_name_ok(name)) {
+		seterr(err, errlen, "bad worker name");
+		return -EINVAL;
+	}
+	sqlite3_stmt *st;
+	int r = begin_write(db, err, errlen);
+	if (r < 0)
+		return r;
+	if ((r = prep(db, "SELECT count(*) FROM rules WHERE action = 'worker' AND action_arg = ?1",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	int n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+	sqlite3_finalize(st);
+	if (n > 0) {
+		seterr(err, errlen, "worker %s is used by %d rule(s); remove or change them first",
+		       name, n);
+		r = -EBUSY;
+		goto out;
+	}
+	rollback(db);
+	return write_one(db, "DELETE FROM workers WHERE name = ?1 AND ?2 = ?2 AND ?3 = ?3", name,
+			 NULL, 0, "worker", "worker.remove", SNAP_WORKER, err, errlen);
+out:
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_worker_list(struct mxf_rulesdb *db,
+			    int (*cb)(const struct mxf_worker_info *w, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT name, runtime, path, source, env, timeout, created, "
+			 "(SELECT count(*) FROM rules r WHERE r.action = 'worker' AND "
+			 "r.action_arg = w.name), (SELECT group_concat(key || '=' || value, "
+			 "char(10)) FROM json_each(w.env)) FROM workers w ORDER BY name",
+		     &st, NULL, 0);
+	if (r < 0)
+		return r;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_worker_info wi = {
+			.name = col_text(st, 0), .runtime = col_text(st, 1), .path = col_text(st, 2),
+			.source = col_text(st, 3), .env = col_text(st, 4),
+			.timeout = sqlite3_column_int(st, 5), .created = sqlite3_column_int64(st, 6),
+			.rules = sqlite3_column_int(st, 7), .env_lines = col_text(st, 8)};
+		if ((r = cb(&wi, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
+}
+
+static int cmp_worker(const void *a, const void *b)
+{
+	return strcmp(((const struct rs_worker *)a)->name, ((const struct rs_worker *)b)->name);
+}
+
+static int load_workers(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
+			size_t errlen)
+{
+	sqlite3_stmt *st;
+	/* One "KEY=VALUE" per line: values were checked free of controls. */
+	int r = prep(db, "SELECT name, runtime, path, source, timeout, (SELECT group_concat(key || "
+			 "'=' || value, char(10)) FROM json_each(w.env)) FROM workers w",
+		     &st, err, errlen);
+	if (r < 0)
+		return r;
+	size_t cap = 0;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((r = grow((void **)&rs->workers, &cap, rs->nworker, sizeof(*rs->workers))) < 0)
+			break;
+		struct rs_worker *w = &rs->workers[rs->nworker];
+		memset(w, 0, sizeof(*w));
+		rs->nworker++;
+		w->name = strdup(col_text(st, 0));
+		w->runtime = strdup(col_text(st, 1));
+		w->path = strdup(col_text(st, 2));
+		w->source = strdup(col_text(st, 3));
+		int t = sqlite3_column_int(st, 4);
+		const char *env = col_text(st, 5);
+		if (!w->name || !w->runtime || !w->path || !w->source) {
+			r = -ENOMEM;
+			break;
+		}
+		size_t n = *env ? 1 : 0;
+		for (const char *c = env; *c; c++)
+			n += *c == '\n';
+		if (n && !(w->env = calloc(n, sizeof(char *)))) {
+			r = -ENOMEM;
+			break;
+		}
+		for (const char *c = env; n && *c;) {
+			const char *nl = strchr(c, '\n');
+			size_t len = nl ? (size_t)(nl - c) : strlen(c);
+			if (!(w->env[w->w.nenv] = strndup(c, len))) {
+				r = -ENOMEM;
+				break;
+			}
+			w->w.nenv++;
+			c += len + (nl ? 1 : 0);
+		}
+		if (r < 0)
+			break;
+		w->w = (struct mxf_ruleset_worker){w->name, w->runtime, w->path, w->source,
+						   (const char *const *)w->env, w->w.nenv,
+						   t > 0 ? (unsigned)t : MXF_WORKER_DEFAULT_TIMEOUT};
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = fail_sql(db, rc, err, errlen);
+	sqlite3_finalize(st);
+	if (r == -ENOMEM)
+		seterr(err, errlen, "out of memory");
+	if (r == 0 && rs->nworker)
+		qsort(rs->workers, rs->nworker, sizeof(*rs->workers), cmp_worker);
+	/* The sort moved the entries: the views point at the strings, which
+	 * did not move. */
+	return r;
+}
+
+const struct mxf_ruleset_worker *mxf_ruleset_worker(const struct mxf_ruleset *rs,
+						    const char *name)
+{
+	struct rs_worker key = {.name = (char *)name};
+	const struct rs_worker *w =
+		rs && rs->nworker
+			? bsearch(&key, rs->workers, rs->nworker, sizeof(*rs->workers), cmp_worker)
+			: NULL;
+	return w ? &w->w : NULL;
 }

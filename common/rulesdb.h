@@ -238,5 +238,43 @@ struct mxf_access_entry {
 /* Entries of list (NULL: both), ordered by list, kind, value. */
 int mxf_rulesdb_access_list(struct mxf_rulesdb *db, const char *list,
 			    int (*cb)(const struct mxf_access_entry *e, void *arg), void *arg);
+/* ---- workers (issue 13) ----
+ * A worker: name [A-Za-z0-9._-]{1,64}; runtime "js" (source: an ES module of
+ * at most 48 KiB) or "program" (path: an absolute path); env: "KEY=VALUE"
+ * (KEY [A-Za-z_][A-Za-z0-9_]{0,63}, not starting with MXF_; VALUE printable,
+ * at most 1024 bytes; at most 32); timeout 1..120 s (0: the default, 30).
+ * add: -EEXIST when the name exists (replace: true overwrites it in place).
+ * remove: -ENOENT unknown, -EBUSY while a rule names it. */
+struct mxf_worker_spec {
+	const char *name, *runtime, *path, *source;
+	const char *const *env;
+	size_t nenv;
+	int timeout;
+};
+int mxf_rulesdb_worker_add(struct mxf_rulesdb *db, const struct mxf_worker_spec *w, bool replace,
+			   char *err, size_t errlen);
+int mxf_rulesdb_worker_remove(struct mxf_rulesdb *db, const char *name, char *err, size_t errlen);
+struct mxf_worker_info {
+	const char *name, *runtime, *path, *source;
+	const char *env; /* JSON object */
+	const char *env_lines; /* the same as "KEY=VALUE" lines */
+	int timeout;
+	long long created;
+	int rules; /* rules naming it */
+};
+int mxf_rulesdb_worker_list(struct mxf_rulesdb *db,
+			    int (*cb)(const struct mxf_worker_info *w, void *arg), void *arg);
+/* A loaded worker definition (pointers live as long as the rule set). */
+struct mxf_ruleset_worker {
+	const char *name, *runtime, *path, *source;
+	const char *const *env; /* "KEY=VALUE" */
+	size_t nenv;
+	unsigned timeout;
+};
+const struct mxf_ruleset_worker *mxf_ruleset_worker(const struct mxf_ruleset *rs,
+						    const char *name);
+#define MXF_WORKER_DEFAULT_TIMEOUT 30
+#define MXF_WORKER_MAX_TIMEOUT 120
+#define MXF_WORKER_MAX_SOURCE 49152
 
 #endif

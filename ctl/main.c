@@ -51,6 +51,11 @@ static const char usage_text[] =
 	"  dkim remove|enable|disable DOMAIN SELECTOR\n"
 	"  transport set DOMAIN HOST:PORT|[ADDR]:PORT   next hop for mail to DOMAIN\n"
 	"  transport remove DOMAIN\n"
+	"  worker add NAME (--js FILE | --program PATH) [--env K=V]... [--timeout S]\n"
+	"           [--replace]                     define a worker (a js module is copied)\n"
+	"  worker list\n"
+	"  worker remove NAME                       refused while a rule names it\n"
+	"  worker test NAME --from A --to B < MESSAGE  dry run: prints the decisions\n"
 	"  queue list [--state S] [--from X] [--to Y] [--older-than D]\n"
 	"                                           messages in the queue\n"
 	"  queue show ID [--body]                   one message in detail\n"
@@ -143,6 +148,7 @@ static const struct {
 	{"transport", ctl_transport},
 	{"config", cmd_config}, {"audit", ctl_audit}, {"log", ctl_log}, {"stats", ctl_stats},
 	{"check", ctl_check}, {"dkim", ctl_dkim}, {"block", ctl_block}, {"allow", ctl_allow},
+	{"worker", ctl_worker},
 };
 
 int main(int argc, char **argv)

@@ -1145,9 +1145,10 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 		printf("%s\n", tag);
 	}
 	fflush(stdout);
-	if (a.worker)
-		ctl_warn("note: the worker runtime is not available yet; mail to this rule is "
-			 "answered 451 (try again later)");
+	if (a.worker && !ctl_worker_defined(cfg, a.worker))
+		ctl_warn("note: worker %s is not defined yet; mail to this rule is answered 451 "
+			 "(try again later) until `mxferryctl worker add %s ...`",
+			 a.worker, a.worker);
 	reload_router(cfg);
 	return CTL_OK;
 }
@@ -1585,4 +1586,17 @@ int ctl_block(const struct mxf_config *cfg, int argc, char **argv)
 int ctl_allow(const struct mxf_config *cfg, int argc, char **argv)
 {
 	return access_cmd(cfg, "allow", argc, argv);
+}
+
+/* For ctl/worker.c (issue 13): the same open and reload as every rules
+ * command. NULL: refused, the reason printed. */
+struct mxf_rulesdb *ctl_rules_open(const struct mxf_config *cfg, bool writable)
+{
+	struct db db;
+	return db_open(cfg, writable, &db) == 0 ? db.h : NULL;
+}
+
+void ctl_rules_reload(const struct mxf_config *cfg)
+{
+	reload_router(cfg);
 }

@@ -49,6 +49,7 @@ static struct child children[] = {
 	{"router", "router", 0, 0, 0, 0, 0},
 	{"deliverd", "deliverd", 0, 0, 0, 0, 0},
 	{"bouncer", "bouncer", 0, 0, 0, 0, 0},
+	{"workerd", "workerd", 0, 0, 0, 0, 0},
 	{"smtpd", "smtpd", 0, 0, 0, 0, 0},
 };
 #define NCHILD (sizeof(children) / sizeof(children[0]))

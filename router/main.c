@@ -115,7 +115,8 @@ int main(int argc, char **argv)
 			enum role role;
 			const char *section;
 		} roles[] = {{ROLE_SMTPD, "smtpd"}, {ROLE_DELIVERD, "deliverd"},
-			     {ROLE_BOUNCER, "bouncer"}, {ROLE_SIGNER, "deliverd"}};
+			     {ROLE_BOUNCER, "bouncer"}, {ROLE_SIGNER, "deliverd"},
+			     {ROLE_WORKERD, "workerd"}};
 		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
 			gid_t gid;
 			const char *user = mxf_config_str(cfg, roles[i].section, "user");

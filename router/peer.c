@@ -16,8 +16,8 @@
 
 #define MAX_PEERS 256
 
-static const char *const role_names[ROLE_N] = {"none", "smtpd",  "deliverd",
-						"bouncer", "ctl", "signer"};
+static const char *const role_names[ROLE_N] = {"none", "smtpd",  "deliverd", "bouncer",
+						"ctl",  "signer", "workerd"};
 
 const char *role_name(enum role r)
 {
@@ -188,6 +188,8 @@ static bool type_allowed(enum role role, uint16_t t)
 		       t == MXF_MSG_BOUNCE_DONE || t == MXF_MSG_DSN_PARSE_REPLY;
 	case ROLE_DELIVERD:
 		return t == MXF_MSG_DELIVER_RESULT;
+	case ROLE_WORKERD:
+		return t == MXF_MSG_WORK_RESULT;
 	case ROLE_CTL:
 		/* OPEN/COMMIT: the verification mail of `address add` (from
 		 * the null sender to one address; checked at COMMIT). */
@@ -227,6 +229,7 @@ static int dispatch(struct peer *p, const struct mxf_ipc_view *v, int fd)
 	case MXF_MSG_ACCESS_CHECK: return access_check(p, v);
 	case MXF_MSG_REJECT_LOG: return access_reject_log(p, v);
 	case MXF_MSG_SMTPD_STATS: return metrics_smtpd_stats(p, v);
+	case MXF_MSG_WORK_RESULT: return work_result(p, v);
 	default: return -1;
 	}
 }

@@ -96,7 +96,7 @@ static bool dsn_clean(const char *s, size_t max)
 /* ORCPT for a recipient the client gave none for (RFC 3461 4.2): the
  * address as received, as "rfc822;xtext" or, with a UTF-8 local part,
  * "utf-8;" with utf-8-addr-xtext (RFC 6533). */
-static void orcpt_of(const char *addr, char *out, size_t cap)
+void recv_orcpt_of(const char *addr, char *out, size_t cap)
 {
 	bool ascii = true;
 	for (const char *p = addr; *p; p++)
@@ -206,11 +206,16 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		snprintf(text, sizeof(text), "%s", rt.text);
 		break;
 	case MXF_ROUTE_WORKER:
-		/* The worker runtime is issue 13: until then a temporary failure,
-		 * so nothing is lost and the sender retries. */
+		/* The worker decides at end of DATA (work.c). A rule naming a
+		 * worker that is not defined (yet) is a temporary failure, so
+		 * nothing is lost and the sender retries. */
+		if (mxf_ruleset_worker(R.rules, rt.text)) {
+			peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
+			return;
+		}
 		log_r.action = "worker";
-		code = 451, ecode = "4.3.0", why = "worker runtime not available", reason = "worker";
-		snprintf(text, sizeof(text), "worker runtime not available");
+		code = 451, ecode = "4.3.0", why = "worker not defined", reason = "worker";
+		snprintf(text, sizeof(text), "worker not available");
 		break;
 	case MXF_ROUTE_NO_RULE:
 		ecode = "5.1.1", why = "user unknown", reason = "unknown-rcpt";
@@ -315,6 +320,7 @@ void recv_peer_gone(struct peer *p)
 	for (struct commit *c = p->commits; c; c = c->next)
 		c->p = NULL;
 	p->commits = NULL;
+	work_peer_gone(p);
 }
 
 /* ---- COMMIT ---- */
@@ -492,8 +498,9 @@ static void commit_done(uv_work_t *w, int status)
 }
 
 /* Adds the recipients an smtpd RCPT resolves to. Returns 1 when it
- * forwards, 0 when not, <0 when the address no longer routes. */
-static int add_routed(struct mxf_env *e, const char *rcpt)
+ * forwards, 0 when not, 2 when a worker decides (wb gets the request and
+ * nothing is added yet), <0 when the address no longer routes. */
+static int add_routed(struct mxf_env *e, const char *rcpt, struct workbatch **wb)
 {
 	char norm[MXF_ADDR_SIZE];
 	struct mxf_route rt;
@@ -512,6 +519,14 @@ static int add_routed(struct mxf_env *e, const char *rcpt)
 	}
 	if (mxf_ruleset_lookup(R.rules, norm, e->sender, &rt) < 0)
 		return -EINVAL;
+	if (rt.kind == MXF_ROUTE_WORKER) {
+		if (!mxf_ruleset_worker(R.rules, rt.text))
+			return -EINVAL;
+		if (!*wb && !(*wb = work_batch_new()))
+			return -ENOMEM;
+		int r = work_batch_add(*wb, norm, rcpt, rt.text, rt.tag);
+		return r < 0 ? r : 2;
+	}
 	if (rt.kind == MXF_ROUTE_DROP) {
 		int i = mxf_env_add_rcpt(e, norm, "", rt.tag, "drop");
 		if (i < 0)
@@ -607,6 +622,21 @@ static bool auth_results_clean(const char *s)
 	return true;
 }
 
+/* Appends header lines (CRLF-terminated, validated by the caller) to the
+ * block deliverd prepends to the content. */
+static int headers_append(struct mxf_env *e, const char *more)
+{
+	size_t hl = strlen(e->headers), ml = strlen(more);
+	char *h = malloc(hl + ml + 1);
+	if (!h)
+		return -ENOMEM;
+	memcpy(h, e->headers, hl);
+	memcpy(h + hl, more, ml + 1);
+	int r = mxf_env_set(&e->headers, h);
+	free(h);
+	return r;
+}
+
 /* Returns <0 only for a protocol violation. */
 int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 {
@@ -654,6 +684,7 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	}
 	struct stat st = {0};
 	struct mxf_env *e = NULL;
+	struct workbatch *wb = NULL;
 	unsigned code = 451;
 	const char *ecode = "4.3.0", *text = "Error: queue file write error";
 	int r;
@@ -691,7 +722,14 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 			continue;
 		}
 		size_t first = e->nrcpt;
-		r = add_routed(e, rcpt);
+		r = add_routed(e, rcpt, &wb);
+		if (r == 2) {
+			/* The worker's recipients get the DSN facts of this RCPT. */
+			if (work_batch_set_dsn(wb, nnotify ? mxf_ipc_str(v, F_DSN_NOTIFY, i) : "",
+					       norcpt ? mxf_ipc_str(v, F_ORCPT, i) : "") < 0)
+				goto refuse;
+			continue;
+		}
 		/* Every envelope recipient this RCPT became carries its DSN
 		 * request; a forwarded one names the address given at RCPT. */
 		for (size_t k = first; r >= 0 && k < e->nrcpt; k++) {
@@ -699,7 +737,7 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 			const char *oc = norcpt ? mxf_ipc_str(v, F_ORCPT, i) : "";
 			char dflt[MXF_ADDR_SIZE * 3 + 16];
 			if (!*oc && strcmp(e->rcpt[k].action, "forward") == 0) {
-				orcpt_of(rcpt, dflt, sizeof(dflt));
+				recv_orcpt_of(rcpt, dflt, sizeof(dflt));
 				oc = dflt;
 			}
 			if (mxf_env_set(&e->rcpt[k].notify, nt) < 0 ||
@@ -722,6 +760,51 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	}
 	if (*sender && !addr_parses(sender)) {
 		code = 550, ecode = "5.1.7", text = "Bad sender address syntax";
+		goto refuse;
+	}
+	const char *single = nrcpt == 1 ? mxf_ipc_str(v, F_RCPT, 0) : NULL;
+	if (wb) {
+		/* A worker decides: the commit goes on (or is refused) when every
+		 * worker has answered; the client waits for the verdict. */
+		work_run(wb, p, req, o, e, forwards, single, mxf_ipc_str(v, F_TLS, 0),
+			 mxf_ipc_str(v, F_AUTH_RESULTS, 0));
+		return 0;
+	}
+	recv_commit_finish(p, req, o, e, forwards, single, mxf_ipc_str(v, F_TLS, 0), bouncer,
+			   mxf_ipc_str(v, F_AUTH_RESULTS, 0));
+	return 0;
+
+refuse:
+	work_batch_free(wb);
+	recv_refuse(p, req, o, e, code, ecode, text);
+	return 0;
+}
+
+void recv_refuse(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e, unsigned code,
+		 const char *ecode, const char *text)
+{
+	mxf_env_free(e);
+	mxf_spool_discard(R.spool, o->qid);
+	close(o->fd);
+	if (p)
+		peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, o->qid, -1);
+	free(o);
+}
+
+/* SRS, the Received line, then the durable commit on the thread pool. */
+void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e,
+			bool forwards, const char *single, const char *tls, bool bouncer,
+			const char *xheaders)
+{
+	char qid[MXF_QID_SIZE];
+	const char *sender = e->sender;
+	snprintf(qid, sizeof(qid), "%s", o->qid);
+	unsigned code = 451;
+	const char *ecode = "4.3.0", *text = "Error: queue file write error";
+	int r;
+	if (!p) {
+		/* The client went away while a worker decided: nothing to keep. */
+		code = 0;
 		goto refuse;
 	}
 	if (forwards && *sender && R.srs) {
@@ -749,23 +832,13 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	} else if (mxf_env_set(&e->srs_sender, sender) < 0) {
 		goto refuse;
 	}
-	if (build_headers(e, nrcpt == 1 ? mxf_ipc_str(v, F_RCPT, 0) : NULL, bouncer,
-			  mxf_ipc_str(v, F_TLS, 0)) < 0)
+	if (build_headers(e, single, bouncer, tls) < 0)
 		goto refuse;
-	if (mxf_ipc_count(v, F_AUTH_RESULTS) == 1) {
-		/* Right below our Received line: trace and results of this hop
-		 * stay together, and the block still starts with Received. */
-		const char *ar = mxf_ipc_str(v, F_AUTH_RESULTS, 0);
-		size_t l = strlen(ar) + strlen(e->headers) + 1;
-		char *h = malloc(l);
-		if (!h)
-			goto refuse;
-		snprintf(h, l, "%s%s", e->headers, ar);
-		int hr = mxf_env_set(&e->headers, h);
-		free(h);
-		if (hr < 0)
-			goto refuse;
-	}
+	/* Right below our Received line: smtpd's A-R (trace and results of
+	 * this hop stay together, the block still starts with Received), then
+	 * a worker's forward(..., headers): X- headers checked by work.c. */
+	if (xheaders && *xheaders && headers_append(e, xheaders) < 0)
+		goto refuse;
 
 	struct commit *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -783,18 +856,13 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 		free(c);
 		mxf_env_free(e);
 		peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, qid, -1);
-		return 0;
+		return;
 	}
 	c->next = p->commits;
 	p->commits = c;
 	R.commits_running++;
-	return 0;
+	return;
 
 refuse:
-	mxf_env_free(e);
-	mxf_spool_discard(R.spool, o->qid);
-	close(o->fd);
-	free(o);
-	peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, qid, -1);
-	return 0;
+	recv_refuse(code ? p : NULL, req, o, e, code, ecode, text);
 }

@@ -20,7 +20,8 @@ struct mxf_srs;
 
 /* ROLE_SIGNER: deliverd's worker threads asking for DKIM/ARC signatures
  * (sign.c), on connections of their own, authenticated as deliverd's user. */
-enum role { ROLE_NONE, ROLE_SMTPD, ROLE_DELIVERD, ROLE_BOUNCER, ROLE_CTL, ROLE_SIGNER, ROLE_N };
+enum role { ROLE_NONE, ROLE_SMTPD, ROLE_DELIVERD, ROLE_BOUNCER, ROLE_CTL, ROLE_SIGNER, ROLE_WORKERD,
+	    ROLE_N };
 
 /* A file opened for a client (OPEN) and not yet committed or aborted. */
 struct opened {
@@ -98,6 +99,36 @@ void recv_abort(struct peer *p, const struct mxf_ipc_view *v);
 void recv_peer_gone(struct peer *p);
 /* DSN_PARSE_REPLY: the bouncer's reading of mail returned to an SRS address. */
 int recv_dsn_parsed(struct peer *p, const struct mxf_ipc_view *v);
+
+/* The end of a COMMIT (after any worker decided): SRS, Received plus
+ * xheaders (smtpd's Authentication-Results, a worker's X- headers), durable
+ * commit, reply. p NULL: the client is gone, nothing is kept. Takes o and e. */
+void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e,
+			bool forwards, const char *single, const char *tls, bool bouncer,
+			const char *xheaders);
+/* Refuses a COMMIT: nothing kept (p NULL: no reply). Takes o and e. */
+void recv_refuse(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e, unsigned code,
+		 const char *ecode, const char *text);
+/* The default ORCPT of a recipient given at RCPT. */
+void recv_orcpt_of(const char *addr, char *out, size_t cap);
+
+/* work.c (issue 13): recipients whose rule names a worker. */
+struct workbatch;
+struct workbatch *work_batch_new(void);
+void work_batch_free(struct workbatch *b);
+/* norm: the custom address; given: as the client wrote it. */
+int work_batch_add(struct workbatch *b, const char *norm, const char *given, const char *worker,
+		   const char *tag);
+/* The DSN facts of the last recipient added. */
+int work_batch_set_dsn(struct workbatch *b, const char *notify, const char *orcpt);
+/* Sends the WORK requests; when all have answered (or failed, or the
+ * deadline passed), refuses the COMMIT or goes on with recv_commit_finish.
+ * Takes b, o and e. */
+void work_run(struct workbatch *b, struct peer *p, uint64_t req, struct opened *o,
+	      struct mxf_env *e, bool forwards, const char *single, const char *tls,
+	      const char *auth_results);
+int work_result(struct peer *p, const struct mxf_ipc_view *v);
+void work_peer_gone(struct peer *p);
 
 /* queue.c: the in-memory index and the queue manager */
 void queue_init(void);

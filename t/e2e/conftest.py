@@ -28,10 +28,11 @@ import pytest
 from aiosmtpd.controller import Controller
 
 NSD = "/usr/sbin/nsd"
-DAEMONS = ("smtpd", "router", "deliverd", "bouncer")
+DAEMONS = ("smtpd", "router", "deliverd", "bouncer", "workerd")
 PROGRAMS = ("mxferryd", "mxferryctl") + DAEMONS
 USERS = {"smtpd": "mxferry-smtpd", "router": "mxferry-router",
-         "deliverd": "mxferry-deliver", "bouncer": "mxferry-bounce"}
+         "deliverd": "mxferry-deliver", "bouncer": "mxferry-bounce",
+         "workerd": "mxferry-worker"}
 # The packaged unit (debian/mxferry.service) runs the master as this user
 # with exactly these ambient capabilities (and no CAP_CHOWN).
 MASTER_USER = "mxferry"
@@ -568,7 +569,7 @@ class Gateway:
             # (Only when the daemons log to our file, not to a journal.)
             log = self.log_text()
             if f"mxferry/router[{st['router']['pid']}]" in log:
-                for d in ("smtpd", "deliverd", "bouncer"):
+                for d in ("smtpd", "deliverd", "bouncer", "workerd"):
                     if f"mxferry/{d}[{st[d]['pid']}]: connected to router" not in log:
                         return False
             try:

@@ -30,7 +30,7 @@ def test_status_file_lists_master_and_daemons(world):
     for d in DAEMONS:
         assert d in st and pid_alive(st[d]["pid"]), st
         assert st[d]["restarts"] == 0
-    assert len({st[d]["pid"] for d in DAEMONS}) == 4
+    assert len({st[d]["pid"] for d in DAEMONS}) == len(DAEMONS)
 
 
 def test_restarts_killed_deliverd_and_stops_on_sigterm(world):
@@ -82,7 +82,7 @@ def test_each_daemon_own_user_and_jails(world):
         assert 0 not in groups, f"{d}: supplementary groups {groups}"
         assert nnp == "1", f"{d}: NoNewPrivs {nnp}"
         uids[d] = pw.pw_uid
-    assert len(set(uids.values())) == 4, uids
+    assert len(set(uids.values())) == len(DAEMONS), uids
     private = os.path.realpath(os.path.join(gw.spool, "private"))
     assert os.readlink(f"/proc/{st['smtpd']['pid']}/root") == private
 
@@ -93,6 +93,8 @@ def test_helpers_chrooted(world):
     private = os.path.realpath(os.path.join(world.gw.spool, "private"))
     for d in ("deliverd", "bouncer"):
         assert os.readlink(f"/proc/{st[d]['pid']}/root") == private, d
+    # workerd execs programs and node: not chrooted, but its own user (above).
+    assert os.readlink(f"/proc/{st['workerd']['pid']}/root") == "/"
 
 
 @pytest.mark.skipif(not REAL_ROOT, reason="needs real root")

@@ -36,8 +36,9 @@ SPOOL = "/var/spool/mxferry"
 DATA = "/var/lib/mxferry"
 TLS = "/etc/mxferry/tls"
 UNIT = "/lib/systemd/system/mxferry.service"
-USERS = ("mxferry", "mxferry-smtpd", "mxferry-router", "mxferry-deliver", "mxferry-bounce")
-DAEMONS = ("smtpd", "router", "deliverd", "bouncer")
+USERS = ("mxferry", "mxferry-smtpd", "mxferry-router", "mxferry-deliver", "mxferry-bounce",
+         "mxferry-worker")
+DAEMONS = ("smtpd", "router", "deliverd", "bouncer", "workerd")
 # systemd-analyze security --offline=true on the unit: the issue asks for < 2.0.
 # The master runs as its own user with five ambient capabilities (no root,
 # no CAP_CHOWN: the set-up runs as ExecStartPre=+); what is left is what a
@@ -94,6 +95,8 @@ def test_users_files_and_modes(package):
     for prog in ("/usr/sbin/mxferryd", "/usr/sbin/mxferryctl",
                  *(f"/usr/lib/mxferry/{d}" for d in DAEMONS)):
         assert mode_owner(prog) == (0o755, "root", "root"), prog
+    # The js worker runtime, beside workerd.
+    assert mode_owner("/usr/lib/mxferry/runner.mjs") == (0o644, "root", "root")
     assert mode_owner(CONF) == (0o644, "root", "root")
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "mxferry").stdout
     assert CONF in conffiles, conffiles
@@ -295,8 +298,7 @@ def test_installed_gateway_delivers_logs_to_journal_pflogsumm(package, dns_serve
 
         # The daemons run as their users, from the installed paths.
         status = g.status()
-        for d, user in zip(DAEMONS, ("mxferry-smtpd", "mxferry-router", "mxferry-deliver",
-                                     "mxferry-bounce")):
+        for d, user in zip(DAEMONS, USERS):
             pid = status[d]["pid"]
             assert os.path.realpath(f"/proc/{pid}/exe") == f"/usr/lib/mxferry/{d}"
             with open(f"/proc/{pid}/status") as f:

@@ -316,6 +316,18 @@ arc = {
 for k, v in arc.items():
     put("fuzz_arc", k, b"\x05" + v.encode())
 
+# ---- worker decisions (issue 13): two chunking-seed bytes, then stdout
+wp = {
+    "forward": '{"action":"forward","to":"a@dest.test","headers":{"X-Tag":"t\\u00e9"}}\n',
+    "two": '{"action":"forward","to":"a@b.test"}\n\n{"action":"forward","to":"c@d.test"}',
+    "reject": '{"action":"reject","reason":"No \\"thanks\\" \\ud83d\\ude00"}\r\n',
+    "drop": '{"action":"drop"}\n',
+    "garbage": "hello\n",
+    "bad-header": '{"action":"forward","to":"a@b.test","headers":{"Subject":"x"}}\n',
+}
+for k, v in wp.items():
+    put("fuzz_workerproto", k, b"\x07\x01" + v.encode())
+
 print("seeds written")
 
 

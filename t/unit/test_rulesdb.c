@@ -833,6 +833,7 @@ static void test_migrate_v1(void **state)
 		 "DROP TABLE audit; DROP TABLE dkim_keys; DROP TABLE access;"
 		 "ALTER TABLE addresses DROP COLUMN token_hash;"
 		 "ALTER TABLE addresses DROP COLUMN token_expires;"
+		 "DROP TABLE workers;"
 		 "PRAGMA user_version = 1; COMMIT;");
 	assert_int_equal(user_version(f->path), 1);
 	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);

@@ -1,0 +1,5 @@
+export default {
+  async email(message, env, ctx) {
+    throw new Error("worker bug");
+  }
+}

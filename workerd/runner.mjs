@@ -1,0 +1,142 @@
+// mxferry's js worker runtime (issue 13): runs an ES module written for
+// Cloudflare Email Workers -- export default { async email(message, env, ctx) }
+// -- unchanged, and turns what it did into mxferry's worker protocol
+// (doc/design.md "Workers"): JSON decision lines on stdout.
+//
+// Input: stdin = one JSON header line, then the raw message; fd 3 = the
+// module's source; MXF_ENV_KEYS names the environment variables that form
+// `env`. Exit status 0 with decisions; anything else is a worker failure
+// (the router answers 451 and keeps nothing).
+import { readFileSync } from "node:fs";
+import { register } from "node:module";
+
+class ReplyUnsupported extends Error {}
+
+// `import { EmailMessage } from "cloudflare:email"` must resolve: a resolve
+// hook maps the specifier to a small module of ours.
+const shim = `export class EmailMessage {
+  constructor(from, to, raw) { this.from = from; this.to = to; this.raw = raw; }
+}`;
+const shimURL = "data:text/javascript," + encodeURIComponent(shim);
+const hooks = `export async function resolve(specifier, context, next) {
+  if (specifier === "cloudflare:email")
+    return { url: ${JSON.stringify(shimURL)}, shortCircuit: true };
+  return next(specifier, context);
+}`;
+register("data:text/javascript," + encodeURIComponent(hooks));
+
+function fail(why) {
+  process.stderr.write(`worker: ${why}\n`);
+  process.exit(1);
+}
+
+async function readStdin() {
+  const chunks = [];
+  for await (const c of process.stdin) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+// The header section as a Headers object: unfolded, one entry per field.
+// Bytes are taken as latin1 so no field can make Headers throw.
+function parseHeaders(raw) {
+  const h = new Headers();
+  let end = raw.indexOf("\r\n\r\n");
+  if (end < 0) end = raw.length;
+  const text = raw.subarray(0, end).toString("latin1");
+  const lines = text.split(/\r\n(?![ \t])/);
+  for (const line of lines) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) continue;
+    const name = line.slice(0, colon).trim();
+    const value = line.slice(colon + 1).replace(/\r\n/g, "").trim();
+    try {
+      h.append(name, value);
+    } catch {
+      // a name Headers refuses: not visible to the worker
+    }
+  }
+  return h;
+}
+
+function extraHeaders(headers) {
+  const out = {};
+  if (headers === undefined || headers === null) return out;
+  const entries =
+    headers instanceof Headers || typeof headers.entries === "function"
+      ? headers.entries()
+      : Object.entries(headers);
+  for (const [name, value] of entries) {
+    // As on the hosted runtime: only X- headers may be added.
+    if (!/^x-/i.test(name)) throw new TypeError(`forward: header ${name} is not an X- header`);
+    out[name] = String(value);
+  }
+  return out;
+}
+
+async function main() {
+  const input = await readStdin();
+  const nl = input.indexOf(0x0a);
+  if (nl < 0) fail("no header line on stdin");
+  const env0 = JSON.parse(input.subarray(0, nl).toString("utf8"));
+  const raw = input.subarray(nl + 1);
+  const source = readFileSync(3, "utf8");
+
+  const decisions = [];
+  let rejected = null;
+  const message = {
+    from: env0.from,
+    to: env0.to,
+    headers: parseHeaders(raw),
+    raw: new ReadableStream({
+      start(controller) {
+        controller.enqueue(new Uint8Array(raw));
+        controller.close();
+      },
+    }),
+    rawSize: raw.length,
+    setReject(reason) {
+      rejected = String(reason);
+    },
+    async forward(rcptTo, headers) {
+      if (typeof rcptTo !== "string" || !rcptTo.includes("@"))
+        throw new TypeError("forward: rcptTo must be an address");
+      decisions.push({ action: "forward", to: rcptTo, headers: extraHeaders(headers) });
+    },
+    async reply() {
+      throw new ReplyUnsupported("reply() is not supported by mxferry's worker runtime yet");
+    },
+  };
+  const env = {};
+  for (const k of (process.env.MXF_ENV_KEYS || "").split(",")) {
+    if (k) env[k] = process.env[k] ?? "";
+  }
+  const pending = [];
+  const ctx = {
+    waitUntil(p) {
+      pending.push(Promise.resolve(p));
+    },
+    passThroughOnException() {},
+  };
+
+  const mod = await import("data:text/javascript," + encodeURIComponent(source));
+  const handler = mod.default;
+  if (!handler || typeof handler.email !== "function")
+    fail("the module has no default export with an email() handler");
+  await handler.email(message, env, ctx);
+  await Promise.allSettled(pending);
+
+  let out = "";
+  if (rejected !== null) {
+    out = JSON.stringify({ action: "reject", reason: rejected || "rejected" }) + "\n";
+  } else {
+    for (const d of decisions) {
+      const line = { action: "forward", to: d.to };
+      if (Object.keys(d.headers).length) line.headers = d.headers;
+      out += JSON.stringify(line) + "\n";
+    }
+    if (!decisions.length) out = JSON.stringify({ action: "drop" }) + "\n";
+  }
+  process.stdout.write(out, () => process.exit(0));
+}
+
+main().catch((e) => fail(e && e.stack ? e.stack.split("\n")[0] : String(e)));
