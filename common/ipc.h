@@ -36,7 +36,7 @@ enum mxf_ipc_type {
 	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR [, F_SENDER (the MAIL FROM, "" null: for
 	                             sender matchers and the activity row), F_CLIENT_IP, F_HELO
 	                             (for the activity row of a refusal, issue 11)] */
-	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT */
+	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT [, F_DMARC] */
 	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
 	MXF_MSG_COMMIT,           /* c->r: F_REQ, F_QID, F_SENDER, F_RCPT*, F_SIZE, F_CLIENT_IP,
@@ -124,6 +124,7 @@ enum mxf_ipc_tag {
 	F_SESSIONS, F_TLS_SESSIONS, F_ACTIVE, /* SMTPD_STATS: u64 each */
 	/* WORK / WORK_RESULT (issue 13) */
 	F_WORKER, F_RUNTIME, F_PATH, F_ENV, F_TIMEOUT, F_SCRIPT, F_XHEADERS, /* and F_REASON */
+	F_DMARC, /* RCPT_REPLY 250, optional: the domain's DMARC mode "enforce" or "monitor" */
 	F_TAG_MAX
 };
 

@@ -196,6 +196,11 @@ static const char *const migrations[] = {
 	"  created INTEGER NOT NULL,"
 	"  CHECK ((runtime = 'js') = (source <> '')),"
 	"  CHECK ((runtime = 'program') = (path <> '')));",
+	/* 10: per-domain DMARC enforcement (issue 7): '' follows [auth] dmarc;
+	 * enforce refuses p=reject failures for this domain's recipients,
+	 * monitor only records them. */
+	"ALTER TABLE domains ADD COLUMN dmarc TEXT NOT NULL DEFAULT ''"
+	"  CHECK (dmarc IN ('', 'enforce', 'monitor'));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -508,7 +513,7 @@ void mxf_rulesdb_set_actor(struct mxf_rulesdb *db, const char *who)
 /* JSON snapshots of one object, taken inside the writer's transaction. */
 #define SNAP_DOMAIN                                                                               \
 	"SELECT json_object('domain', name, 'enabled', enabled, 'subaddressing', subaddressing, "  \
-	"'unverified', unverified) FROM domains WHERE name = ?1"
+	"'unverified', unverified, 'dmarc', dmarc) FROM domains WHERE name = ?1"
 #define SNAP_ADDRESS                                                                              \
 	"SELECT json_object('address', email, 'verified', verified) FROM addresses WHERE email = ?1"
 #define SNAP_TRANSPORT                                                                            \
@@ -1473,7 +1478,18 @@ int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const cha
 		return write_one(db, "UPDATE domains SET unverified = ?2 WHERE name = ?1", name, value,
 				 0, "domain", "domain.set", SNAP_DOMAIN, err, errlen);
 	}
-	seterr(err, errlen, "unknown domain setting %s (subaddressing, unverified)", key);
+	if (strcmp(key, "dmarc") == 0) {
+		/* "default": follow [auth] dmarc. */
+		bool dflt = strcmp(value, "default") == 0;
+		if (!dflt && strcmp(value, "enforce") != 0 && strcmp(value, "monitor") != 0) {
+			seterr(err, errlen, "dmarc is enforce, monitor or default");
+			return -EINVAL;
+		}
+		return write_one(db, "UPDATE domains SET dmarc = ?2 WHERE name = ?1", name,
+				 dflt ? "" : value, 0, "domain", "domain.set", SNAP_DOMAIN, err,
+				 errlen);
+	}
+	seterr(err, errlen, "unknown domain setting %s (subaddressing, unverified, dmarc)", key);
 	return -EINVAL;
 }
 
@@ -2030,6 +2046,7 @@ struct rs_rule {
 struct rs_domain {
 	char *name;
 	bool subaddr, refuse_unverified;
+	const char *dmarc;         /* "", "enforce", "monitor" (static strings) */
 	struct rs_rule *catchall;  /* NULL when none (or disabled) */
 	struct rs_rule **wild;     /* wildcard rules by (priority, id) */
 	size_t nwild;
@@ -2193,7 +2210,7 @@ static int load_domains(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *er
 {
 	sqlite3_stmt *st;
 	int r = prep(db,
-		     "SELECT name, subaddressing, unverified FROM domains WHERE enabled = 1 "
+		     "SELECT name, subaddressing, unverified, dmarc FROM domains WHERE enabled = 1 "
 		     "ORDER BY name",
 		     &st, err, errlen);
 	if (r < 0)
@@ -2214,6 +2231,9 @@ static int load_domains(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *er
 			.name = strdup(name),
 			.subaddr = sqlite3_column_int(st, 1) != 0,
 			.refuse_unverified = strcmp(col_text(st, 2), "reject") == 0,
+			.dmarc = strcmp(col_text(st, 3), "enforce") == 0   ? "enforce"
+				 : strcmp(col_text(st, 3), "monitor") == 0 ? "monitor"
+									   : "",
 		};
 		if (!rs->doms[rs->ndom].name) {
 			r = -ENOMEM;
@@ -2647,7 +2667,7 @@ static const struct rs_rule *match_rules(const struct mxf_ruleset *rs, const str
 int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const char *sender,
 		       struct mxf_route *out)
 {
-	*out = (struct mxf_route){.kind = MXF_ROUTE_NO_DOMAIN, .tag = "", .text = ""};
+	*out = (struct mxf_route){.kind = MXF_ROUTE_NO_DOMAIN, .tag = "", .text = "", .dmarc = ""};
 	char key[MXF_ADDR_SIZE], local[MXF_ADDR_SIZE], from[MXF_ADDR_SIZE];
 	size_t len = strlen(addr);
 	const char *at = strrchr(addr, '@');
@@ -2660,6 +2680,7 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const cha
 	const struct rs_domain *d = find_dom(rs, dom);
 	if (!d)
 		return 0;
+	out->dmarc = d->dmarc;
 	/* Sender patterns compare ASCII-case-insensitively, domain as A-labels. */
 	if (sender && *sender) {
 		if (mxf_addr_normalize(sender, MXF_ADDR_UTF8, from, sizeof(from)) < 0)

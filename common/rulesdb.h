@@ -88,7 +88,9 @@ int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struc
 			  char *err, size_t errlen);
 /* Per-domain settings: "subaddressing" on|off; "unverified" defer|reject (what
  * a rule forwarding to an unverified destination does: queue and defer the copy
- * until verified, or refuse the recipient at RCPT). */
+ * until verified, or refuse the recipient at RCPT); "dmarc" enforce|monitor|
+ * default (whether smtpd refuses p=reject failures for this domain's
+ * recipients; default: [auth] dmarc). */
 int mxf_rulesdb_domain_set(struct mxf_rulesdb *db, const char *domain, const char *key,
 			   const char *value, char *err, size_t errlen);
 int mxf_rulesdb_address_verify(struct mxf_rulesdb *db, const char *email, bool verified,
@@ -206,6 +208,7 @@ struct mxf_route {
 	bool refuse_unverified;   /* the domain refuses at RCPT rather than defer */
 	const char *text;         /* reject reason or worker program, else "" */
 	unsigned code;            /* reject: 550 (default) or the rule's code */
+	const char *dmarc;        /* the domain's DMARC mode: "" ([auth] dmarc), "enforce", "monitor" */
 };
 /* addr: a normalised "local@a-label" address; sender: the envelope sender
  * ("" the null sender; NULL unknown: rules with a sender matcher do not

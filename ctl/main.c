@@ -25,6 +25,7 @@ static const char usage_text[] =
 	"  domain remove|enable|disable DOMAIN      remove drops the domain's rules too\n"
 	"  domain set DOMAIN subaddressing on|off   user+tag@ falls back to user@\n"
 	"  domain set DOMAIN unverified defer|reject  unverified destinations: queue or refuse\n"
+	"  domain set DOMAIN dmarc enforce|monitor|default  refuse DMARC p=reject failures or not\n"
 	"  address add EMAIL [--verified]           add a destination address; without\n"
 	"                                           --verified it is mailed a one-time code\n"
 	"  address verify EMAIL CODE                the code from that mail\n"

@@ -96,13 +96,20 @@ int peer_send(struct peer *p, const struct mxf_ipc_msg *m, int fd)
 int peer_reply(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
 	       const char *text, const char *qid, int fd)
 {
+	return peer_reply_x(p, type, req, code, esc, text, qid, fd, 0, NULL);
+}
+
+int peer_reply_x(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
+		 const char *text, const char *qid, int fd, uint16_t xtag, const char *xval)
+{
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(type);
 	int r = -ENOMEM;
 	if (m && (r = mxf_ipc_put_u64(m, F_REQ, req)) == 0 &&
 	    (!qid || (r = mxf_ipc_put_str(m, F_QID, qid)) == 0) &&
 	    (r = mxf_ipc_put_u64(m, F_CODE, code)) == 0 &&
 	    (!esc || (r = mxf_ipc_put_str(m, F_ESC, esc)) == 0) &&
-	    (r = mxf_ipc_put_str(m, F_TEXT, text)) == 0)
+	    (r = mxf_ipc_put_str(m, F_TEXT, text)) == 0 &&
+	    (!xval || !*xval || (r = mxf_ipc_put_str(m, xtag, xval)) == 0))
 		r = peer_send(p, m, fd);
 	mxf_ipc_msg_free(m);
 	if (r < 0 && !p->closing) {

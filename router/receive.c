@@ -141,6 +141,14 @@ static int srs_return(const char *norm, char *back, size_t len)
 }
 
 /* ---- RCPT ---- */
+/* 250 for a recipient, with its domain's DMARC mode when the domain sets
+ * one: smtpd refuses a p=reject failure only when every recipient's
+ * domain enforces. */
+static void rcpt_ok(struct peer *p, uint64_t req, const char *dmarc)
+{
+	peer_reply_x(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1, F_DMARC, dmarc);
+}
+
 void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 {
 	uint64_t req;
@@ -194,7 +202,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		}
 		/* fall through */
 	case MXF_ROUTE_DROP:
-		peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
+		rcpt_ok(p, req, rt.dmarc);
 		return;
 	case MXF_ROUTE_REJECT:
 		/* The operator's reason, sanitised to printable ASCII when stored,
@@ -210,7 +218,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		 * worker that is not defined (yet) is a temporary failure, so
 		 * nothing is lost and the sender retries. */
 		if (mxf_ruleset_worker(R.rules, rt.text)) {
-			peer_reply(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1);
+			rcpt_ok(p, req, rt.dmarc);
 			return;
 		}
 		log_r.action = "worker";

@@ -89,6 +89,9 @@ const char *role_name(enum role r);
 /* A reply helper: F_REQ, F_CODE, F_ESC, F_TEXT (and optional F_QID). */
 int peer_reply(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
 	       const char *text, const char *qid, int fd);
+/* The same with one more string field (xtag = xval) when xval is not empty. */
+int peer_reply_x(struct peer *p, uint16_t type, uint64_t req, unsigned code, const char *esc,
+		 const char *text, const char *qid, int fd, uint16_t xtag, const char *xval);
 void router_maybe_exit(void);
 
 /* receive.c: smtpd and bouncer submissions */

@@ -56,6 +56,7 @@ struct sig {
 struct auth {
 	struct mxf_mailhdr hdr;
 	char qid[32], ip[64], helo[256], sender[600];
+	bool dmarc_enforce; /* refuse p=reject failures (auth_set_dmarc_enforce) */
 	/* header facts */
 	unsigned nfrom;
 	char from_domain[MXF_DNS_NAME_MAX + 1];
@@ -245,6 +246,17 @@ static void on_body(void *arg, const char *p, size_t len)
 		a->dkim_broken = true;
 }
 
+bool auth_dmarc_enforced(void)
+{
+	return g.dmarc == DM_ENFORCE;
+}
+
+void auth_set_dmarc_enforce(struct auth *a, bool enforce)
+{
+	/* [auth] dmarc = off: no evaluation at all, nothing to enforce. */
+	a->dmarc_enforce = enforce && g.dmarc != DM_OFF;
+}
+
 struct auth *auth_new(const char *qid, const char *ip, const char *helo, const char *sender)
 {
 	struct auth *a = calloc(1, sizeof(*a));
@@ -258,6 +270,7 @@ struct auth *auth_new(const char *qid, const char *ip, const char *helo, const c
 	snprintf(a->ip, sizeof(a->ip), "%s", ip);
 	snprintf(a->helo, sizeof(a->helo), "%s", helo);
 	snprintf(a->sender, sizeof(a->sender), "%s", sender);
+	a->dmarc_enforce = g.dmarc == DM_ENFORCE;
 	struct mxf_mailhdr_cb cb = {on_field, on_eoh, on_body, a};
 	mxf_mailhdr_init(&a->hdr, &cb);
 	DKIM_STAT st;
@@ -543,7 +556,7 @@ static void run_checks(uv_work_t *w)
 
 	/* The verdict. */
 	a->code = 0;
-	if (g.dmarc == DM_ENFORCE && a->dmarc.result == MXF_DMARC_FAIL &&
+	if (a->dmarc_enforce && a->dmarc.result == MXF_DMARC_FAIL &&
 	    a->dmarc.policy == MXF_DMARC_P_REJECT) {
 		a->code = 550, a->escode = "5.7.1";
 		a->text = "Email rejected per DMARC policy of the From domain";

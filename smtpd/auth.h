@@ -46,6 +46,12 @@ size_t auth_end(struct auth *a, char *p);
 /* Octets of content left out of the file (dropped header fields). */
 unsigned long long auth_dropped_octets(const struct auth *a);
 
+/* Whether [auth] dmarc is enforce (a domain may say otherwise, per RCPT). */
+bool auth_dmarc_enforced(void);
+/* Whether this message's DMARC p=reject failure is refused (every
+ * recipient's domain enforces) or only recorded. Default: [auth] dmarc. */
+void auth_set_dmarc_enforce(struct auth *a, bool enforce);
+
 /* Starts the checks; done(arg) is called once on the loop. Returns 0 or
  * -errno (then done is never called). */
 int auth_check(struct auth *a, void (*done)(void *arg), void *arg);

@@ -130,6 +130,9 @@ struct session {
 	 * connect and at MAIL (ACCESS_CHECK). */
 	bool allowed;        /* client allow-listed: no block lists, score, greylisting */
 	bool sender_allowed; /* this transaction's sender allow-listed: no greylisting */
+	/* Some accepted recipient's domain only monitors DMARC (its own mode, or
+	 * [auth] dmarc): then a p=reject failure is recorded, not refused. */
+	bool dmarc_monitor;
 	bool access_at_mail; /* the ACCESS_CHECK waited for is MAIL's, not the connect's */
 	bool greet_due;      /* the greeting delay ended while the connect check ran */
 
@@ -341,6 +344,7 @@ static void reset_transaction(struct session *s)
 	}
 	s->data_deadline = 0;
 	s->sender_allowed = false;
+	s->dmarc_monitor = false;
 }
 
 /* A message in progress (its content being read, written or committed):
@@ -1189,6 +1193,7 @@ static void finish_message(struct session *s)
 	s->wbuf = NULL;
 	if (s->auth) {
 		/* The checks decide before the router is asked to commit. */
+		auth_set_dmarc_enforce(s->auth, !s->dmarc_monitor);
 		if (auth_check(s->auth, on_auth_done, s) < 0) {
 			data_refuse(s, 451, "4.3.0", TEMPFAIL_TEXT);
 			return;
@@ -1533,6 +1538,11 @@ static void on_rcpt_reply(struct session *s, const struct mxf_ipc_view *v)
 			return;
 		}
 	}
+	/* One answer after DATA covers every recipient: refuse on DMARC only
+	 * when all of their domains enforce it. */
+	const char *dm = mxf_ipc_str(v, F_DMARC, 0);
+	if (dm ? strcmp(dm, "enforce") != 0 : !auth_dmarc_enforced())
+		s->dmarc_monitor = true;
 	s->ok[MXF_SMTP_RCPT]++;
 	reply(s, (int)code, escode, text);
 }

@@ -233,6 +233,52 @@ def test_dmarc_reject_refused_nothing_kept(auth_world):
     assert props(ar, "dmarc")["header.from"] == "rejecting.test"
 
 
+def test_dmarc_mode_per_domain(auth_world):
+    """`domain set D dmarc monitor|enforce|default` (issue 7): a p=reject
+    failure is refused only when every recipient's domain enforces; one
+    answer after DATA covers them all, so a monitoring domain lets it in."""
+    w = auth_world
+    gw = w.gw
+    gw.forward("info@enf.test", "carol@dest.test")
+    gw.ctl_ok("domain", "set", "gw.test", "dmarc", "monitor")
+    rc, _, err = gw.ctl("domain", "set", "gw.test", "dmarc", "sometimes")
+    assert rc == 1 and "enforce, monitor or default" in err, err
+
+    def phish(rcpts, subject):
+        data = sign(make_message("boss@rejecting.test", rcpts[0], subject=subject),
+                    "signed.test", w.keys)
+        s = smtplib.SMTP("127.0.0.1", gw.smtp_port, local_hostname="client.sender.test",
+                         timeout=30, source_address=(CLIENT_IP, 0))
+        try:
+            s.ehlo()
+            assert s.mail("alice@spfpass.test")[0] == 250
+            for r in rcpts:
+                assert s.rcpt(r)[0] == 250
+            try:
+                return s.data(data)
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code, e.smtp_error
+        finally:
+            s.close()
+
+    # The enforcing domain alone: refused.
+    code, resp = phish(["info@enf.test"], "to enf")
+    assert code == 550 and b"DMARC" in resp, (code, resp)
+    # The monitoring domain alone, and both together: accepted, recorded.
+    for rcpts in (["info@gw.test"], ["info@gw.test", "info@enf.test"]):
+        code, resp = phish(rcpts, "monitored " + str(len(rcpts)))
+        assert code == 250, (code, resp)
+        qid = QID_RE.search(resp).group(1).decode()
+        rows = w.gw.wait_activity(qid, "forwarded")
+        assert rows[0]["dmarc"] == "fail", rows
+    # Back to the default ([auth] dmarc = enforce): refused again.
+    gw.ctl_ok("domain", "set", "gw.test", "dmarc", "default")
+    code, resp = phish(["info@gw.test"], "default again")
+    assert code == 550, (code, resp)
+    audit = gw.ctl_json("audit")["entries"]
+    assert [e["after"]["dmarc"] for e in audit if e["action"] == "domain.set"] == ["monitor", ""]
+
+
 def test_dmarc_quarantine_forwarded_with_fail(auth_world):
     w = auth_world
     data = make_message("news@quar.test", "info@gw.test", subject="quarantine me")

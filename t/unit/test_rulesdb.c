@@ -830,6 +830,7 @@ static void test_migrate_v1(void **state)
 		 " action, created FROM rules;"
 		 "DROP TABLE rules; ALTER TABLE r1 RENAME TO rules;"
 		 "DROP TABLE transports; ALTER TABLE domains DROP COLUMN unverified;"
+		 "ALTER TABLE domains DROP COLUMN dmarc;"
 		 "DROP TABLE audit; DROP TABLE dkim_keys; DROP TABLE access;"
 		 "ALTER TABLE addresses DROP COLUMN token_hash;"
 		 "ALTER TABLE addresses DROP COLUMN token_expires;"
