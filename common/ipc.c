@@ -426,6 +426,29 @@ void mxf_ipc_reply_free(struct mxf_ipc_reply *r)
 	free(r);
 }
 
+int mxf_ipc_hello(const char *path, const char *role, int timeout_ms)
+{
+	int s = mxf_ipc_connect(path);
+	if (s < 0)
+		return s;
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
+	struct mxf_ipc_reply *rep = NULL;
+	int r = -ENOMEM;
+	if (m && mxf_ipc_put_str(m, F_ROLE, role) == 0 &&
+	    mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) == 0 &&
+	    mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid()) == 0 &&
+	    (r = mxf_ipc_call(s, m, timeout_ms, &rep)) == 0 &&
+	    mxf_ipc_type(mxf_ipc_reply_view(rep)) != MXF_MSG_HELLO_OK)
+		r = -EPROTO;
+	mxf_ipc_reply_free(rep);
+	mxf_ipc_msg_free(m);
+	if (r < 0) {
+		close(s);
+		return r;
+	}
+	return s;
+}
+
 int mxf_ipc_reply_take_fd(struct mxf_ipc_reply *r)
 {
 	int fd = r->fd;

@@ -180,6 +180,10 @@ int mxf_ipc_peercred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 struct mxf_ipc_reply;
 int mxf_ipc_call(int sock, const struct mxf_ipc_msg *m, int timeout_ms, struct mxf_ipc_reply **out);
 const struct mxf_ipc_view *mxf_ipc_reply_view(const struct mxf_ipc_reply *r);
+/* Connects to path and says HELLO as role (blocking, up to timeout_ms for
+ * the answer): the socket, or -errno (connect's, the call's, or -EPROTO
+ * when the answer is not HELLO_OK). */
+int mxf_ipc_hello(const char *path, const char *role, int timeout_ms);
 /* The descriptor that came with the reply (now the caller's), or -1. */
 int mxf_ipc_reply_take_fd(struct mxf_ipc_reply *r);
 void mxf_ipc_reply_free(struct mxf_ipc_reply *r);

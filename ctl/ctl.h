@@ -99,7 +99,5 @@ int ctl_allow(const struct mxf_config *cfg, int argc, char **argv);
 /* worker.c (issue 13) */
 int ctl_worker(const struct mxf_config *cfg, int argc, char **argv);
 bool ctl_worker_defined(const struct mxf_config *cfg, const char *name);
-struct mxf_rulesdb *ctl_rules_open(const struct mxf_config *cfg, bool writable);
-void ctl_rules_reload(const struct mxf_config *cfg);
 
 #endif

@@ -29,31 +29,13 @@ int ctl_router_open(const struct mxf_config *cfg, char *why, size_t whylen)
 		why_set(why, whylen, "spool_dir too long");
 		return -ENAMETOOLONG;
 	}
-	int s = mxf_ipc_connect(path);
-	if (s < 0) {
+	int s = mxf_ipc_hello(path, "ctl", CTL_ROUTER_TIMEOUT_MS);
+	if (s == -EPROTO)
+		why_set(why, whylen, "the router refused the handshake");
+	else if (s == -ENOENT || s == -ECONNREFUSED || s == -ENAMETOOLONG)
 		why_set(why, whylen, "cannot reach the router (%s): %s", path, strerror(-s));
-		return s;
-	}
-	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
-	struct mxf_ipc_reply *rep = NULL;
-	int r = -ENOMEM;
-	if (!m || mxf_ipc_put_str(m, F_ROLE, "ctl") < 0 ||
-	    mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION) < 0 ||
-	    mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid()) < 0) {
-		why_set(why, whylen, "out of memory");
-	} else if ((r = mxf_ipc_call(s, m, CTL_ROUTER_TIMEOUT_MS, &rep)) < 0) {
-		why_set(why, whylen, "the router refused the connection: %s", strerror(-r));
-	} else if (mxf_ipc_type(mxf_ipc_reply_view(rep)) != MXF_MSG_HELLO_OK) {
-		why_set(why, whylen, "the router answered the handshake with message type %u",
-			(unsigned)mxf_ipc_type(mxf_ipc_reply_view(rep)));
-		r = -EPROTO;
-	}
-	mxf_ipc_reply_free(rep);
-	mxf_ipc_msg_free(m);
-	if (r < 0) {
-		close(s);
-		return r;
-	}
+	else if (s < 0)
+		why_set(why, whylen, "the router refused the connection: %s", strerror(-s));
 	return s;
 }
 

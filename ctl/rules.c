@@ -1588,15 +1588,3 @@ int ctl_allow(const struct mxf_config *cfg, int argc, char **argv)
 	return access_cmd(cfg, "allow", argc, argv);
 }
 
-/* For ctl/worker.c (issue 13): the same open and reload as every rules
- * command. NULL: refused, the reason printed. */
-struct mxf_rulesdb *ctl_rules_open(const struct mxf_config *cfg, bool writable)
-{
-	struct db db;
-	return db_open(cfg, writable, &db) == 0 ? db.h : NULL;
-}
-
-void ctl_rules_reload(const struct mxf_config *cfg)
-{
-	reload_router(cfg);
-}

@@ -90,8 +90,8 @@ static int cmd_add(const struct mxf_config *cfg, int argc, char **argv)
 	struct mxf_worker_spec w = {.name = name, .runtime = js ? "js" : "program",
 				    .path = program, .source = source, .env = env,
 				    .nenv = nenv, .timeout = (int)timeout};
-	struct mxf_rulesdb *db = ctl_rules_open(cfg, true);
-	if (!db) {
+	struct mxf_rulesdb *db = NULL;
+	if (ctl_db_open(cfg, true, &db) != 0) {
 		free(source);
 		return CTL_REFUSED;
 	}
@@ -112,7 +112,7 @@ static int cmd_add(const struct mxf_config *cfg, int argc, char **argv)
 		printf("worker %s added (%s)\n", ctl_safe(e1, sizeof(e1), name), w.runtime);
 	}
 	fflush(stdout);
-	ctl_rules_reload(cfg);
+	ctl_reload_router(cfg);
 	return CTL_OK;
 }
 
@@ -150,8 +150,8 @@ static int list_cb(const struct mxf_worker_info *w, void *arg)
 
 static int cmd_list(const struct mxf_config *cfg)
 {
-	struct mxf_rulesdb *db = ctl_rules_open(cfg, false);
-	if (!db)
+	struct mxf_rulesdb *db = NULL;
+	if (ctl_db_open(cfg, false, &db) != 0)
 		return CTL_REFUSED;
 	static const char *const hdr[] = {"NAME", "RUNTIME", "PROGRAM", "TIMEOUT", "ENV", "RULES"};
 	struct ctl_table *t = ctl_table_new(6, hdr);
@@ -171,8 +171,8 @@ static int cmd_list(const struct mxf_config *cfg)
 
 static int cmd_remove(const struct mxf_config *cfg, const char *name)
 {
-	struct mxf_rulesdb *db = ctl_rules_open(cfg, true);
-	if (!db)
+	struct mxf_rulesdb *db = NULL;
+	if (ctl_db_open(cfg, true, &db) != 0)
 		return CTL_REFUSED;
 	char err[512], e1[200];
 	int r = mxf_rulesdb_worker_remove(db, name, err, sizeof(err));
@@ -188,7 +188,7 @@ static int cmd_remove(const struct mxf_config *cfg, const char *name)
 		printf("worker %s removed\n", ctl_safe(e1, sizeof(e1), name));
 	}
 	fflush(stdout);
-	ctl_rules_reload(cfg);
+	ctl_reload_router(cfg);
 	return CTL_OK;
 }
 
@@ -258,8 +258,8 @@ static int cmd_test(const struct mxf_config *cfg, int argc, char **argv)
 	if (!from || !to)
 		return ctl_usage();
 	struct found f = {.name = argv[0]};
-	struct mxf_rulesdb *db = ctl_rules_open(cfg, false);
-	if (!db)
+	struct mxf_rulesdb *db = NULL;
+	if (ctl_db_open(cfg, false, &db) != 0)
 		return CTL_REFUSED;
 	mxf_rulesdb_worker_list(db, find_cb, &f);
 	mxf_rulesdb_close(db);
@@ -385,8 +385,8 @@ out:
 bool ctl_worker_defined(const struct mxf_config *cfg, const char *name)
 {
 	struct found f = {.name = name};
-	struct mxf_rulesdb *db = ctl_rules_open(cfg, false);
-	if (!db)
+	struct mxf_rulesdb *db = NULL;
+	if (ctl_db_open(cfg, false, &db) != 0)
 		return true; /* cannot tell: no warning */
 	mxf_rulesdb_worker_list(db, find_cb, &f);
 	mxf_rulesdb_close(db);

@@ -39,29 +39,7 @@ void dsig_init(const char *sock, bool arc, const char *authserv_id)
 
 static int oracle_connect(void)
 {
-	int s = mxf_ipc_connect(G.sock);
-	if (s < 0)
-		return s;
-	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_HELLO);
-	struct mxf_ipc_reply *rep = NULL;
-	int r = m ? 0 : -ENOMEM;
-	if (r == 0)
-		r = mxf_ipc_put_str(m, F_ROLE, "signer");
-	if (r == 0)
-		r = mxf_ipc_put_u64(m, F_VERSION, MXF_IPC_VERSION);
-	if (r == 0)
-		r = mxf_ipc_put_u64(m, F_PID, (uint64_t)getpid());
-	if (r == 0)
-		r = mxf_ipc_call(s, m, SIGN_TIMEOUT_MS, &rep);
-	if (r == 0 && mxf_ipc_type(mxf_ipc_reply_view(rep)) != MXF_MSG_HELLO_OK)
-		r = -EPROTO;
-	mxf_ipc_reply_free(rep);
-	mxf_ipc_msg_free(m);
-	if (r < 0) {
-		close(s);
-		return r;
-	}
-	return s;
+	return mxf_ipc_hello(G.sock, "signer", SIGN_TIMEOUT_MS);
 }
 
 /* The router's signature of digest with the key (domain, selector). */
