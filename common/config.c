@@ -135,6 +135,8 @@ static const struct key keys[] = {
 	{"workerd", "user", T_STR, "mxferry-worker", 0, 0, false},
 	{"workerd", "node", T_PATH, "/usr/bin/node", 0, 0, false},
 	{"workerd", "memory_limit", T_INT, "512", 64, 65536, false},
+	/* Issue 13: the whole POST of a webhook delivery must end within this. */
+	{"deliverd", "webhook_timeout", T_DURATION, "30", 1, 600, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

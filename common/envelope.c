@@ -399,7 +399,8 @@ static int parse_rcpt(struct mxf_env *e, const struct tok *t, size_t nt)
 		goto out;
 	}
 	r = -EBADMSG;
-	if (!*orig || (strcmp(action, "forward") && strcmp(action, "drop") && strcmp(action, "relay")))
+	if (!*orig || (strcmp(action, "forward") && strcmp(action, "drop") && strcmp(action, "relay") &&
+			strcmp(action, "webhook")))
 		goto out;
 	struct mxf_env_rcpt *n = realloc(e->rcpt, (e->nrcpt + 1) * sizeof(*n));
 	if (!n) {

@@ -48,7 +48,8 @@ struct mxf_env_rcpt {
 	char *orig;    /* the address given at RCPT TO (the custom address) */
 	char *dest;    /* where it is delivered ("" for drop) */
 	char *rule;    /* rule tag, "" when none */
-	char *action;  /* "forward", "drop", "relay" (bounces: direct to the dest) */
+	char *action;  /* "forward", "drop", "relay" (bounces: direct to the dest),
+			* "webhook" (dest: the URL, POSTed by deliverd; issue 13) */
 	enum mxf_rcpt_status status;
 	unsigned attempts;
 	int64_t next_try; /* unix seconds */

@@ -125,6 +125,11 @@ enum mxf_ipc_tag {
 	/* WORK / WORK_RESULT (issue 13) */
 	F_WORKER, F_RUNTIME, F_PATH, F_ENV, F_TIMEOUT, F_SCRIPT, F_XHEADERS, /* and F_REASON */
 	F_DMARC, /* RCPT_REPLY 250, optional: the domain's DMARC mode "enforce" or "monitor" */
+	/* DELIVER, optional (issue 13): POST the message to this URL instead of
+	 * SMTP; then one F_RCPT (the custom address), F_SENDER the original
+	 * sender, F_DOMAIN the URL's host. SIGN with F_DOMAIN "" and F_SELECTOR
+	 * "webhook": the router's HMAC-SHA256 of F_DIGEST with its webhook secret. */
+	F_WEBHOOK,
 	F_TAG_MAX
 };
 

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -201,6 +202,42 @@ static const char *const migrations[] = {
 	 * monitor only records them. */
 	"ALTER TABLE domains ADD COLUMN dmarc TEXT NOT NULL DEFAULT ''"
 	"  CHECK (dmarc IN ('', 'enforce', 'monitor'));",
+	/* 11 (issue 13): the webhook action, whose argument is a URL of up to
+	 * 1000 characters. SQLite cannot change a CHECK in place: the rules
+	 * table is rebuilt as in migration 2, with every column and index the
+	 * later migrations added (foreign keys are off during migrations, so
+	 * rule_dests survives the DROP). */
+	"CREATE TABLE rules_v11 ("
+	"  id INTEGER PRIMARY KEY,"
+	"  tag TEXT NOT NULL UNIQUE CHECK (length(tag) = 32 AND tag NOT GLOB '*[^0-9a-f]*'),"
+	"  domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,"
+	"  name TEXT NOT NULL DEFAULT '' CHECK (length(name) <= 200),"
+	"  priority INTEGER NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 1000000),"
+	"  enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),"
+	"  matcher TEXT NOT NULL CHECK (matcher IN ('literal', 'wildcard', 'all')),"
+	"  match_to TEXT NOT NULL DEFAULT '' CHECK (length(match_to) <= 320),"
+	"  action TEXT NOT NULL CHECK (action IN ('forward', 'drop', 'reject', 'worker',"
+	"    'webhook')),"
+	"  action_arg TEXT NOT NULL DEFAULT '' CHECK (length(action_arg) <= 1000),"
+	"  created INTEGER NOT NULL,"
+	"  match_from TEXT NOT NULL DEFAULT '' CHECK (length(match_from) <= 2000),"
+	"  reject_code INTEGER NOT NULL DEFAULT 0"
+	"    CHECK (reject_code IN (0, 450, 451, 452, 550, 551, 552, 553, 554)),"
+	"  CHECK ((matcher = 'all') = (match_to = '')),"
+	"  CHECK (matcher <> 'wildcard' OR instr(match_to, '*') > 0),"
+	"  CHECK ((action IN ('reject', 'worker', 'webhook')) = (action_arg <> '')),"
+	"  CHECK (action = 'webhook' OR length(action_arg) <= 200));"
+	"INSERT INTO rules_v11 (id, tag, domain_id, name, priority, enabled, matcher, match_to,"
+	"  action, action_arg, created, match_from, reject_code) SELECT id, tag, domain_id, name,"
+	"  priority, enabled, matcher, match_to, action, action_arg, created, match_from,"
+	"  reject_code FROM rules;"
+	"DROP TABLE rules;"
+	"ALTER TABLE rules_v11 RENAME TO rules;"
+	"CREATE UNIQUE INDEX rules_catchall ON rules(domain_id) WHERE matcher = 'all';"
+	"CREATE UNIQUE INDEX rules_literal ON rules(domain_id, match_to COLLATE NOCASE, match_from)"
+	"  WHERE matcher = 'literal';"
+	"CREATE UNIQUE INDEX rules_wildcard ON rules(domain_id, match_to COLLATE NOCASE, match_from)"
+	"  WHERE matcher = 'wildcard';",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -706,7 +743,7 @@ static int resolve_dests(struct mxf_rulesdb *db, const char *action, const char 
 {
 	*nids = 0;
 	if (strcmp(action, "drop") == 0 || strcmp(action, "reject") == 0 ||
-	    strcmp(action, "worker") == 0) {
+	    strcmp(action, "worker") == 0 || strcmp(action, "webhook") == 0) {
 		if (ndest != 0) {
 			seterr(err, errlen, "a %s rule takes no destination", action);
 			return -EINVAL;
@@ -714,7 +751,7 @@ static int resolve_dests(struct mxf_rulesdb *db, const char *action, const char 
 		return 0;
 	}
 	if (strcmp(action, "forward") != 0) {
-		seterr(err, errlen, "unknown action (forward, drop, reject or worker)");
+		seterr(err, errlen, "unknown action (forward, drop, reject, worker or webhook)");
 		return -EINVAL;
 	}
 	if (ndest < 1 || ndest > MAX_DESTS) {
@@ -804,6 +841,27 @@ static size_t sanitize_text(const char *in, char *out, size_t outlen)
 	return o;
 }
 
+bool mxf_rulesdb_webhook_url_ok(const char *s)
+{
+	size_t n = strlen(s), scheme;
+	if (strncasecmp(s, "http://", 7) == 0)
+		scheme = 7;
+	else if (strncasecmp(s, "https://", 8) == 0)
+		scheme = 8;
+	else
+		return false;
+	if (n > MXF_WEBHOOK_URL_MAX || n == scheme || s[scheme] == '/' || s[scheme] == '?' ||
+	    s[scheme] == '#')
+		return false;
+	/* The URL goes to libcurl, the activity log and the envelope: printable
+	 * ASCII without spaces, so it can neither split a line nor hide a
+	 * second value; curl parses it again in deliverd. */
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+			return false;
+	return true;
+}
+
 static bool worker_name_ok(const char *s)
 {
 	size_t n = strlen(s);
@@ -844,6 +902,17 @@ static int check_arg(const char *action, const char *arg, char *out, size_t outl
 					    "at most 64)");
 			return -EINVAL;
 		}
+		snprintf(out, outlen, "%s", arg);
+		return 0;
+	}
+	if (strcmp(action, "webhook") == 0) {
+		if (!arg || !mxf_rulesdb_webhook_url_ok(arg)) {
+			seterr(err, errlen, "a webhook rule needs an http:// or https:// URL (at most "
+					    "1000 characters, no spaces or control characters)");
+			return -EINVAL;
+		}
+		if (strlen(arg) >= outlen)
+			return -EINVAL;
 		snprintf(out, outlen, "%s", arg);
 		return 0;
 	}
@@ -987,7 +1056,8 @@ static int step_done(struct mxf_rulesdb *db, sqlite3_stmt *st, char *err, size_t
 int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *tag_out,
 			    char *err, size_t errlen)
 {
-	char name[MXF_DOMAIN_MAX + 1], addr[MXF_ADDR_SIZE], tag[TAG_LEN + 1], arg[256];
+	char name[MXF_DOMAIN_MAX + 1], addr[MXF_ADDR_SIZE], tag[TAG_LEN + 1];
+	char arg[MXF_WEBHOOK_URL_MAX + 1];
 	char from[2048];
 	sqlite3_int64 dom_id, ids[MAX_DESTS];
 	size_t nids;
@@ -1085,7 +1155,7 @@ static int catchall_write(struct mxf_rulesdb *db, const struct mxf_rule_spec *s,
 int mxf_rulesdb_catchall_put(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *err,
 			     size_t errlen)
 {
-	char name[MXF_DOMAIN_MAX + 1], tag[TAG_LEN + 1], arg[256];
+	char name[MXF_DOMAIN_MAX + 1], tag[TAG_LEN + 1], arg[MXF_WEBHOOK_URL_MAX + 1];
 	sqlite3_int64 dom_id, ids[MAX_DESTS], rule_id;
 	size_t nids;
 	sqlite3_stmt *st;
@@ -1290,7 +1360,8 @@ int mxf_rulesdb_rule_enable(struct mxf_rulesdb *db, const char *which, bool enab
 int mxf_rulesdb_rule_edit(struct mxf_rulesdb *db, const char *which, const struct mxf_rule_edit *e,
 			  char *err, size_t errlen)
 {
-	char dom[MXF_DOMAIN_MAX + 1], matcher[16], to[MXF_ADDR_SIZE], action[16], arg[256];
+	char dom[MXF_DOMAIN_MAX + 1], matcher[16], to[MXF_ADDR_SIZE], action[16];
+	char arg[MXF_WEBHOOK_URL_MAX + 1];
 	char tag[TAG_LEN + 1], name[256], from[2048], *before = NULL;
 	sqlite3_int64 id = 0, ids[MAX_DESTS];
 	size_t nids = 0;
@@ -2269,7 +2340,7 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 		const char *matcher = col_text(st, 3), *to = col_text(st, 4);
 		const char *action = col_text(st, 5), *arg = col_text(st, 7);
 		const char *from = col_text(st, 8);
-		char addr[MXF_ADDR_SIZE], a2[256], f2[2048];
+		char addr[MXF_ADDR_SIZE], a2[MXF_WEBHOOK_URL_MAX + 1], f2[2048];
 		/* The write-time checks again: a row another writer let through
 		 * fails the whole load. */
 		if (check_match(matcher, to, dom, addr, sizeof(addr), NULL, 0) < 0 ||
@@ -2298,6 +2369,7 @@ static int load_rules(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *err,
 					  : strcmp(action, "drop") == 0   ? MXF_ROUTE_DROP
 					  : strcmp(action, "reject") == 0 ? MXF_ROUTE_REJECT
 					  : strcmp(action, "worker") == 0 ? MXF_ROUTE_WORKER
+					  : strcmp(action, "webhook") == 0 ? MXF_ROUTE_WEBHOOK
 									  : MXF_ROUTE_NO_RULE;
 		if (act == MXF_ROUTE_NO_RULE) {
 			seterr(err, errlen, "rules database: rule %s: invalid action", tag);

@@ -38,7 +38,8 @@ int mxf_rulesdb_catchall_set(struct mxf_rulesdb *db, const char *domain, const c
  *            of characters, possibly empty), "all" (the catch-all; to unused)
  *   action   "forward" (dests: 1..25 verified addresses), "drop", "reject" (arg:
  *            the reason given with 550 5.7.1; stored sanitised to printable ASCII,
- *            1..200 characters), "worker" (arg: program name [A-Za-z0-9._-]{1,64})
+ *            1..200 characters), "worker" (arg: program name [A-Za-z0-9._-]{1,64}),
+ *            "webhook" (arg: the URL, mxf_rulesdb_webhook_url_ok)
  *   priority 0..1000000, lower first; name: free text up to 200 bytes. */
 struct mxf_rule_spec {
 	const char *domain;
@@ -59,6 +60,10 @@ struct mxf_rule_spec {
 	/* reject: the code (450, 451, 452, 550..554; 0: 550). */
 	int code;
 };
+/* A webhook rule's URL (issue 13): http:// or https://, a non-empty rest,
+ * at most MXF_WEBHOOK_URL_MAX characters of printable ASCII without spaces. */
+#define MXF_WEBHOOK_URL_MAX 1000
+bool mxf_rulesdb_webhook_url_ok(const char *url);
 int mxf_rulesdb_rule_create(struct mxf_rulesdb *db, const struct mxf_rule_spec *s, char *tag_out,
 			    char *err, size_t errlen);
 /* Sets (creates or replaces in place, keeping its tag) the domain's catch-all;
@@ -197,6 +202,7 @@ enum mxf_route_kind {
 	MXF_ROUTE_DROP,
 	MXF_ROUTE_REJECT, /* 550 5.7.1 text */
 	MXF_ROUTE_WORKER, /* text: the program */
+	MXF_ROUTE_WEBHOOK, /* text: the URL (issue 13) */
 };
 struct mxf_route {
 	enum mxf_route_kind kind;

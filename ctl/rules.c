@@ -687,7 +687,7 @@ enum rule_cmd { RC_ADD, RC_EDIT, RC_CATCHALL };
 
 struct action_args {
 	const char *first; /* DOMAIN (add, catchall set) or TAG|NAME (edit) */
-	const char *to, *match, *reject, *worker, *name;
+	const char *to, *match, *reject, *worker, *webhook, *name;
 	/* Repeated --forward and --from accumulate: one or more actions of a
 	 * kind merge into one list, as one or more sender patterns do. */
 	char forward[MXF_ADDR_SIZE * 26], from[2048];
@@ -713,7 +713,7 @@ static int append_list(char *buf, size_t len, const char *val, const char *opt)
 static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_args *a)
 {
 	static const char *const valued[] = {"to",   "match",    "forward", "reject", "worker",
-					     "name", "priority", "from",    "code"};
+					     "name", "priority", "from",    "code",   "webhook"};
 	memset(a, 0, sizeof(*a));
 	a->enabled = -1;
 	a->code = -1;
@@ -744,6 +744,8 @@ static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_
 				slot = &a->reject;
 			else if (!strcmp(opt, "worker"))
 				slot = &a->worker;
+			else if (!strcmp(opt, "webhook"))
+				slot = &a->webhook;
 			else if (!strcmp(opt, "name"))
 				slot = &a->name;
 			if (slot) {
@@ -789,7 +791,7 @@ static int parse_action(int argc, char **argv, enum rule_cmd cmd, struct action_
 			return ctl_usage();
 		}
 	}
-	int nact = a->have_forward + a->drop + !!a->reject + !!a->worker;
+	int nact = a->have_forward + a->drop + !!a->reject + !!a->worker + !!a->webhook;
 	if (!a->first || nact > 1 || (a->to && a->match) || (any_sender && a->have_from) ||
 	    (a->code >= 0 && nact && !a->reject))
 		return ctl_usage();
@@ -815,6 +817,7 @@ static const char *action_name(const struct action_args *a)
 	       : a->drop       ? "drop"
 	       : a->reject     ? "reject"
 	       : a->worker     ? "worker"
+	       : a->webhook    ? "webhook"
 			       : NULL;
 }
 
@@ -980,7 +983,9 @@ static int rule_show_cb(const struct mxf_rule_info *r, void *arg)
 	if (*r->dests)
 		printf("destinations: %s\n", ctl_safe(b1, sizeof(b1), r->dests));
 	if (*r->arg)
-		printf("%s %s\n", strcmp(r->action, "reject") == 0 ? "reason:      " : "program:     ",
+		printf("%s %s\n", strcmp(r->action, "reject") == 0    ? "reason:      "
+				   : strcmp(r->action, "webhook") == 0 ? "url:         "
+								       : "program:     ",
 		       ctl_safe(b1, sizeof(b1), r->arg));
 	if (strcmp(r->action, "reject") == 0)
 		printf("code:         %d\n", r->code ? r->code : 550);
@@ -1061,7 +1066,7 @@ static int rule_edit(const struct mxf_config *cfg, int argc, char **argv)
 	if ((e.action = action_name(&a))) {
 		e.dests = (const char *const *)dests;
 		e.ndest = n;
-		e.arg = a.reject ? a.reject : a.worker;
+		e.arg = a.reject ? a.reject : a.worker ? a.worker : a.webhook;
 	}
 	struct db db;
 	char err[512], safe[512];
@@ -1125,7 +1130,7 @@ int ctl_rule(const struct mxf_config *cfg, int argc, char **argv)
 		.action = action_name(&a),
 		.dests = (const char *const *)dests,
 		.ndest = n,
-		.arg = a.reject ? a.reject : a.worker,
+		.arg = a.reject ? a.reject : a.worker ? a.worker : a.webhook,
 		.name = a.name,
 		.priority = a.priority,
 		.disabled = a.disabled,
@@ -1202,7 +1207,7 @@ int ctl_catchall(const struct mxf_config *cfg, int argc, char **argv)
 		.action = action_name(&a),
 		.dests = (const char *const *)dests,
 		.ndest = n,
-		.arg = a.reject ? a.reject : a.worker,
+		.arg = a.reject ? a.reject : a.worker ? a.worker : a.webhook,
 	};
 	int r = mxf_rulesdb_catchall_put(db.h, &sp, err, sizeof(err));
 	mxf_rulesdb_close(db.h);

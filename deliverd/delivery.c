@@ -55,6 +55,11 @@ static void set_result(struct dlv_rcpt *r, int code, const char *esc, const char
 	snprintf(r->esc, sizeof(r->esc), "%s", esc);
 }
 
+void dlv_set_result(struct dlv_rcpt *r, int code, const char *esc, const char *text)
+{
+	set_result(r, code, esc, text);
+}
+
 static void set_all(struct dlv_job *j, int code, const char *esc, const char *text)
 {
 	for (size_t i = 0; i < j->nrcpt; i++)

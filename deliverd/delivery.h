@@ -61,6 +61,7 @@ struct dlv_job {
 	char **dkim;   /* DKIM keys to sign with, "domain selector alg" (deliverd/sign.h) */
 	size_t ndkim;
 	char *arc;     /* the key to seal an ARC set with, or NULL */
+	char *webhook; /* issue 13: POST to this URL instead (deliverd/webhook.h) */
 	size_t nrcpt;
 	struct dlv_rcpt *rcpt;
 	struct mxf_dns *dns; /* this job's own resolver (not shared) */
@@ -85,6 +86,9 @@ void dlv_dest_key(const struct dlv_job *j, char out[DLV_DEST_SIZE]);
 /* Runs the delivery; every recipient gets a code, enhanced code and text.
  * Blocking: call from a worker thread. */
 void dlv_run(struct dlv_job *j);
+
+/* Sets a recipient's result (code, enhanced code, text copied). */
+void dlv_set_result(struct dlv_rcpt *r, int code, const char *esc, const char *text);
 
 /* Closes cached connections idle for longer than the cache time. Any thread. */
 void dlv_cache_sweep(void);

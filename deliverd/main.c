@@ -29,7 +29,9 @@
 #include "ipcconn.h"
 #include "log.h"
 #include "queueid.h"
+#include "rulesdb.h"
 #include "sign.h"
+#include "webhook.h"
 
 #define DNS_TIMEOUT_S 5
 /* How often idle cached connections past their time are closed. */
@@ -87,6 +89,7 @@ static void job_free(struct job *jb)
 		free(d->dkim[i]);
 	free(d->dkim);
 	free(d->arc);
+	free(d->webhook);
 	if (d->fd >= 0)
 		close(d->fd);
 	mxf_dns_free(d->dns);
@@ -101,7 +104,10 @@ static const char *status_word(int code)
 static void work_cb(uv_work_t *w)
 {
 	struct job *jb = w->data;
-	dlv_run(&jb->d);
+	if (jb->d.webhook)
+		whk_run(&jb->d);
+	else
+		dlv_run(&jb->d);
 }
 
 static void after_work_cb(uv_work_t *w, int status);
@@ -118,7 +124,10 @@ static void dispatch(struct job *jb)
 {
 	char key[DLV_DEST_SIZE];
 	struct dest *ds;
-	dlv_dest_key(&jb->d, key);
+	if (jb->d.webhook)
+		snprintf(key, sizeof(key), "webhook %s", jb->d.domain);
+	else
+		dlv_dest_key(&jb->d, key);
 	for (ds = g.dests; ds && strcmp(ds->key, key) != 0; ds = ds->next)
 		;
 	if (!ds) {
@@ -306,11 +315,25 @@ static void on_deliver(const struct mxf_ipc_view *v, int fd)
 		mxf_fatal("malformed DELIVER from router: DSN parameters");
 	if (sender[0] && !addr_ok(sender))
 		mxf_fatal("malformed DELIVER from router: sender");
-	/* IDN destinations are looked up by their A-labels. */
+	/* Issue 13: a webhook POST: one recipient (the custom address), the
+	 * URL checked as rules.db checks it; F_DOMAIN is the URL's host, a
+	 * key for the per-destination bound only. */
+	const char *webhook = NULL;
 	char adomain[MXF_DOMAIN_MAX + 1];
-	if (mxf_domain_to_ascii(domain, adomain, sizeof(adomain)) < 0 ||
-	    !mxf_dns_name_valid(adomain))
+	if (mxf_ipc_count(v, F_WEBHOOK) > 0) {
+		webhook = one_str(v, F_WEBHOOK, "F_WEBHOOK");
+		if (!mxf_rulesdb_webhook_url_ok(webhook) || n != 1 ||
+		    strlen(domain) >= sizeof(adomain))
+			mxf_fatal("malformed DELIVER from router: webhook");
+		for (const char *p = domain; *p; p++)
+			if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+				mxf_fatal("malformed DELIVER from router: webhook host");
+		snprintf(adomain, sizeof(adomain), "%s", domain);
+	/* IDN destinations are looked up by their A-labels. */
+	} else if (mxf_domain_to_ascii(domain, adomain, sizeof(adomain)) < 0 ||
+		   !mxf_dns_name_valid(adomain)) {
 		mxf_fatal("malformed DELIVER from router: domain");
+	}
 	const char *nexthop = NULL;
 	if (mxf_ipc_count(v, F_NEXTHOP) > 0) {
 		nexthop = one_str(v, F_NEXTHOP, "F_NEXTHOP");
@@ -348,6 +371,7 @@ static void on_deliver(const struct mxf_ipc_view *v, int fd)
 	d->domain = xstrdup(adomain);
 	d->nexthop = nexthop && nexthop[0] ? xstrdup(nexthop) : NULL;
 	d->headers = xstrdup(headers);
+	d->webhook = webhook ? xstrdup(webhook) : NULL;
 	/* Signing keys (names only; the router holds them): printable, no
 	 * control characters, bounded. */
 	size_t nd = mxf_ipc_count(v, F_DKIM);
@@ -456,6 +480,9 @@ int main(int argc, char **argv)
 	if (dlv_init(&st, err, sizeof(err)) < 0)
 		mxf_fatal("%s", err);
 	g.dest_concurrency = (unsigned)mxf_config_int(g.cfg, "deliverd", "dest_concurrency");
+	if (whk_init(st.tls_ca_file, (int)mxf_config_int(g.cfg, "deliverd", "webhook_timeout"), err,
+		     sizeof(err)) < 0)
+		mxf_fatal("%s", err);
 
 	mxf_daemon_drop(g.cfg, "deliverd", true, sock, sizeof(sock));
 	const char *asid = mxf_config_str(g.cfg, "auth", "authserv_id");

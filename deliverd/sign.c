@@ -97,6 +97,19 @@ static int oracle_sign(const char *domain, const char *sel, const uint8_t *dg, u
 	return r;
 }
 
+int dsig_webhook(const unsigned char digest[32], unsigned char mac[32])
+{
+	uint8_t sig[MXF_DKIM_SIG_MAX];
+	size_t siglen = 0;
+	int r = oracle_sign("", "webhook", digest, sig, &siglen);
+	if (r < 0)
+		return r;
+	if (siglen != 32)
+		return -EPROTO;
+	memcpy(mac, sig, 32);
+	return 0;
+}
+
 struct src {
 	const char *mem;
 	size_t memlen;

@@ -28,4 +28,8 @@ void dsig_init(const char *sock, bool arc, const char *authserv_id);
 char *dsig_sign(const char *qid, const char *pre, char *const *dkim, size_t ndkim,
 		const char *arc, const char *mem, size_t memlen, int fd, off_t fsize);
 
+/* Issue 13: the router's HMAC-SHA256 (its webhook secret) of the 32-byte
+ * digest, into mac (32 bytes). Thread-safe; blocking. 0 or negative errno. */
+int dsig_webhook(const unsigned char digest[32], unsigned char mac[32]);
+
 #endif

@@ -174,6 +174,8 @@ int main(int argc, char **argv)
 	memset(secret, 0, sizeof(secret));
 	if (r < 0)
 		mxf_fatal("SRS: %s", strerror(-r));
+	snprintf(path, sizeof(path), "%s/webhook.secret", data_dir);
+	sign_webhook_load(path);
 	snprintf(path, sizeof(path), "%s/srs.db", data_dir);
 	if ((r = mxf_srs_open_db(R.srs, path)) < 0)
 		mxf_warn("SRS database %s: %s; senders too long for SRS keep their address", path,

@@ -71,6 +71,7 @@ struct job {
 	size_t ridx[JOB_MAX_RCPT];
 	struct peer *peer; /* NULL while waiting */
 	struct dstate *ds; /* set while in flight */
+	bool webhook;      /* one "webhook" recipient: deliverd POSTs to its URL */
 };
 
 struct jlist {
@@ -317,6 +318,26 @@ static void on_wake(uv_timer_t *t)
 }
 
 /* ---- delivery jobs ---- */
+/* A webhook URL's host (lower case), for the per-destination bounds: the
+ * part after "scheme://" and any "user@", before the port or path. */
+static void url_host(const char *url, char *out, size_t len)
+{
+	const char *p = strstr(url, "://");
+	p = p ? p + 3 : url;
+	size_t n = strcspn(p, "/?#");
+	const char *at = memchr(p, '@', n);
+	if (at) {
+		n -= (size_t)(at + 1 - p);
+		p = at + 1;
+	}
+	size_t h = *p == '[' ? strcspn(p, "]") + (p[strcspn(p, "]")] ? 1 : 0) : strcspn(p, ":/?#");
+	if (h > n)
+		h = n;
+	snprintf(out, len, "%.*s", (int)h, p);
+	for (char *q = out; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+}
+
 static void domain_of(const char *addr, char *out, size_t len)
 {
 	const char *at = strrchr(addr, '@');
@@ -392,6 +413,22 @@ static struct mxf_ipc_msg *job_message(const struct job *j)
 {
 	const struct mxf_env *e = j->m->env;
 	struct mxf_ipc_msg *msg = mxf_ipc_msg_new(MXF_MSG_DELIVER);
+	if (j->webhook) {
+		/* Issue 13: the original sender and the custom address go into
+		 * the JSON; the router's header block carries our
+		 * Authentication-Results. No SRS, DSN, transport or DKIM. */
+		const struct mxf_env_rcpt *r = &e->rcpt[j->ridx[0]];
+		if (!msg || mxf_ipc_put_u64(msg, F_REQ, j->req) < 0 ||
+		    mxf_ipc_put_str(msg, F_QID, e->qid) < 0 ||
+		    mxf_ipc_put_str(msg, F_SENDER, e->sender) < 0 ||
+		    mxf_ipc_put_str(msg, F_DOMAIN, j->domain) < 0 ||
+		    mxf_ipc_put_u64(msg, F_RIDX, j->ridx[0]) < 0 ||
+		    mxf_ipc_put_str(msg, F_RCPT, r->orig) < 0 ||
+		    mxf_ipc_put_str(msg, F_WEBHOOK, r->dest) < 0 ||
+		    mxf_ipc_put_str(msg, F_HEADERS, e->headers) < 0)
+			goto fail;
+		return msg;
+	}
 	if (!msg || mxf_ipc_put_u64(msg, F_REQ, j->req) < 0 ||
 	    mxf_ipc_put_str(msg, F_QID, e->qid) < 0 ||
 	    mxf_ipc_put_str(msg, F_SENDER, e->srs_sender) < 0 ||
@@ -535,6 +572,18 @@ static unsigned make_jobs(struct qmsg *m, int64_t now)
 			break;
 		j->m = m;
 		j->req = ++R.next_req;
+		if (strcmp(r->action, "webhook") == 0) {
+			/* One POST per job: its own URL, result and retry. */
+			j->webhook = true;
+			url_host(r->dest, j->domain, sizeof(j->domain));
+			taken[i] = true;
+			m->busy[i] = true;
+			j->ridx[j->n++] = i;
+			m->jobs++;
+			made++;
+			jl_append(&waiting, j);
+			continue;
+		}
 		domain_of(r->dest, j->domain, sizeof(j->domain));
 		for (size_t k = i; k < e->nrcpt && j->n < JOB_MAX_RCPT; k++) {
 			struct mxf_env_rcpt *rk = &e->rcpt[k];
@@ -542,7 +591,8 @@ static unsigned make_jobs(struct qmsg *m, int64_t now)
 				    (rk->status == MXF_RS_DEFERRED && rk->next_try <= now);
 			char dom[256];
 			domain_of(rk->dest, dom, sizeof(dom));
-			if (taken[k] || m->busy[k] || !kdue || strcmp(dom, j->domain) != 0)
+			if (taken[k] || m->busy[k] || !kdue || strcmp(dom, j->domain) != 0 ||
+			    strcmp(rk->action, "webhook") == 0)
 				continue;
 			taken[k] = true;
 			m->busy[k] = true;

@@ -202,6 +202,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		}
 		/* fall through */
 	case MXF_ROUTE_DROP:
+	case MXF_ROUTE_WEBHOOK:
 		rcpt_ok(p, req, rt.dmarc);
 		return;
 	case MXF_ROUTE_REJECT:
@@ -541,6 +542,17 @@ static int add_routed(struct mxf_env *e, const char *rcpt, struct workbatch **wb
 			return i;
 		e->rcpt[i].status = MXF_RS_DROPPED;
 		return 0;
+	}
+	if (rt.kind == MXF_ROUTE_WEBHOOK) {
+		/* Issue 13: queued like a forward, with the URL as the
+		 * destination; deliverd POSTs it (one copy per URL). */
+		for (size_t k = 0; k < e->nrcpt; k++)
+			if (strcmp(e->rcpt[k].action, "webhook") == 0 &&
+			    strcmp(e->rcpt[k].dest, rt.text) == 0)
+				return 0;
+		/* 0: not an SMTP forward, so no SRS sender is needed for it. */
+		int i = mxf_env_add_rcpt(e, norm, rt.text, rt.tag, "webhook");
+		return i < 0 ? i : 0;
 	}
 	if (rt.kind != MXF_ROUTE_FORWARD || rt.ndest == 0)
 		return -EINVAL;

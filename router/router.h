@@ -182,6 +182,9 @@ bool activity_sent_by(const char *qid, const char *sender);
 /* (Re)loads the enabled keys of rules.db; keeps the old set if the DB fails. */
 void sign_load(void);
 void sign_free(void);
+/* Issue 13: loads (creating it, 0600, like srs.secret) the webhook secret,
+ * the first line of path; fatal when impossible. */
+void sign_webhook_load(const char *path);
 /* SIGN from a signer: <0 for a protocol violation. */
 int sign_request(struct peer *p, const struct mxf_ipc_view *v);
 /* Adds to a DELIVER the F_DKIM keys to sign with (SRS domain, receiving

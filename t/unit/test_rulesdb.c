@@ -989,6 +989,58 @@ static void test_dkim_keys(void **state)
 	assert_int_equal(n, 4); /* add, add, enable, remove; the refusals left none */
 }
 
+/* Issue 13: the webhook action, its URL checks, the rebuilt rules table
+ * (migration 11) with the later columns, and the route. */
+static void test_webhook(void **state)
+{
+	struct fx *f = *state;
+	char tag[40], long_url[1100];
+	assert_true(mxf_rulesdb_webhook_url_ok("http://h.example/x?a=1"));
+	assert_true(mxf_rulesdb_webhook_url_ok("HTTPS://[::1]:8443/"));
+	assert_false(mxf_rulesdb_webhook_url_ok("ftp://h.example/"));
+	assert_false(mxf_rulesdb_webhook_url_ok("http://"));
+	assert_false(mxf_rulesdb_webhook_url_ok("http:///x"));
+	assert_false(mxf_rulesdb_webhook_url_ok("http://h/a b"));
+	assert_false(mxf_rulesdb_webhook_url_ok("http://h/\r\nX: y"));
+	assert_false(mxf_rulesdb_webhook_url_ok("http://h/\xc3\xa9"));
+	snprintf(long_url, sizeof(long_url), "http://h/%0991d", 0);
+	assert_int_equal(strlen(long_url), 1000);
+	assert_true(mxf_rulesdb_webhook_url_ok(long_url));
+	strcat(long_url, "1");
+	assert_false(mxf_rulesdb_webhook_url_ok(long_url));
+	long_url[1000] = '\0';
+
+	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), 0);
+	struct mxf_rule_spec sp = {.domain = "example.com", .matcher = "literal",
+				   .to = "h@example.com", .action = "webhook", .arg = "http://h/"};
+	sp.arg = "gopher://h/";
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp.arg = NULL;
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), -EINVAL);
+	sp.arg = long_url;
+	sp.from = "*@sender.example";
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, tag, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .action = "webhook",
+				    .arg = "https://hooks.example/all"};
+	assert_int_equal(mxf_rulesdb_catchall_put(f->db, &sp, err, sizeof(err)), 0);
+	struct mxf_ruleset *rs;
+	struct mxf_route rt;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	assert_int_equal(mxf_ruleset_lookup(rs, "h@example.com", "a@sender.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_WEBHOOK);
+	assert_string_equal(rt.text, long_url);
+	assert_string_equal(rt.tag, tag);
+	/* The sender matcher still works on the rebuilt table. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "h@example.com", "a@other.example", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_WEBHOOK);
+	assert_string_equal(rt.text, "https://hooks.example/all");
+	mxf_ruleset_free(rs);
+	/* A reject reason is still bound to 200 characters by the table. */
+	struct mxf_rule_edit e = {.action = "reject", .arg = long_url, .priority = -1,
+				  .enabled = -1, .code = -1};
+	assert_int_equal(mxf_rulesdb_rule_edit(f->db, tag, &e, err, sizeof(err)), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1006,6 +1058,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dkim_keys, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_webhook, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
