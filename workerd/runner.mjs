@@ -8,7 +8,7 @@
 // `env`. Exit status 0 with decisions; anything else is a worker failure
 // (the router answers 451 and keeps nothing).
 import { readFileSync } from "node:fs";
-import { register } from "node:module";
+import * as nodeModule from "node:module";
 
 class ReplyUnsupported extends Error {}
 
@@ -23,7 +23,16 @@ const hooks = `export async function resolve(specifier, context, next) {
     return { url: ${JSON.stringify(shimURL)}, shortCircuit: true };
   return next(specifier, context);
 }`;
-register("data:text/javascript," + encodeURIComponent(hooks));
+// module.register exists from Node 20.6; older nodes (Debian 12 ships 18)
+// get the specifier rewritten in the source instead (import statements and
+// dynamic imports naming it; the shim is a data: URL either way).
+const hooked = typeof nodeModule.register === "function";
+if (hooked) nodeModule.register("data:text/javascript," + encodeURIComponent(hooks));
+function withShim(src) {
+  if (hooked) return src;
+  return src.replace(/(\bfrom\s*|\bimport\s*\(\s*|\bimport\s*)(["'])cloudflare:email\2/g,
+                     (m, pre, q) => pre + q + shimURL + q);
+}
 
 function fail(why) {
   process.stderr.write(`worker: ${why}\n`);
@@ -118,7 +127,7 @@ async function main() {
     passThroughOnException() {},
   };
 
-  const mod = await import("data:text/javascript," + encodeURIComponent(source));
+  const mod = await import("data:text/javascript," + encodeURIComponent(withShim(source)));
   const handler = mod.default;
   if (!handler || typeof handler.email !== "function")
     fail("the module has no default export with an email() handler");
