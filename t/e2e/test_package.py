@@ -298,7 +298,8 @@ def test_installed_gateway_delivers_logs_to_journal_pflogsumm(package, dns_serve
 
         # The daemons run as their users, from the installed paths.
         status = g.status()
-        for d, user in zip(DAEMONS, USERS):
+        # (USERS[0] is the master's.)
+        for d, user in zip(DAEMONS, USERS[1:]):
             pid = status[d]["pid"]
             assert os.path.realpath(f"/proc/{pid}/exe") == f"/usr/lib/mxferry/{d}"
             with open(f"/proc/{pid}/status") as f:
