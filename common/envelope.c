@@ -463,7 +463,10 @@ static int parse_field(struct mxf_env *e, int k, const struct tok *v)
 	case K_HELO: dst = &e->helo; break;
 	case K_PROTO: dst = &e->proto; break;
 	case K_ORIGIN:
-		if (strcmp(s, "smtpd") && strcmp(s, "bouncer")) {
+		/* ctl: mxferryctl's verification mail; worker: a worker's
+		 * reply (issue 13). */
+		if (strcmp(s, "smtpd") && strcmp(s, "bouncer") && strcmp(s, "ctl") &&
+		    strcmp(s, "worker")) {
 			free(s);
 			return -EBADMSG;
 		}

@@ -10,7 +10,7 @@
  *
  *   V 1
  *   qid QID | arrival N | size N | sender V | srs_sender V | client_ip V
- *   client_name V | helo V | proto V | origin smtpd|bouncer | headers V
+ *   client_name V | helo V | proto V | origin smtpd|bouncer|ctl|worker | headers V
  *                                  (each exactly once, any order)
  *   ret V | envid V                (DSN, RFC 3461: at most once each, only
  *                                  when not empty; older files have none)
@@ -67,7 +67,7 @@ struct mxf_env {
 	char *sender;         /* original envelope sender, "" = null sender */
 	char *srs_sender;     /* sender used at delivery, "" = null sender */
 	char *client_ip, *client_name, *helo, *proto;
-	char *origin;         /* "smtpd" or "bouncer" */
+	char *origin;         /* "smtpd", "bouncer", "ctl" or "worker" */
 	char *headers;        /* block prepended at delivery: CRLF-terminated lines */
 	char *ret, *envid;    /* DSN: RET "FULL"/"HDRS", ENVID xtext; "" when not given */
 	size_t nrcpt;

@@ -92,7 +92,8 @@ enum mxf_ipc_type {
 	MXF_MSG_WORK_RESULT,      /* workerd->r: F_REQ, F_QID, F_CODE (250: decisions follow; 451:
 	                             the worker failed, F_TEXT says how), F_TEXT, then parallel
 	                             lists F_ACTION* (forward|reject|drop), F_RCPT* (forward: the
-	                             destination, else ""), F_REASON*, F_XHEADERS* ("X-A: v\r\n"...) */
+	                             destination, else ""), F_REASON*, F_XHEADERS* ("X-A: v\r\n"...);
+	                             F_REPLY (at most one; see the tag) */
 	MXF_MSG_TYPE_MAX
 };
 
@@ -130,6 +131,11 @@ enum mxf_ipc_tag {
 	 * sender, F_DOMAIN the URL's host. SIGN with F_DOMAIN "" and F_SELECTOR
 	 * "webhook": the router's HMAC-SHA256 of F_DIGEST with its webhook secret. */
 	F_WEBHOOK,
+	/* WORK_RESULT (issue 13): a reply decision is F_ACTION "reply" with
+	 * F_RCPT "" and F_XHEADERS ""; F_REASON "" when it passed workerd's
+	 * guards, and then its message is the (single) F_REPLY; else F_REASON
+	 * says why it is not sent and there is no F_REPLY. */
+	F_REPLY,
 	F_TAG_MAX
 };
 

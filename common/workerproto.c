@@ -15,7 +15,7 @@
 
 struct dec {
 	enum mxf_wp_action action;
-	char *to, *reason, *headers;
+	char *to, *reason, *headers, *raw;
 };
 
 struct mxf_wp_parser {
@@ -26,6 +26,7 @@ struct mxf_wp_parser {
 	struct dec d[MXF_WP_MAX_DECISIONS];
 	struct mxf_wp_decision view[MXF_WP_MAX_DECISIONS];
 	size_t n;
+	bool replied; /* a reply decision was seen (at most one) */
 };
 
 struct mxf_wp_parser *mxf_wp_parser_new(void)
@@ -41,6 +42,7 @@ void mxf_wp_parser_free(struct mxf_wp_parser *p)
 		free(p->d[i].to);
 		free(p->d[i].reason);
 		free(p->d[i].headers);
+		free(p->d[i].raw);
 	}
 	mxf_sb_free(&p->line);
 	free(p);
@@ -52,6 +54,7 @@ const char *mxf_wp_action_name(enum mxf_wp_action a)
 	case MXF_WP_FORWARD: return "forward";
 	case MXF_WP_REJECT: return "reject";
 	case MXF_WP_DROP: return "drop";
+	case MXF_WP_REPLY: return "reply";
 	}
 	return "?";
 }
@@ -142,8 +145,9 @@ static size_t utf8_len(const unsigned char *s, const unsigned char *end)
 }
 
 /* A string; control characters (after unescaping) are refused: every value
- * ends up in a header, an SMTP reply or a log line. */
-static bool str(struct rd *r, struct mxf_strbuf *b, size_t max)
+ * ends up in a header, an SMTP reply or a log line. A reply's raw message
+ * (msg) may carry escaped ones but NUL: it is a message, never a field. */
+static bool str_any(struct rd *r, struct mxf_strbuf *b, size_t max, bool msg)
 {
 	if (!lit(r, '"')) {
 		r->why = "expected a string";
@@ -162,8 +166,12 @@ static bool str(struct rd *r, struct mxf_strbuf *b, size_t max)
 			case '/': mxf_sb_add(b, "/", 1); break;
 			case 't': mxf_sb_add(b, "\t", 1); break;
 			case 'b': case 'f': case 'n': case 'r':
-				r->why = "control character in a string";
-				return false;
+				if (!msg) {
+					r->why = "control character in a string";
+					return false;
+				}
+				mxf_sb_add(b, e == 'b' ? "\b" : e == 'f' ? "\f" : e == 'n' ? "\n" : "\r", 1);
+				break;
 			case 'u': {
 				unsigned cp, lo;
 				if (r->end - r->s < 4 || hex4(r->s, &cp) < 0)
@@ -178,8 +186,8 @@ static bool str(struct rd *r, struct mxf_strbuf *b, size_t max)
 				} else if (cp >= 0xdc00 && cp <= 0xdfff) {
 					goto bad;
 				}
-				if ((cp < 0x20 && cp != '\t') || cp == 0x7f) {
-					r->why = "control character in a string";
+				if (msg ? cp == 0 : (cp < 0x20 && cp != '\t') || cp == 0x7f) {
+					r->why = msg ? "NUL in a reply" : "control character in a string";
 					return false;
 				}
 				put_utf8(b, cp);
@@ -222,6 +230,40 @@ static bool str(struct rd *r, struct mxf_strbuf *b, size_t max)
 bad:
 	r->why = "bad string";
 	return false;
+}
+
+static bool str(struct rd *r, struct mxf_strbuf *b, size_t max)
+{
+	return str_any(r, b, max, false);
+}
+
+/* A reply's line ends made CRLF (a lone LF or CR is one line end), and a
+ * final CRLF: what goes into the spool is never ambiguous to a reader. */
+static bool crlf(const struct mxf_strbuf *in, struct mxf_strbuf *out, const char **why)
+{
+	const char *s = in->p ? in->p : "";
+	for (size_t i = 0; i < in->len; i++) {
+		if (s[i] == '\r' || s[i] == '\n') {
+			mxf_sb_add(out, "\r\n", 2);
+			if (s[i] == '\r' && i + 1 < in->len && s[i + 1] == '\n')
+				i++;
+		} else {
+			mxf_sb_add(out, &s[i], 1);
+		}
+		if (out->len > MXF_WP_MAX_REPLY) {
+			*why = "reply longer than 32 KiB";
+			return false;
+		}
+	}
+	if (out->len < 2 || memcmp(out->p + out->len - 2, "\r\n", 2) != 0)
+		mxf_sb_add(out, "\r\n", 2);
+	if (out->len > MXF_WP_MAX_REPLY) {
+		*why = "reply longer than 32 KiB";
+		return false;
+	}
+	if (out->err)
+		*why = "out of memory";
+	return !out->err;
 }
 
 /* RFC 5322 field name starting with "X-". */
@@ -310,7 +352,7 @@ static bool addr_ok(const char *s)
 static int parse_line(struct mxf_wp_parser *p, const unsigned char *s, size_t len)
 {
 	struct rd r = {s, s + len, NULL};
-	struct mxf_strbuf action = {0}, to = {0}, reason = {0}, hdr = {0};
+	struct mxf_strbuf action = {0}, to = {0}, reason = {0}, hdr = {0}, raw = {0}, rawn = {0};
 	bool have_hdr = false, ok;
 
 	ws(&r);
@@ -335,9 +377,15 @@ static int parse_line(struct mxf_wp_parser *p, const unsigned char *s, size_t le
 					dst = &to;
 				else if (!strcmp(k.p, "reason"))
 					dst = &reason;
+				else if (!strcmp(k.p, "raw"))
+					dst = &raw;
 				if (dst && dst->p) {
 					r.why = "duplicate key";
 					ok = false;
+				} else if (dst == &raw) {
+					/* Bounded before normalisation too: a lone LF
+					 * grows by one octet at most. */
+					ok = str_any(&r, dst, MXF_WP_MAX_REPLY, true);
 				} else if (dst) {
 					ok = str(&r, dst, dst == &reason ? 4 * MXF_WP_MAX_REASON
 									 : MXF_WP_MAX_ADDR);
@@ -367,34 +415,48 @@ static int parse_line(struct mxf_wp_parser *p, const unsigned char *s, size_t le
 		ok = false;
 	} else if (ok && !strcmp(action.p, "forward")) {
 		d.action = MXF_WP_FORWARD;
-		if (!to.p || !addr_ok(to.p) || reason.p) {
+		if (!to.p || !addr_ok(to.p) || reason.p || raw.p) {
 			r.why = "forward needs a valid \"to\" (and no reason)";
 			ok = false;
 		}
 	} else if (ok && !strcmp(action.p, "reject")) {
 		d.action = MXF_WP_REJECT;
-		if (!reason.p || !reason_ok(reason.p) || to.p || have_hdr) {
+		if (!reason.p || !reason_ok(reason.p) || to.p || have_hdr || raw.p) {
 			r.why = "reject needs a printable \"reason\" of 1..200 characters only";
 			ok = false;
 		}
 	} else if (ok && !strcmp(action.p, "drop")) {
 		d.action = MXF_WP_DROP;
-		if (to.p || reason.p || have_hdr) {
+		if (to.p || reason.p || have_hdr || raw.p) {
 			r.why = "drop takes no argument";
 			ok = false;
 		}
+	} else if (ok && !strcmp(action.p, "reply")) {
+		d.action = MXF_WP_REPLY;
+		if (!raw.p || to.p || reason.p || have_hdr) {
+			r.why = "reply needs \"raw\" (and nothing else)";
+			ok = false;
+		} else if (p->replied) {
+			/* The hosted runtime's loop guard: one reply per message. */
+			r.why = "more than one reply";
+			ok = false;
+		} else {
+			ok = crlf(&raw, &rawn, &r.why);
+		}
 	} else if (ok) {
-		r.why = "unknown action (forward, reject or drop)";
+		r.why = "unknown action (forward, reject, drop or reply)";
 		ok = false;
 	}
 	if (ok) {
 		d.to = strdup(to.p ? to.p : "");
 		d.reason = strdup(reason.p ? reason.p : "");
 		d.headers = strdup(hdr.p ? hdr.p : "");
-		if (!d.to || !d.reason || !d.headers || hdr.err) {
+		d.raw = strdup(rawn.p ? rawn.p : "");
+		if (!d.to || !d.reason || !d.headers || !d.raw || hdr.err) {
 			free(d.to);
 			free(d.reason);
 			free(d.headers);
+			free(d.raw);
 			r.why = "out of memory";
 			ok = false;
 		}
@@ -403,13 +465,16 @@ static int parse_line(struct mxf_wp_parser *p, const unsigned char *s, size_t le
 	mxf_sb_free(&to);
 	mxf_sb_free(&reason);
 	mxf_sb_free(&hdr);
+	mxf_sb_free(&raw);
+	mxf_sb_free(&rawn);
 	if (!ok) {
 		snprintf(p->err, sizeof(p->err), "decision %zu: %s", p->n + 1,
 			 r.why ? r.why : "malformed");
 		return -EBADMSG;
 	}
 	p->d[p->n] = d;
-	p->view[p->n] = (struct mxf_wp_decision){d.action, d.to, d.reason, d.headers};
+	p->view[p->n] = (struct mxf_wp_decision){d.action, d.to, d.reason, d.headers, d.raw};
+	p->replied |= d.action == MXF_WP_REPLY;
 	p->n++;
 	return 0;
 }

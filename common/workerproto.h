@@ -7,6 +7,13 @@
  *   {"action":"forward","to":"a@b.example","headers":{"X-Foo":"bar"}}
  *   {"action":"reject","reason":"text"}
  *   {"action":"drop"}
+ *   {"action":"reply","raw":"From: ...\r\nIn-Reply-To: <id>\r\n\r\nbody"}
+ * A reply's raw is a whole RFC 5322 message (UTF-8 text, no NUL), at most
+ * MXF_WP_MAX_REPLY octets once its line ends (CRLF, LF or a lone CR) are
+ * made CRLF; it always ends with CRLF. At most one reply per answer: the
+ * hosted runtime's "one reply" loop guard, and a second one is garbage
+ * like any other protocol violation (the worker fails, 451). Whether the
+ * reply is sent is decided later (workerreply.h, then the router).
  * Blank lines are ignored; anything else is garbage and fails the whole
  * answer (the message is tempfailed, never half-forwarded). No decision at
  * all means drop (as on the hosted service: a worker that does nothing
@@ -28,14 +35,16 @@
 #define MXF_WP_MAX_HEADERS 16
 #define MXF_WP_MAX_REASON 200
 #define MXF_WP_MAX_ADDR 320
+#define MXF_WP_MAX_REPLY 32768
 
-enum mxf_wp_action { MXF_WP_FORWARD = 1, MXF_WP_REJECT, MXF_WP_DROP };
+enum mxf_wp_action { MXF_WP_FORWARD = 1, MXF_WP_REJECT, MXF_WP_DROP, MXF_WP_REPLY };
 
 struct mxf_wp_decision {
 	enum mxf_wp_action action;
 	const char *to;      /* forward: the destination, else "" */
 	const char *reason;  /* reject: the reason, else "" */
 	const char *headers; /* forward: "Name: value\r\n"..., else "" */
+	const char *raw;     /* reply: the message (CRLF lines, no NUL), else "" */
 };
 
 struct mxf_wp_parser;

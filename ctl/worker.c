@@ -14,6 +14,7 @@
 #include "ctl.h"
 #include "rulesdb.h"
 #include "workerproto.h"
+#include "workerreply.h"
 #include "workerrun.h"
 
 #define MAX_ENV 32
@@ -327,6 +328,24 @@ static int cmd_test(const struct mxf_config *cfg, int argc, char **argv)
 		}
 	if (ok < 0)
 		snprintf(verdict, sizeof(verdict), "451 4.3.0 (the worker failed)");
+	/* A reply: workerd's guards, run on the same message (the router's
+	 * -- DMARC pass, a sender, the message accepted -- need the real
+	 * transaction). */
+	char rwhy[200] = "";
+	for (size_t i = 0; ok == 0 && i < mxf_wp_count(p); i++) {
+		const struct mxf_wp_decision *dd = mxf_wp_get(p, i);
+		if (dd->action != MXF_WP_REPLY)
+			continue;
+		char id[MXF_WR_MSGID_MAX + 1], *head = malloc(65536), *o2 = NULL;
+		ssize_t hn = head ? pread(mfd, head, 65536, 0) : -1;
+		if (hn < 0 || mxf_wr_msgid(head, (size_t)hn, id, sizeof(id)) < 0)
+			snprintf(rwhy, sizeof(rwhy), "the original has no (usable) Message-ID");
+		else if (mxf_wr_check(id, dd->raw, strlen(dd->raw), &o2, rwhy, sizeof(rwhy)) < 0 &&
+			 !*rwhy)
+			snprintf(rwhy, sizeof(rwhy), "out of memory");
+		free(o2);
+		free(head);
+	}
 	if (ctl_json) {
 		cj_begin(NULL, false);
 		cj_str("worker", f.name);
@@ -344,6 +363,10 @@ static int cmd_test(const struct mxf_config *cfg, int argc, char **argv)
 			}
 			if (dd->action == MXF_WP_REJECT)
 				cj_str("reason", dd->reason);
+			if (dd->action == MXF_WP_REPLY) {
+				cj_str("raw", dd->raw);
+				cj_str("not_sent", rwhy);
+			}
 			cj_end(false);
 		}
 		cj_end(true);
@@ -363,6 +386,9 @@ static int cmd_test(const struct mxf_config *cfg, int argc, char **argv)
 				}
 			} else if (dd->action == MXF_WP_REJECT) {
 				printf("reject %s\n", ctl_safe(e1, sizeof(e1), dd->reason));
+			} else if (dd->action == MXF_WP_REPLY) {
+				printf("reply (%zu octets)%s%s\n", strlen(dd->raw),
+				       *rwhy ? ": not sent: " : "", ctl_safe(e1, sizeof(e1), rwhy));
 			} else {
 				printf("drop\n");
 			}

@@ -34,7 +34,22 @@ struct commit {
 	struct mxf_env *e;
 	int result;
 	int moved; /* incoming -> active done in the worker */
+	/* A worker's reply, committed after the message (issue 13). */
+	struct mxf_env *re;
+	char *rraw;
+	int rresult;
+	int rmoved;
 };
+
+void recv_reply_free(struct recv_reply *r)
+{
+	if (!r)
+		return;
+	free(r->raw);
+	free(r->from);
+	free(r->tag);
+	free(r);
+}
 
 void rfc5322_date(time_t t, char *out, size_t len)
 {
@@ -341,6 +356,34 @@ static void commit_work(uv_work_t *w)
 	 * doing the move here keeps its fsyncs off the event loop. */
 	if (c->result == 0)
 		c->moved = mxf_spool_move(R.spool, c->e->qid, MXF_SD_INCOMING, MXF_SD_ACTIVE) == 0;
+	if (c->result != 0 || !c->re)
+		return;
+	/* The worker's reply: the same durable path as received mail (content
+	 * fsync'ed, envelope, renames, directory fsyncs), after the message
+	 * it answers, so the client's 250 comes after both are on disk. */
+	int fd = mxf_spool_create(R.spool, c->re->qid);
+	size_t len = strlen(c->rraw), off = 0;
+	c->rresult = fd;
+	while (fd >= 0 && off < len) {
+		ssize_t k = write(fd, c->rraw + off, len - off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			c->rresult = k < 0 ? -errno : -EIO;
+			break;
+		}
+		off += (size_t)k;
+	}
+	if (fd >= 0 && off == len)
+		c->rresult = mxf_spool_commit(R.spool, fd, c->re);
+	if (fd >= 0) {
+		if (c->rresult < 0)
+			mxf_spool_discard(R.spool, c->re->qid);
+		close(fd);
+	}
+	if (c->rresult == 0)
+		c->rmoved =
+			mxf_spool_move(R.spool, c->re->qid, MXF_SD_INCOMING, MXF_SD_ACTIVE) == 0;
 }
 
 static void commit_detach(struct commit *c)
@@ -488,8 +531,22 @@ static void commit_done(uv_work_t *w, int status)
 			mxf_warn("%s: committed, but the client went away before the reply", e->qid);
 		mxf_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", e->qid,
 			 esc(e1, sizeof(e1), e->sender), (unsigned long long)e->size, e->nrcpt);
+		char oqid[MXF_QID_SIZE];
+		snprintf(oqid, sizeof(oqid), "%s", e->qid);
 		returned_ask(e);
-		queue_add(e, c->moved ? MXF_SD_ACTIVE : MXF_SD_INCOMING);
+		queue_add(e, c->moved ? MXF_SD_ACTIVE : MXF_SD_INCOMING); /* e is gone */
+		if (c->re && c->rresult == 0) {
+			mxf_info("%s: worker reply queued as %s", oqid, c->re->qid);
+			mxf_info("%s: from=<>, to=<%s>, size=%llu, nrcpt=1, origin=worker (queue "
+				 "active)",
+				 c->re->qid, esc(e1, sizeof(e1), c->re->rcpt[0].dest),
+				 (unsigned long long)c->re->size);
+			queue_add(c->re, c->rmoved ? MXF_SD_ACTIVE : MXF_SD_INCOMING);
+			c->re = NULL;
+		} else if (c->re) {
+			mxf_err("%s: worker reply not kept: queue file commit failed: %s", oqid,
+				strerror(-c->rresult));
+		}
 	} else {
 		mxf_err("%s: queue file commit failed: %s", c->e->qid, strerror(-c->result));
 		if (p) {
@@ -502,6 +559,8 @@ static void commit_done(uv_work_t *w, int status)
 		}
 		mxf_env_free(c->e);
 	}
+	mxf_env_free(c->re);
+	free(c->rraw);
 	free(c);
 	router_maybe_exit();
 }
@@ -791,7 +850,7 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 		return 0;
 	}
 	recv_commit_finish(p, req, o, e, forwards, single, mxf_ipc_str(v, F_TLS, 0), bouncer,
-			   mxf_ipc_str(v, F_AUTH_RESULTS, 0));
+			   mxf_ipc_str(v, F_AUTH_RESULTS, 0), NULL);
 	return 0;
 
 refuse:
@@ -811,10 +870,41 @@ void recv_refuse(struct peer *p, uint64_t req, struct opened *o, struct mxf_env 
 	free(o);
 }
 
+/* The envelope of a worker's reply: a new message from the null sender
+ * (RFC 3834: an auto-reply is never bounced, and our queue never bounces
+ * to <>) to the original sender, answered from the custom address (which
+ * names the domain deliverd signs for). NULL when it cannot be made. */
+static struct mxf_env *reply_env(const struct mxf_env *orig, const struct recv_reply *rp)
+{
+	char qid[MXF_QID_SIZE], to[MXF_ADDR_SIZE], e1[MXF_ADDR_SIZE * 4];
+	struct mxf_env *re = NULL;
+	if (mxf_addr_normalize(orig->sender, MXF_ADDR_UTF8, to, sizeof(to)) < 0) {
+		mxf_warn("%s: worker reply not sent: cannot use the sender <%s>", orig->qid,
+			 esc(e1, sizeof(e1), orig->sender));
+		return NULL;
+	}
+	if (mxf_qid_new(qid) < 0 || !(re = mxf_env_new(qid)))
+		goto fail;
+	re->arrival = time(NULL);
+	re->size = strlen(rp->raw);
+	if (mxf_env_set(&re->sender, "") < 0 || mxf_env_set(&re->srs_sender, "") < 0 ||
+	    mxf_env_set(&re->client_ip, "") < 0 || mxf_env_set(&re->client_name, "") < 0 ||
+	    mxf_env_set(&re->helo, "") < 0 || mxf_env_set(&re->proto, "") < 0 ||
+	    mxf_env_set(&re->origin, "worker") < 0 || mxf_env_set(&re->ret, "") < 0 ||
+	    mxf_env_set(&re->envid, "") < 0 || build_headers(re, NULL, true, NULL) < 0 ||
+	    mxf_env_add_rcpt(re, rp->from, to, rp->tag, "relay") < 0)
+		goto fail;
+	return re;
+fail:
+	mxf_err("%s: worker reply not sent: out of memory", orig->qid);
+	mxf_env_free(re);
+	return NULL;
+}
+
 /* SRS, the Received line, then the durable commit on the thread pool. */
 void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e,
 			bool forwards, const char *single, const char *tls, bool bouncer,
-			const char *xheaders)
+			const char *xheaders, struct recv_reply *reply)
 {
 	char qid[MXF_QID_SIZE];
 	const char *sender = e->sender;
@@ -869,10 +959,18 @@ void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct m
 	c->fd = o->fd;
 	c->e = e;
 	free(o);
+	if (reply && (c->re = reply_env(e, reply))) {
+		c->rraw = reply->raw;
+		reply->raw = NULL;
+	}
+	recv_reply_free(reply);
+	reply = NULL;
 	if ((r = uv_queue_work(R.loop, &c->work, commit_work, commit_done)) < 0) {
 		mxf_err("%s: cannot queue the commit: %s", qid, uv_strerror(r));
 		mxf_spool_discard(R.spool, qid);
 		close(c->fd);
+		mxf_env_free(c->re);
+		free(c->rraw);
 		free(c);
 		mxf_env_free(e);
 		peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, qid, -1);
@@ -884,5 +982,6 @@ void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct m
 	return;
 
 refuse:
+	recv_reply_free(reply);
 	recv_refuse(code ? p : NULL, req, o, e, code, ecode, text);
 }

@@ -103,12 +103,23 @@ void recv_peer_gone(struct peer *p);
 /* DSN_PARSE_REPLY: the bouncer's reading of mail returned to an SRS address. */
 int recv_dsn_parsed(struct peer *p, const struct mxf_ipc_view *v);
 
+/* A worker's reply to queue with the message (issue 13): from the null
+ * sender to the original's sender, as a new message. */
+struct recv_reply {
+	char *raw;  /* the whole message, CRLF lines (checked by work.c) */
+	char *from; /* the custom address that was answered (DKIM: its domain) */
+	char *tag;  /* the rule */
+};
+void recv_reply_free(struct recv_reply *r);
 /* The end of a COMMIT (after any worker decided): SRS, Received plus
  * xheaders (smtpd's Authentication-Results, a worker's X- headers), durable
- * commit, reply. p NULL: the client is gone, nothing is kept. Takes o and e. */
+ * commit, reply. p NULL: the client is gone, nothing is kept. Takes o and e,
+ * and reply (or NULL), which is committed right after the message, before
+ * the client's 250; a reply that cannot be kept is logged, never a failure
+ * of the message. */
 void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e,
 			bool forwards, const char *single, const char *tls, bool bouncer,
-			const char *xheaders);
+			const char *xheaders, struct recv_reply *reply);
 /* Refuses a COMMIT: nothing kept (p NULL: no reply). Takes o and e. */
 void recv_refuse(struct peer *p, uint64_t req, struct opened *o, struct mxf_env *e, unsigned code,
 		 const char *ecode, const char *text);

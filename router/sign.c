@@ -296,8 +296,10 @@ int sign_add_specs(struct mxf_ipc_msg *msg, const struct mxf_env *e, const size_
 			}
 	/* ARC is rsa-sha256 only (RFC 8617 §4.1.3 mandates it; Ed25519 is not
 	 * defined for ARC): the SRS domain's RSA key seals what we forward.
-	 * DSNs of our own are not forwarded mail: no ARC set. */
-	if (r == 0 && nd && strcasecmp(doms[0], srs) == 0 && strcmp(e->origin, "bouncer") != 0)
+	 * DSNs of our own and workers' replies are not forwarded mail: no
+	 * ARC set. */
+	if (r == 0 && nd && strcasecmp(doms[0], srs) == 0 && strcmp(e->origin, "bouncer") != 0 &&
+	    strcmp(e->origin, "worker") != 0)
 		for (size_t k = 0; k < nkeys; k++)
 			if (keys[k].alg == MXF_DKIM_RSA && strcmp(keys[k].domain, doms[0]) == 0) {
 				r = put_key(msg, F_ARC, &keys[k]);

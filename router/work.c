@@ -11,7 +11,10 @@
  *     `rejected` row, nothing kept;
  *   - otherwise the forwards to verified destinations become recipients
  *     (others are refused and logged), and a recipient without any becomes
- *     a `dropped` row; then the ordinary durable commit. */
+ *     a `dropped` row; then the ordinary durable commit. A worker's reply
+ *     (one per message) that passed workerd's guards and ours (the
+ *     original passed DMARC, its sender is not null) is committed with it
+ *     as a new message from the null sender to the original sender. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -34,6 +37,7 @@
 
 struct wdec {
 	char *action, *to, *reason, *xh;
+	char *raw; /* reply: the message to send, NULL when workerd refused it */
 };
 
 struct witem {
@@ -82,6 +86,7 @@ static void item_free(struct witem *w)
 		free(w->dec[i].to);
 		free(w->dec[i].reason);
 		free(w->dec[i].xh);
+		free(w->dec[i].raw);
 	}
 	free(w->dec);
 }
@@ -158,6 +163,80 @@ static void row(struct workbatch *b, const struct witem *w, const char *dest, co
 	struct mxf_env_rcpt r = {.orig = w->norm, .dest = (char *)(dest ? dest : ""),
 				 .rule = w->tag, .action = "worker", .reply = "", .relay = ""};
 	activity_add(b->e, &r, NULL, status, NULL, reply);
+}
+
+/* Our own Authentication-Results (smtpd's, validated by receive.c) says
+ * dmarc=pass. smtpd writes each method as ";CRLF TAB method=result", and
+ * no property it adds can hold a CR, so this cannot be matched elsewhere. */
+static bool dmarc_passed(const char *ar)
+{
+	static const char key[] = ";\r\n\tdmarc=pass";
+	const char *m = ar ? strstr(ar, key) : NULL;
+	if (!m)
+		return false;
+	char c = m[sizeof(key) - 1];
+	return c == ' ' || c == ';' || c == '\r';
+}
+
+/* The message is accepted: which reply, if any, goes out with it. Replies
+ * are auto-replies (RFC 3834), so only one per message (the first
+ * worker's), only to a sender that is not null (a bounce is never answered)
+ * and only when the original passed DMARC: otherwise a forged sender would
+ * make us mail a third party. A reply held back is logged and gets a
+ * `dropped` row naming the sender; the message itself goes on. 0, or
+ * -ENOMEM. */
+static int pick_reply(struct workbatch *b, struct recv_reply **out)
+{
+	const struct mxf_env *e = b->e;
+	char e1[1024], e2[600], reply[600];
+	for (size_t i = 0; i < b->n; i++) {
+		struct witem *w = &b->it[i];
+		for (size_t k = 0; k < w->ndec; k++) {
+			struct wdec *d = &w->dec[k];
+			if (strcmp(d->action, "reply") != 0)
+				continue;
+			const char *why = !d->raw ? d->reason
+					  : *out ? "one reply per message"
+					  : !*e->sender ? "the original's sender is null"
+					  : !dmarc_passed(b->ar) ? "the original did not pass DMARC"
+								 : NULL;
+			if (why) {
+				snprintf(reply, sizeof(reply), "worker reply not sent: %s", why);
+				mxf_info("%s: worker=%s reply to <%s> not sent: %s", b->o->qid,
+					 w->worker, esc(e1, sizeof(e1), e->sender),
+					 esc(e2, sizeof(e2), why));
+				row(b, w, e->sender, "dropped", reply);
+				continue;
+			}
+			struct recv_reply *r = calloc(1, sizeof(*r));
+			if (!r || !(r->from = strdup(w->norm)) || !(r->tag = strdup(w->tag))) {
+				recv_reply_free(r);
+				return -ENOMEM;
+			}
+			r->raw = d->raw;
+			d->raw = NULL;
+			*out = r;
+		}
+	}
+	return 0;
+}
+
+/* What workerd relays as a reply: our own bounds again (CRLF lines only, a
+ * header section ended by a blank line, no more than the protocol allows
+ * plus the Auto-Submitted field workerd may add). */
+static bool reply_clean(const char *s)
+{
+	size_t len = s ? strlen(s) : 0;
+	if (len < 4 || len > MXF_WP_MAX_REPLY + 64 || !strstr(s, "\r\n\r\n") ||
+	    strcmp(s + len - 2, "\r\n") != 0)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '\r' && s[i + 1] != '\n')
+			return false;
+		if (s[i] == '\n' && (i == 0 || s[i - 1] != '\r'))
+			return false;
+	}
+	return true;
 }
 
 /* Every answer is in (or will never come): the verdict. */
@@ -284,7 +363,13 @@ static void batch_finish(struct workbatch *b)
 		recv_refuse(b->p, b->req, o, e, 451, "4.3.0", "Error: queue file write error");
 		goto out;
 	}
-	recv_commit_finish(b->p, b->req, o, e, forwards, b->single, b->tls, false, xh.p);
+	struct recv_reply *rp = NULL;
+	if (pick_reply(b, &rp) < 0) {
+		mxf_sb_free(&xh);
+		recv_refuse(b->p, b->req, o, e, 451, "4.3.0", "Error: queue file write error");
+		goto out;
+	}
+	recv_commit_finish(b->p, b->req, o, e, forwards, b->single, b->tls, false, xh.p, rp);
 	mxf_sb_free(&xh);
 out:
 	uv_close((uv_handle_t *)&b->timer, batch_closed);
@@ -400,8 +485,11 @@ int work_result(struct peer *p, const struct mxf_ipc_view *v)
 	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || mxf_ipc_u64(v, F_CODE, 0, &code) < 0 || !qid ||
 	    !printable(text, 300) || mxf_ipc_count(v, F_RCPT) != n ||
 	    mxf_ipc_count(v, F_REASON) != n || mxf_ipc_count(v, F_XHEADERS) != n ||
-	    n > MXF_WP_MAX_DECISIONS || (code != 250 && code != 451) || (code != 250 && n))
+	    n > MXF_WP_MAX_DECISIONS || (code != 250 && code != 451) || (code != 250 && n) ||
+	    mxf_ipc_count(v, F_REPLY) > 1 ||
+	    (mxf_ipc_count(v, F_REPLY) && !reply_clean(mxf_ipc_str(v, F_REPLY, 0))))
 		return -1;
+	size_t nreply = 0, nsent = 0;
 	for (size_t i = 0; i < n; i++) {
 		const char *a = mxf_ipc_str(v, F_ACTION, i), *to = mxf_ipc_str(v, F_RCPT, i);
 		const char *rs = mxf_ipc_str(v, F_REASON, i), *xh = mxf_ipc_str(v, F_XHEADERS, i);
@@ -413,11 +501,16 @@ int work_result(struct peer *p, const struct mxf_ipc_view *v)
 			ok = *to && !*rs;
 		else if (strcmp(a, "reject") == 0)
 			ok = *rs && !*to && !*xh;
+		else if (strcmp(a, "reply") == 0)
+			/* One per worker; sent (F_REPLY) or refused with a reason. */
+			ok = !*to && !*xh && nreply++ == 0 && (nsent += !*rs) <= 1;
 		else
 			ok = strcmp(a, "drop") == 0 && !*to && !*rs && !*xh;
 		if (!ok)
 			return -1;
 	}
+	if (nsent != mxf_ipc_count(v, F_REPLY))
+		return -1;
 	for (struct workbatch *b = running; b; b = b->next) {
 		for (size_t i = 0; i < b->n; i++) {
 			struct witem *w = &b->it[i];
@@ -445,6 +538,12 @@ int work_result(struct peer *p, const struct mxf_ipc_view *v)
 					for (size_t k = 0; k < w->ndec; k++)
 						oom |= !w->dec[k].action || !w->dec[k].to ||
 						       !w->dec[k].reason || !w->dec[k].xh;
+					/* A reply workerd let through: its message. */
+					for (size_t k = 0; k < w->ndec && !oom; k++)
+						if (!strcmp(w->dec[k].action, "reply") &&
+						    !*w->dec[k].reason)
+							oom = !(w->dec[k].raw =
+									strdup(mxf_ipc_str(v, F_REPLY, 0)));
 					if (oom || w->ndec != n) {
 						item_fail(b, w, "out of memory");
 					} else {

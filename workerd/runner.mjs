@@ -10,8 +10,6 @@
 import { readFileSync } from "node:fs";
 import * as nodeModule from "node:module";
 
-class ReplyUnsupported extends Error {}
-
 // `import { EmailMessage } from "cloudflare:email"` must resolve: a resolve
 // hook maps the specifier to a small module of ours.
 const shim = `export class EmailMessage {
@@ -82,6 +80,25 @@ function extraHeaders(headers) {
   return out;
 }
 
+// A reply's raw: a string, or a ReadableStream of bytes or strings (what
+// the hosted runtime accepts). The protocol carries text: bytes must be
+// UTF-8 (TextDecoder fatal: a reply is never silently altered).
+async function replyText(raw) {
+  if (typeof raw === "string") return raw;
+  if (raw && typeof raw.getReader === "function") {
+    const dec = new TextDecoder("utf-8", { fatal: true });
+    const reader = raw.getReader();
+    let out = "";
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      out += typeof value === "string" ? value : dec.decode(value, { stream: true });
+    }
+    return out + dec.decode();
+  }
+  throw new TypeError("reply: raw must be a string or a ReadableStream");
+}
+
 async function main() {
   const input = await readStdin();
   const nl = input.indexOf(0x0a);
@@ -92,6 +109,7 @@ async function main() {
 
   const decisions = [];
   let rejected = null;
+  let reply = null;
   const message = {
     from: env0.from,
     to: env0.to,
@@ -111,8 +129,17 @@ async function main() {
         throw new TypeError("forward: rcptTo must be an address");
       decisions.push({ action: "forward", to: rcptTo, headers: extraHeaders(headers) });
     },
-    async reply() {
-      throw new ReplyUnsupported("reply() is not supported by mxferry's worker runtime yet");
+    // As on the hosted runtime: one reply, to the sender. Whether it goes
+    // out (In-Reply-To, References, DMARC) is decided by workerd and the
+    // router; a reply that fails those is dropped, not the message.
+    async reply(msg) {
+      if (reply !== null) throw new Error("reply: only one reply per message");
+      if (!msg || typeof msg.to !== "string" || typeof msg.from !== "string")
+        throw new TypeError("reply: expects an EmailMessage(from, to, raw)");
+      if (msg.to.toLowerCase() !== String(env0.from).toLowerCase())
+        throw new TypeError("reply: the reply must be addressed to the original sender");
+      reply = "";
+      reply = await replyText(msg.raw);
     },
   };
   const env = {};
@@ -144,6 +171,7 @@ async function main() {
       out += JSON.stringify(line) + "\n";
     }
     if (!decisions.length) out = JSON.stringify({ action: "drop" }) + "\n";
+    if (reply !== null) out += JSON.stringify({ action: "reply", raw: reply }) + "\n";
   }
   process.stdout.write(out, () => process.exit(0));
 }

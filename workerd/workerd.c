@@ -23,6 +23,7 @@
 #include "log.h"
 #include "queueid.h"
 #include "workerproto.h"
+#include "workerreply.h"
 #include "workerrun.h"
 
 /* Runs at once; more are answered 451 at once (the client retries). */
@@ -33,6 +34,7 @@ struct job {
 	uint64_t req;
 	char qid[MXF_QID_SIZE];
 	char worker[72];
+	char msgid[MXF_WR_MSGID_MAX + 1]; /* the original's Message-ID, "" if none */
 	pid_t pid;
 	int out_fd;
 	uv_poll_t poll;
@@ -87,8 +89,32 @@ static void job_close(struct job *j)
 	uv_close((uv_handle_t *)&j->reap, handle_closed);
 }
 
+/* A reply decision: checked against the original here (the loop guards
+ * workerd can judge, workerreply.h). A reply that fails them is relayed
+ * without its message and with the reason in F_REASON, so the router logs
+ * it; it is not a failure of the worker. */
+static int put_reply(struct mxf_ipc_msg *m, const char *qid, const char *worker,
+		     const char *msgid, const char *raw)
+{
+	char why[160] = "", *out = NULL, e1[300];
+	int r;
+	if (!*msgid)
+		snprintf(why, sizeof(why), "the original has no (usable) Message-ID");
+	else if ((r = mxf_wr_check(msgid, raw, strlen(raw), &out, why, sizeof(why))) == -ENOMEM)
+		snprintf(why, sizeof(why), "out of memory");
+	if (*why)
+		mxf_info("%s: worker=%s reply not sent: %s", qid,
+			 mxf_log_escape(e1, sizeof(e1), worker, strlen(worker)), why);
+	if ((r = mxf_ipc_put_str(m, F_RCPT, "")) == 0 &&
+	    (r = mxf_ipc_put_str(m, F_REASON, out ? "" : why)) == 0 &&
+	    (r = mxf_ipc_put_str(m, F_XHEADERS, "")) == 0 && out)
+		r = mxf_ipc_put_str(m, F_REPLY, out);
+	free(out);
+	return r;
+}
+
 static void send_result(uint64_t req, const char *qid, unsigned code, const char *text,
-			const struct mxf_wp_parser *p)
+			const struct mxf_wp_parser *p, const char *worker, const char *msgid)
 {
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_WORK_RESULT);
 	int r = m ? 0 : -ENOMEM;
@@ -97,15 +123,18 @@ static void send_result(uint64_t req, const char *qid, unsigned code, const char
 		r = mxf_ipc_put_str(m, F_TEXT, text);
 	for (size_t i = 0; p && r == 0 && i < mxf_wp_count(p); i++) {
 		const struct mxf_wp_decision *d = mxf_wp_get(p, i);
-		if ((r = mxf_ipc_put_str(m, F_ACTION, mxf_wp_action_name(d->action))) == 0 &&
-		    (r = mxf_ipc_put_str(m, F_RCPT, d->to)) == 0 &&
-		    (r = mxf_ipc_put_str(m, F_REASON, d->reason)) == 0)
+		if ((r = mxf_ipc_put_str(m, F_ACTION, mxf_wp_action_name(d->action))) < 0)
+			break;
+		if (d->action == MXF_WP_REPLY)
+			r = put_reply(m, qid, worker, msgid, d->raw);
+		else if ((r = mxf_ipc_put_str(m, F_RCPT, d->to)) == 0 &&
+			 (r = mxf_ipc_put_str(m, F_REASON, d->reason)) == 0)
 			r = mxf_ipc_put_str(m, F_XHEADERS, d->headers);
 	}
 	if (r == -E2BIG) {
 		/* Decisions that do not fit one message: the worker's fault. */
 		mxf_ipc_msg_free(m);
-		send_result(req, qid, 451, "worker answer too large", NULL);
+		send_result(req, qid, 451, "worker answer too large", NULL, worker, msgid);
 		return;
 	}
 	if (r == 0)
@@ -139,7 +168,8 @@ static void job_finish(struct job *j)
 	mxf_info("%s: worker=%s status=%s decisions=%zu", j->qid,
 		 mxf_log_escape(e1, sizeof(e1), j->worker, strlen(j->worker)), status,
 		 code == 250 ? mxf_wp_count(j->parser) : 0);
-	send_result(j->req, j->qid, code, status, code == 250 ? j->parser : NULL);
+	send_result(j->req, j->qid, code, status, code == 250 ? j->parser : NULL, j->worker,
+		    j->msgid);
 	job_close(j);
 }
 
@@ -208,7 +238,28 @@ static void on_output(uv_poll_t *h, int status, int events)
 static void fail_now(uint64_t req, const char *qid, const char *why)
 {
 	mxf_warn("%s: worker not run: %s", qid, why);
-	send_result(req, qid, 451, why, NULL);
+	send_result(req, qid, 451, why, NULL, "", "");
+}
+
+/* The original's Message-ID, for a reply's In-Reply-To guard: from the
+ * first 64 KiB (a header section beyond that has no Message-ID we use). */
+static void original_msgid(int fd, char *out, size_t cap)
+{
+	enum { HEAD = 65536 };
+	char *buf = malloc(HEAD);
+	size_t n = 0;
+	out[0] = '\0';
+	while (buf && n < HEAD) {
+		ssize_t k = pread(fd, buf + n, HEAD - n, (off_t)n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+	}
+	if (buf && mxf_wr_msgid(buf, n, out, cap) < 0)
+		out[0] = '\0';
+	free(buf);
 }
 
 static int on_work(const struct mxf_ipc_view *v, int fd)
@@ -251,6 +302,7 @@ static int on_work(const struct mxf_ipc_view *v, int fd)
 		fail_now(req, qid, "out of memory");
 		return 0;
 	}
+	original_msgid(fd, j->msgid, sizeof(j->msgid));
 	int r = mxf_workerrun_start(&d, &limits, &e, fd, &j->pid, &j->out_fd);
 	close(fd);
 	if (r < 0) {

@@ -352,3 +352,149 @@ def test_workers_unjailed_leak_check(world_unjailed):
     assert data_reply(gw, "alice@sender.test", ["fan@gw.test", "junk@gw.test"],
                       make_message("alice@sender.test", "junk@gw.test"))[0] == 451
     assert rows_for(gw, "quiet@gw.test", "dropped")
+
+
+# ---- replies (issue 13): message.reply / {"action":"reply"} ----
+
+REPLY_CLIENT_IP = "192.0.2.78"  # not loopback: libspf2 passes 127/8 unseen
+
+
+def reply_world(world):
+    """DMARC-passing and -failing sender domains, the senders' MX a sink.
+    From 127.0.0.1 SPF passes (libspf2 gives loopback a pass), so a domain
+    with a DMARC record passes DMARC; replyfail.test publishes -all and is
+    sent from a documentation address, so it fails (p=none: accepted)."""
+    dns = world.dns
+    dns.zone("test")
+    dns.zone("replyok.test", mx=[(10, "mx.replyok.test")], a={"mx.replyok.test": "127.0.0.3"},
+             txt={"_dmarc.replyok.test": "v=DMARC1; p=none"})
+    dns.zone("replyfail.test", mx=[(10, "mx.replyfail.test")],
+             a={"mx.replyfail.test": "127.0.0.3"},
+             txt={"_dmarc.replyfail.test": "v=DMARC1; p=none", "replyfail.test": "v=spf1 -all"})
+    setup_domain(world.gw)
+    return world.sinks("127.0.0.3")
+
+
+def msgid_of(data):
+    line = [ln for ln in data.split(b"\r\n") if ln.lower().startswith(b"message-id:")][0]
+    return line.split(b":", 1)[1].strip().decode()
+
+
+def reply_rows(gw, why):
+    return [r for r in gw.activity() if r["status"] == "dropped" and why in (r["reply"] or "")]
+
+
+def check_reply(m, sender, original):
+    assert m.mail_from == "", m  # RFC 3834: from the null sender
+    assert m.rcpt_tos == [sender]
+    assert m.msg["In-Reply-To"] == msgid_of(original)
+    assert m.msg["Auto-Submitted"] == "auto-replied"
+    assert m.msg["Received"].startswith("by ")
+
+
+def test_js_reply(world):
+    gw, dest = world.gw, world.dest
+    back = reply_world(world)
+    add_worker(gw, "auto@gw.test", "auto", "--js", os.path.join(JS, "autoreply.mjs"),
+               "--env", "FORWARD=a@dest.test")
+    add_worker(gw, "streamed@gw.test", "streamed", "--js", os.path.join(JS, "autoreply.mjs"),
+               "--env", "MODE=stream")
+    add_worker(gw, "wrong@gw.test", "wrong", "--js", os.path.join(JS, "autoreply.mjs"),
+               "--env", "MODE=wrong")
+    add_worker(gw, "twice@gw.test", "twice", "--js", os.path.join(JS, "autoreply.mjs"),
+               "--env", "MODE=twice")
+
+    # Replied to and forwarded.
+    data = make_message("alice@replyok.test", "auto@gw.test", subject="hello")
+    qid = gw.send("alice@replyok.test", "auto@gw.test", data)
+    m = back.wait_for(1)[0]
+    check_reply(m, "alice@replyok.test", data)
+    assert m.msg["Subject"] == "Re: hello"
+    assert m.msg["From"] == "Auto-reply <auto@gw.test>"
+    assert dest.wait_for(1)[0].msg["Subject"] == "hello"
+    gw.wait_activity(qid, "forwarded")
+    assert f"{qid}: worker reply queued as" in gw.log_text()
+    # The reply is a message of its own in the activity log (custom address
+    # to the sender), delivered like any other.
+    wait_until(lambda: [r for r in gw.activity() if r["queue_id"] != qid
+                        and r["dest"] == "alice@replyok.test" and r["status"] == "forwarded"],
+               20, what="the reply's activity row")
+
+    # A ReadableStream reply; no forward: the original is dropped.
+    data = make_message("bob@replyok.test", "streamed@gw.test", subject="streamed")
+    qid = gw.send("bob@replyok.test", "streamed@gw.test", data)
+    msgs = back.wait_for(2)
+    check_reply(msgs[1], "bob@replyok.test", data)
+    assert msgs[1].msg.get_payload().strip() == "We got your message, thank you."
+    assert gw.wait_activity(qid, "dropped")[0]["action"] == "worker"
+
+    # In-Reply-To not naming the original: not sent, the message goes on.
+    qid = gw.send("alice@replyok.test", "wrong@gw.test",
+                  make_message("alice@replyok.test", "wrong@gw.test"))
+    rows = gw.wait_activity(qid, "dropped")
+    assert any("In-Reply-To does not name" in (r["reply"] or "") and
+               r["dest"] == "alice@replyok.test" for r in rows), rows
+
+    # A second reply() throws; uncaught, the worker fails: 451, nothing kept.
+    code, text = data_reply(gw, "alice@replyok.test", "twice@gw.test",
+                            make_message("alice@replyok.test", "twice@gw.test"))
+    assert code == 451 and text.startswith("4.3.0"), (code, text)
+    no_new_mail(back, 2)
+    no_new_mail(dest, 1, wait=0)
+
+
+def test_program_reply_guards(world):
+    gw, dest = world.gw, world.dest
+    back = reply_world(world)
+    reply = program(gw, "reply", r"""read hdr
+id=$(sed -n 's/^[Mm]essage-[Ii][Dd]: *\(<[^>]*>\).*/\1/p' | head -n 1)
+printf '{"action":"forward","to":"a@dest.test"}\n'
+printf '{"action":"reply","raw":"From: prog@gw.test\\nTo: %s\\nSubject: got it\\nIn-Reply-To: %s\\n\\nProgram reply.\\n"}\n' "$MXF_FROM" "$id"
+[ -z "$TWICE" ] || printf '{"action":"reply","raw":"From: prog@gw.test\\nTo: x\\n\\n"}\n'
+""")
+    add_worker(gw, "prog@gw.test", "prog", "--program", reply)
+    add_worker(gw, "twice@gw.test", "ptwice", "--program", reply, "--env", "TWICE=1")
+
+    data = make_message("carol@replyok.test", "prog@gw.test", subject="program")
+    qid = gw.send("carol@replyok.test", "prog@gw.test", data)
+    m = back.wait_for(1)[0]
+    check_reply(m, "carol@replyok.test", data)
+    assert m.msg["Subject"] == "got it" and m.msg["From"] == "prog@gw.test"
+    dest.wait_for(1)
+    gw.wait_activity(qid, "forwarded")
+
+    # Two replies: garbage like any protocol violation (451, an error row).
+    code, text = data_reply(gw, "carol@replyok.test", "twice@gw.test",
+                            make_message("carol@replyok.test", "twice@gw.test"))
+    assert code == 451 and text.startswith("4.3.0"), (code, text)
+    row = rows_for(gw, "twice@gw.test", "error")
+    assert row and "more than one reply" in row[0]["reply"], row
+
+    # No DMARC record (dmarc=none is not a pass): forwarded, no reply.
+    qid = gw.send("alice@sender.test", "prog@gw.test",
+                  make_message("alice@sender.test", "prog@gw.test"))
+    gw.wait_activity(qid, "forwarded")
+    assert any(r["queue_id"] == qid for r in reply_rows(gw, "did not pass DMARC"))
+
+    # DMARC fail (SPF -all from a non-loopback address, p=none): no reply.
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                         text=True, check=True).stdout
+    if f"{REPLY_CLIENT_IP}/" not in out:
+        subprocess.run(["ip", "addr", "add", f"{REPLY_CLIENT_IP}/32", "dev", "lo"], check=True)
+    s = smtplib.SMTP("127.0.0.1", gw.smtp_port, local_hostname="client.replyfail.test",
+                     timeout=30, source_address=(REPLY_CLIENT_IP, 0))
+    try:
+        s.sendmail("dave@replyfail.test", ["prog@gw.test"],
+                   make_message("dave@replyfail.test", "prog@gw.test", subject="failing"))
+    finally:
+        s.quit()
+    wait_until(lambda: len(dest.messages) >= 3, 20, what=dest.summary)
+    fwd = [m for m in dest.messages if m.msg["Subject"] == "failing"][0]
+    assert "dmarc=fail" in " ".join(fwd.header_all("Authentication-Results"))
+    wait_until(lambda: len(reply_rows(gw, "did not pass DMARC")) == 2, 10, what="the row")
+
+    # The null sender gets no reply (never answer a bounce).
+    qid = gw.send("<>", "prog@gw.test", make_message("postmaster@replyok.test", "prog@gw.test"))
+    gw.wait_activity(qid, "forwarded")
+    assert any(r["queue_id"] == qid for r in reply_rows(gw, "sender is null"))
+    no_new_mail(back, 1)

@@ -324,6 +324,14 @@ wp = {
     "drop": '{"action":"drop"}\n',
     "garbage": "hello\n",
     "bad-header": '{"action":"forward","to":"a@b.test","headers":{"Subject":"x"}}\n',
+    # issue 13: replies (LF and CRLF line ends, the loop guards' fields)
+    "reply": '{"action":"forward","to":"a@b.test"}\n{"action":"reply","raw":"From: a@gw.test'
+             '\\nTo: s@x.test\\nMessage-ID: <r@gw.test>\\nIn-Reply-To: <r@gw.test>\\n'
+             'References: <q@x> (c) <r@gw.test>\\n\\nThanks.\\r\\n"}\n',
+    "reply-auto": '{"action":"reply","raw":"Auto-Submitted: auto-replied\\r\\nFrom: \\"A, B\\" '
+                  '<a@gw.test>\\r\\nTo: s@x.test\\r\\nIn-Reply-To: <a@b>\\r\\n\\r\\n"}',
+    "reply-twice": '{"action":"reply","raw":"x"}\n{"action":"reply","raw":"y"}\n',
+    "reply-nul": '{"action":"reply","raw":"From: a\\u0000b\\n\\n"}\n',
 }
 for k, v in wp.items():
     put("fuzz_workerproto", k, b"\x07\x01" + v.encode())

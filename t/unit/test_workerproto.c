@@ -111,6 +111,65 @@ static void test_garbage(void **state)
 	mxf_wp_parser_free(p);
 }
 
+/* Issue 13: reply decisions. */
+static void test_reply(void **state)
+{
+	(void)state;
+	int rc;
+	/* LF, CRLF and lone CR line ends all become CRLF; a final CRLF is
+	 * added; escaped controls other than NUL are kept. */
+	struct mxf_wp_parser *p = parse(
+		"{\"action\":\"forward\",\"to\":\"a@b.test\"}\n"
+		"{\"raw\":\"From: a@gw.test\\nTo: s@x.test\\r\\nIn-Reply-To: <1@x>\\r\\rb\\fody\",\"action\":\"reply\"}\n",
+		&rc);
+	assert_int_equal(rc, 0);
+	assert_int_equal(mxf_wp_count(p), 2);
+	const struct mxf_wp_decision *d = mxf_wp_get(p, 1);
+	assert_int_equal(d->action, MXF_WP_REPLY);
+	assert_string_equal(d->raw, "From: a@gw.test\r\nTo: s@x.test\r\nIn-Reply-To: <1@x>\r\n\r\nb\fody\r\n");
+	assert_string_equal(mxf_wp_get(p, 0)->raw, "");
+	assert_string_equal(mxf_wp_action_name(d->action), "reply");
+	mxf_wp_parser_free(p);
+
+	/* One reply per answer; raw only with reply, nothing else with it; no
+	 * NUL; a raw control character is not JSON; 32 KiB at most. */
+	static const char *const bad[] = {
+		"{\"action\":\"reply\",\"raw\":\"a\"}\n{\"action\":\"reply\",\"raw\":\"b\"}\n",
+		"{\"action\":\"reply\"}\n",
+		"{\"action\":\"reply\",\"raw\":\"a\",\"to\":\"x@y.test\"}\n",
+		"{\"action\":\"reply\",\"raw\":\"a\",\"raw\":\"b\"}\n",
+		"{\"action\":\"drop\",\"raw\":\"a\"}\n",
+		"{\"action\":\"forward\",\"to\":\"a@b.test\",\"raw\":\"a\"}\n",
+		"{\"action\":\"reply\",\"raw\":\"a\\u0000b\"}\n",
+		"{\"action\":\"reply\",\"raw\":\"a\rb\"}\n",
+		"{\"action\":\"reply\",\"raw\":\"x\",\"reason\":\"y\"}\n",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		p = parse(bad[i], &rc);
+		assert_int_equal(rc, -EBADMSG);
+		mxf_wp_parser_free(p);
+	}
+	/* 32 KiB once normalised: 10922 lines "a" LF are 32766 octets as CRLF
+	 * lines, one more is over. */
+	for (int extra = 0; extra < 2; extra++) {
+		size_t pairs = 10922 + (size_t)extra;
+		char *json = malloc(pairs * 3 + 64);
+		assert_non_null(json);
+		size_t m = (size_t)sprintf(json, "{\"action\":\"reply\",\"raw\":\"");
+		for (size_t k = 0; k < pairs; k++) {
+			memcpy(json + m, "a\\n", 3);
+			m += 3;
+		}
+		strcpy(json + m, "\"}\n");
+		p = parse(json, &rc);
+		assert_int_equal(rc, extra ? -EBADMSG : 0);
+		if (!extra)
+			assert_int_equal(strlen(mxf_wp_get(p, 0)->raw), 32766);
+		mxf_wp_parser_free(p);
+		free(json);
+	}
+}
+
 static void test_chunked(void **state)
 {
 	(void)state;
@@ -251,6 +310,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_decisions),      cmocka_unit_test(test_garbage),
 		cmocka_unit_test(test_chunked),        cmocka_unit_test(test_header_line),
+		cmocka_unit_test(test_reply),
 		cmocka_unit_test(test_rulesdb_workers), cmocka_unit_test(test_run),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
