@@ -126,3 +126,29 @@ def test_address_verification_by_mail(world):
     gw.stop()
     rc, out, err = gw.ctl("address", "add", "zed@dest.test")
     assert rc == 0 and "added, not verified" in out and "address resend" in err, (out, err)
+
+
+def test_verification_mail_survives_router_restart(world):
+    """A queued verification message (origin ctl) is read back after a router
+    crash: not moved to corrupt/, delivered once the destination answers."""
+    import json
+    import os
+    import signal
+
+    from conftest import kill_pid, wait_until
+    gw, sink = world.gw, world.dest
+    gw.ctl_ok("domain", "add", "gw.test")
+    wait_until(lambda: "connected to router" in gw.log_text(), 15, what="smtpd up")
+    sink.set_mode("tempfail")
+    out = json.loads(gw.ctl_ok("address", "add", "late@dest.test", "--json"))
+    qid = out["verification"]["queue_id"]
+    gw.wait_activity(qid, "deferred")
+    gw.expect_restart("router")
+    kill_pid(gw.status()["router"]["pid"], signal.SIGKILL)
+    wait_until(lambda: qid in gw.ctl_ok("queue", "list"), 20, what="the message queued again")
+    assert not os.listdir(os.path.join(gw.spool, "corrupt"))
+    sink.set_mode("accept")
+    # (once the restarted router answers)
+    wait_until(lambda: gw.ctl("queue", "flush")[0] == 0, 20, what="queue flush")
+    wait_until(lambda: [m for m in sink.messages if m.rcpt_tos == ["late@dest.test"]], 30,
+               what="the verification message delivered")
