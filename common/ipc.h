@@ -136,6 +136,7 @@ enum mxf_ipc_tag {
 	 * guards, and then its message is the (single) F_REPLY; else F_REASON
 	 * says why it is not sent and there is no F_REPLY. */
 	F_REPLY,
+	F_NETWORK, /* WORK: u64 1 when the worker may open Internet sockets */
 	F_TAG_MAX
 };
 

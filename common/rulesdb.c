@@ -238,6 +238,10 @@ static const char *const migrations[] = {
 	"  WHERE matcher = 'literal';"
 	"CREATE UNIQUE INDEX rules_wildcard ON rules(domain_id, match_to COLLATE NOCASE, match_from)"
 	"  WHERE matcher = 'wildcard';",
+	/* 12: whether a worker may open Internet sockets (issue 13: "only the
+	 * network access the operator grants"); off unless granted. */
+	"ALTER TABLE workers ADD COLUMN network INTEGER NOT NULL DEFAULT 0"
+	"  CHECK (network IN (0, 1));",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -2921,7 +2925,7 @@ int mxf_rulesdb_access_list(struct mxf_rulesdb *db, const char *list,
 
 #define SNAP_WORKER                                                                               \
 	"SELECT json_object('name', name, 'runtime', runtime, 'path', path, 'source', source, "    \
-	"'env', json(env), 'timeout', timeout) FROM workers WHERE name = ?1"
+	"'env', json(env), 'timeout', timeout, 'network', network) FROM workers WHERE name = ?1"
 
 static bool worker_env_ok(const char *kv, char *err, size_t errlen)
 {
@@ -3000,10 +3004,11 @@ int mxf_rulesdb_worker_add(struct mxf_rulesdb *db, const struct mxf_worker_spec 
 		r = -EEXIST;
 		goto out;
 	}
-	if ((r = prep(db, "INSERT INTO workers (name, runtime, path, source, env, timeout, created) "
-			  "VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?6) ON CONFLICT (name) DO UPDATE SET "
-			  "runtime = excluded.runtime, path = excluded.path, source = "
-			  "excluded.source, env = '{}', timeout = excluded.timeout",
+	if ((r = prep(db, "INSERT INTO workers (name, runtime, path, source, env, timeout, created, "
+			  "network) VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?6, ?7) ON CONFLICT (name) DO "
+			  "UPDATE SET runtime = excluded.runtime, path = excluded.path, source = "
+			  "excluded.source, env = '{}', timeout = excluded.timeout, network = "
+			  "excluded.network",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, w->name, -1, SQLITE_TRANSIENT);
@@ -3012,6 +3017,7 @@ int mxf_rulesdb_worker_add(struct mxf_rulesdb *db, const struct mxf_worker_spec 
 	sqlite3_bind_text(st, 4, js ? w->source : "", -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int(st, 5, w->timeout ? w->timeout : MXF_WORKER_DEFAULT_TIMEOUT);
 	sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+	sqlite3_bind_int(st, 7, w->network ? 1 : 0);
 	if ((r = step_done(db, st, err, errlen)) < 0)
 		goto out;
 	st = NULL;
@@ -3077,7 +3083,7 @@ int mxf_rulesdb_worker_list(struct mxf_rulesdb *db,
 	int r = prep(db, "SELECT name, runtime, path, source, env, timeout, created, "
 			 "(SELECT count(*) FROM rules r WHERE r.action = 'worker' AND "
 			 "r.action_arg = w.name), (SELECT group_concat(key || '=' || value, "
-			 "char(10)) FROM json_each(w.env)) FROM workers w ORDER BY name",
+			 "char(10)) FROM json_each(w.env)), network FROM workers w ORDER BY name",
 		     &st, NULL, 0);
 	if (r < 0)
 		return r;
@@ -3087,7 +3093,8 @@ int mxf_rulesdb_worker_list(struct mxf_rulesdb *db,
 			.name = col_text(st, 0), .runtime = col_text(st, 1), .path = col_text(st, 2),
 			.source = col_text(st, 3), .env = col_text(st, 4),
 			.timeout = sqlite3_column_int(st, 5), .created = sqlite3_column_int64(st, 6),
-			.rules = sqlite3_column_int(st, 7), .env_lines = col_text(st, 8)};
+			.rules = sqlite3_column_int(st, 7), .env_lines = col_text(st, 8),
+			.network = sqlite3_column_int(st, 9) != 0};
 		if ((r = cb(&wi, arg)) != 0)
 			break;
 	}
@@ -3108,7 +3115,7 @@ static int load_workers(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *er
 	sqlite3_stmt *st;
 	/* One "KEY=VALUE" per line: values were checked free of controls. */
 	int r = prep(db, "SELECT name, runtime, path, source, timeout, (SELECT group_concat(key || "
-			 "'=' || value, char(10)) FROM json_each(w.env)) FROM workers w",
+			 "'=' || value, char(10)) FROM json_each(w.env)), network FROM workers w",
 		     &st, err, errlen);
 	if (r < 0)
 		return r;
@@ -3126,6 +3133,7 @@ static int load_workers(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *er
 		w->source = strdup(col_text(st, 3));
 		int t = sqlite3_column_int(st, 4);
 		const char *env = col_text(st, 5);
+		bool network = sqlite3_column_int(st, 6) != 0;
 		if (!w->name || !w->runtime || !w->path || !w->source) {
 			r = -ENOMEM;
 			break;
@@ -3149,9 +3157,14 @@ static int load_workers(struct mxf_rulesdb *db, struct mxf_ruleset *rs, char *er
 		}
 		if (r < 0)
 			break;
-		w->w = (struct mxf_ruleset_worker){w->name, w->runtime, w->path, w->source,
-						   (const char *const *)w->env, w->w.nenv,
-						   t > 0 ? (unsigned)t : MXF_WORKER_DEFAULT_TIMEOUT};
+		w->w = (struct mxf_ruleset_worker){w->name,
+						   w->runtime,
+						   w->path,
+						   w->source,
+						   (const char *const *)w->env,
+						   w->w.nenv,
+						   t > 0 ? (unsigned)t : MXF_WORKER_DEFAULT_TIMEOUT,
+						   network};
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = fail_sql(db, rc, err, errlen);

@@ -259,6 +259,7 @@ struct mxf_worker_spec {
 	const char *const *env;
 	size_t nenv;
 	int timeout;
+	bool network; /* may open Internet sockets (default: no) */
 };
 int mxf_rulesdb_worker_add(struct mxf_rulesdb *db, const struct mxf_worker_spec *w, bool replace,
 			   char *err, size_t errlen);
@@ -270,6 +271,7 @@ struct mxf_worker_info {
 	int timeout;
 	long long created;
 	int rules; /* rules naming it */
+	bool network;
 };
 int mxf_rulesdb_worker_list(struct mxf_rulesdb *db,
 			    int (*cb)(const struct mxf_worker_info *w, void *arg), void *arg);
@@ -279,6 +281,7 @@ struct mxf_ruleset_worker {
 	const char *const *env; /* "KEY=VALUE" */
 	size_t nenv;
 	unsigned timeout;
+	bool network;
 };
 const struct mxf_ruleset_worker *mxf_ruleset_worker(const struct mxf_ruleset *rs,
 						    const char *name);

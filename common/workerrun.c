@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -43,7 +44,7 @@ static void die(const char *what)
  * keep working, while the calls that reach the kernel's or other processes'
  * privileged surfaces are closed even if a worker finds a setuid-less way to
  * ask. NO_NEW_PRIVS is set first, so no privilege is needed to install it. */
-static void seccomp_deny(void)
+static void seccomp_deny(bool network)
 {
 #ifdef SECCOMP_ARCH
 	static const int denied[] = {
@@ -55,7 +56,11 @@ static void seccomp_deny(void)
 		SYS_open_by_handle_at, SYS_name_to_handle_at, SYS_quotactl, SYS_fanotify_init,
 	};
 	enum { N = sizeof(denied) / sizeof(denied[0]) };
-	struct sock_filter f[4 + N + 2];
+	/* Without the operator's grant, socket(AF_INET|AF_INET6, ...) is refused
+	 * too: the worker keeps AF_UNIX (node needs it) and nothing reaches the
+	 * network. X: the instructions of that check. */
+	const unsigned char X = network ? 0 : 4;
+	struct sock_filter f[4 + N + 4 + 2];
 	size_t i = 0;
 	f[i++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
 					      offsetof(struct seccomp_data, arch));
@@ -66,7 +71,14 @@ static void seccomp_deny(void)
 					      offsetof(struct seccomp_data, nr));
 	for (size_t k = 0; k < N; k++)
 		f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)denied[k],
-						      (unsigned char)(N - k), 0);
+						      (unsigned char)(N + X - k), 0);
+	if (!network) {
+		f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socket, 0, 3);
+		f[i++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+						      offsetof(struct seccomp_data, args[0]));
+		f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 2, 0);
+		f[i++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 1, 0);
+	}
 	f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 	f[i++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
 	struct sock_fprog prog = {.len = (unsigned short)i, .filter = f};
@@ -204,7 +216,7 @@ static void child(const struct mxf_worker_def *d, const struct mxf_worker_limits
 		limit(RLIMIT_NPROC, WORKER_NPROC);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		die("no_new_privs");
-	seccomp_deny();
+	seccomp_deny(d->network);
 	if (script >= 0) {
 		char *argv[] = {(char *)l->node, "--no-warnings", (char *)l->runner, NULL};
 		execv(l->node, argv);

@@ -19,6 +19,7 @@ struct mxf_worker_def {
 	const char *const *env; /* "KEY=VALUE" */
 	size_t nenv;
 	unsigned timeout; /* wall-clock seconds */
+	bool network;     /* may open AF_INET/AF_INET6 sockets (granted by the operator) */
 };
 
 struct mxf_worker_limits {

@@ -54,7 +54,7 @@ static const char usage_text[] =
 	"  dkim remove|enable|disable DOMAIN SELECTOR\n"
 	"  transport set DOMAIN HOST:PORT|[ADDR]:PORT   next hop for mail to DOMAIN\n"
 	"  transport remove DOMAIN\n"
-	"  worker add NAME (--js FILE | --program PATH) [--env K=V]... [--timeout S]\n"
+	"  worker add NAME (--js FILE | --program PATH) [--env K=V]... [--timeout S] [--network]\n"
 	"           [--replace]                     define a worker (a js module is copied)\n"
 	"  worker list\n"
 	"  worker remove NAME                       refused while a rule names it\n"

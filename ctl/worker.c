@@ -54,7 +54,7 @@ static int cmd_add(const struct mxf_config *cfg, int argc, char **argv)
 	const char *env[MAX_ENV + 1];
 	size_t nenv = 0;
 	long long timeout = 0;
-	bool replace = false;
+	bool replace = false, network = false;
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i];
 		bool has = i + 1 < argc;
@@ -73,6 +73,8 @@ static int cmd_add(const struct mxf_config *cfg, int argc, char **argv)
 						MXF_WORKER_MAX_TIMEOUT);
 		} else if (!strcmp(o, "--replace"))
 			replace = true;
+		else if (!strcmp(o, "--network"))
+			network = true;
 		else
 			return ctl_usage();
 	}
@@ -90,7 +92,7 @@ static int cmd_add(const struct mxf_config *cfg, int argc, char **argv)
 	}
 	struct mxf_worker_spec w = {.name = name, .runtime = js ? "js" : "program",
 				    .path = program, .source = source, .env = env,
-				    .nenv = nenv, .timeout = (int)timeout};
+				    .nenv = nenv, .timeout = (int)timeout, .network = network};
 	struct mxf_rulesdb *db = NULL;
 	if (ctl_db_open(cfg, true, &db) != 0) {
 		free(source);
@@ -136,6 +138,7 @@ static int list_cb(const struct mxf_worker_info *w, void *arg)
 		cj_int("source_bytes", (long long)strlen(w->source));
 		cj_raw("env", w->env);
 		cj_int("timeout", w->timeout);
+		cj_bool("network", w->network);
 		cj_int("rules", w->rules);
 		cj_str("created", created);
 		cj_end(false);
@@ -202,6 +205,7 @@ struct found {
 	char *env[MAX_ENV];
 	size_t nenv;
 	int timeout;
+	bool network;
 };
 
 static int find_cb(const struct mxf_worker_info *w, void *arg)
@@ -214,6 +218,7 @@ static int find_cb(const struct mxf_worker_info *w, void *arg)
 	snprintf(f->path, sizeof(f->path), "%s", w->path);
 	f->source = strdup(w->source);
 	f->timeout = w->timeout;
+	f->network = w->network;
 	for (const char *c = w->env_lines; *c && f->nenv < MAX_ENV;) {
 		const char *nl = strchr(c, '\n');
 		size_t len = nl ? (size_t)(nl - c) : strlen(c);
@@ -299,7 +304,8 @@ static int cmd_test(const struct mxf_config *cfg, int argc, char **argv)
 	runner_path(cfg, runner, sizeof(runner));
 	struct mxf_worker_def d = {.name = f.name, .runtime = f.runtime, .path = f.path,
 				   .script = f.source, .env = (const char *const *)f.env,
-				   .nenv = f.nenv, .timeout = (unsigned)f.timeout};
+				   .nenv = f.nenv, .timeout = (unsigned)f.timeout,
+				   .network = f.network};
 	struct mxf_worker_limits l = {
 		.node = mxf_config_str(cfg, "workerd", "node"), .runner = runner,
 		.memory = (uint64_t)mxf_config_int(cfg, "workerd", "memory_limit") << 20,

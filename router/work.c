@@ -395,6 +395,7 @@ static int send_work(struct workbatch *b, struct witem *w, struct peer *wp,
 	    (r = mxf_ipc_put_str(m, F_WORKER, def->name)) == 0 &&
 	    (r = mxf_ipc_put_str(m, F_RUNTIME, def->runtime)) == 0 &&
 	    (r = mxf_ipc_put_u64(m, F_TIMEOUT, def->timeout)) == 0 &&
+	    (r = mxf_ipc_put_u64(m, F_NETWORK, def->network ? 1 : 0)) == 0 &&
 	    (r = mxf_ipc_put_str(m, F_SENDER, e->sender)) == 0 &&
 	    (r = mxf_ipc_put_str(m, F_ADDR, w->norm)) == 0 &&
 	    (r = mxf_ipc_put_str(m, F_CLIENT_IP, e->client_ip ? e->client_ip : "")) == 0 &&

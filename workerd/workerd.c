@@ -264,12 +264,13 @@ static void original_msgid(int fd, char *out, size_t cap)
 
 static int on_work(const struct mxf_ipc_view *v, int fd)
 {
-	uint64_t req, timeout, size;
+	uint64_t req, timeout, size, network = 0;
 	const char *qid = mxf_ipc_str(v, F_QID, 0), *name = mxf_ipc_str(v, F_WORKER, 0);
 	const char *runtime = mxf_ipc_str(v, F_RUNTIME, 0);
 	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || mxf_ipc_u64(v, F_TIMEOUT, 0, &timeout) < 0 ||
 	    mxf_ipc_u64(v, F_SIZE, 0, &size) < 0 || !qid || !mxf_qid_valid(qid) || !name ||
-	    !runtime || fd < 0 || timeout == 0 || timeout > 3600)
+	    !runtime || fd < 0 || timeout == 0 || timeout > 3600 ||
+	    (mxf_ipc_count(v, F_NETWORK) && mxf_ipc_u64(v, F_NETWORK, 0, &network) < 0))
 		return -1;
 	size_t nenv = mxf_ipc_count(v, F_ENV);
 	if (nenv > 64)
@@ -281,7 +282,7 @@ static int on_work(const struct mxf_ipc_view *v, int fd)
 	struct mxf_worker_def d = {
 		.name = name, .runtime = runtime, .path = mxf_ipc_str(v, F_PATH, 0),
 		.script = mxf_ipc_str(v, F_SCRIPT, 0), .env = env, .nenv = nenv,
-		.timeout = (unsigned)timeout};
+		.timeout = (unsigned)timeout, .network = network == 1};
 	if (strcmp(runtime, "js") == 0 ? !d.script : strcmp(runtime, "program") != 0 || !d.path)
 		return -1;
 	struct mxf_wp_envelope e = {

@@ -112,6 +112,43 @@ echo '{"action":"forward","to":"a@dest.test","headers":{"X-Prog":"'"$GREETING"'"
     no_new_mail(dest, 1)
 
 
+def test_network_only_when_granted(world):
+    """A worker reaches the network only with `worker add --network` (issue 13:
+    "only the network access the operator grants"): without it socket(AF_INET)
+    fails (EPERM from the seccomp filter), AF_UNIX still works."""
+    gw, dest = world.gw, world.dest
+    setup_domain(gw)
+    probe = program(gw, "netprobe", f"""cat >/dev/null
+exec /usr/bin/python3 - <<'PY'
+import errno, json, socket
+try:
+    s = socket.create_connection(("127.0.0.2", {dest.port}), timeout=5)
+    s.close()
+    print(json.dumps({{"action": "forward", "to": "a@dest.test"}}))
+except OSError as e:
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # still allowed
+    u.close()
+    print(json.dumps({{"action": "reject", "reason": "no network: " + errno.errorcode.get(e.errno, "?")}}))
+PY
+""")
+    add_worker(gw, "closed@gw.test", "closed", "--program", probe)
+    add_worker(gw, "open@gw.test", "open", "--program", probe, "--network")
+    code, text = data_reply(gw, "alice@sender.test", "closed@gw.test",
+                            make_message("alice@sender.test", "closed@gw.test"))
+    assert code == 550 and text == "5.7.1 no network: EPERM", (code, text)
+    qid = gw.send("alice@sender.test", "open@gw.test",
+                  make_message("alice@sender.test", "open@gw.test", subject="net"))
+    gw.wait_activity(qid, "forwarded")
+    workers = {w["name"]: w for w in gw.ctl_json("worker", "list")}
+    assert workers["open"]["network"] is True and workers["closed"]["network"] is False
+    # The dry run has the same limits.
+    r = subprocess.run([os.path.join(gw.bin, "mxferryctl"), "-c", gw.conf, "worker", "test",
+                        "closed", "--from", "a@b.test", "--to", "closed@gw.test"],
+                       input=make_message("a@b.test", "closed@gw.test"), capture_output=True,
+                       timeout=30)
+    assert b"no network: EPERM" in r.stdout, (r.stdout, r.stderr)
+
+
 def test_js_documentation_examples(world):
     gw, dest = world.gw, world.dest
     setup_domain(gw)
