@@ -337,6 +337,7 @@ static void rollback(struct mxf_rulesdb *db)
 static int user_version(struct mxf_rulesdb *db, int *v, char *err, size_t errlen)
 {
 	sqlite3_stmt *st;
+	*v = 0;
 	int r = prep(db, "PRAGMA user_version", &st, err, errlen);
 	if (r < 0)
 		return r;
