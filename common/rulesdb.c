@@ -2690,12 +2690,35 @@ static bool glob_match(const char *p, const char *s)
 	return *p == '\0';
 }
 
-/* Whether the rule's sender matcher admits sender (folded; "" the null
- * sender; NULL unknown, which no sender matcher admits). */
-static bool from_ok(const struct rs_rule *ru, const char *sender)
+/* The envelope sender as sender matchers compare it (ASCII-lower-cased,
+ * domain as A-labels), folded on first use: most lookups meet no sender
+ * matcher, and folding costs an IDN conversion on every RCPT. */
+struct sender_key {
+	const char *raw; /* "" the null sender; NULL unknown */
+	bool done;
+	char folded[MXF_ADDR_SIZE];
+};
+
+static const char *sender_folded(struct sender_key *k)
+{
+	if (!k->raw || !*k->raw)
+		return k->raw;
+	if (!k->done) {
+		if (mxf_addr_normalize(k->raw, MXF_ADDR_UTF8, k->folded, sizeof(k->folded)) < 0)
+			snprintf(k->folded, sizeof(k->folded), "%s", k->raw);
+		lower_ascii(k->folded);
+		k->done = true;
+	}
+	return k->folded;
+}
+
+/* Whether the rule's sender matcher admits the sender ("" the null sender;
+ * NULL unknown, which no sender matcher admits). */
+static bool from_ok(const struct rs_rule *ru, struct sender_key *k)
 {
 	if (ru->nfrom == 0)
 		return true;
+	const char *sender = sender_folded(k);
 	if (!sender)
 		return false;
 	for (size_t i = 0; i < ru->nfrom; i++) {
@@ -2711,7 +2734,7 @@ static bool from_ok(const struct rs_rule *ru, const char *sender)
  * priority order (a literal first among equals, then the older rule), the
  * first whose sender matcher admits sender. */
 static const struct rs_rule *match_rules(const struct mxf_ruleset *rs, const struct rs_domain *d,
-					 const char *key, const char *local, const char *sender)
+					 const char *key, const char *local, struct sender_key *sender)
 {
 	size_t lo = 0, hi = rs->nlit, wi = 0;
 	while (lo < hi) {
@@ -2745,7 +2768,9 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const cha
 		       struct mxf_route *out)
 {
 	*out = (struct mxf_route){.kind = MXF_ROUTE_NO_DOMAIN, .tag = "", .text = "", .dmarc = ""};
-	char key[MXF_ADDR_SIZE], local[MXF_ADDR_SIZE], from[MXF_ADDR_SIZE];
+	char key[MXF_ADDR_SIZE], local[MXF_ADDR_SIZE];
+	struct sender_key sk;
+	sk.raw = sender, sk.done = false; /* folded: filled on first use */
 	size_t len = strlen(addr);
 	const char *at = strrchr(addr, '@');
 	if (len >= sizeof(key) || !at)
@@ -2758,17 +2783,10 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const cha
 	if (!d)
 		return 0;
 	out->dmarc = d->dmarc;
-	/* Sender patterns compare ASCII-case-insensitively, domain as A-labels. */
-	if (sender && *sender) {
-		if (mxf_addr_normalize(sender, MXF_ADDR_UTF8, from, sizeof(from)) < 0)
-			snprintf(from, sizeof(from), "%s", sender);
-		lower_ascii(from);
-		sender = from;
-	}
 	out->kind = MXF_ROUTE_NO_RULE;
 	memcpy(local, key, llen);
 	local[llen] = '\0';
-	const struct rs_rule *ru = match_rules(rs, d, key, local, sender);
+	const struct rs_rule *ru = match_rules(rs, d, key, local, &sk);
 	if (!ru && d->subaddr && llen > 1) {
 		/* user+tag@d: the rules of user@d when none names it exactly. */
 		size_t cut = strcspn(local, rs->sep);
@@ -2776,7 +2794,7 @@ int mxf_ruleset_lookup(const struct mxf_ruleset *rs, const char *addr, const cha
 			char base[MXF_ADDR_SIZE];
 			local[cut] = '\0';
 			snprintf(base, sizeof(base), "%s@%s", local, dom);
-			ru = match_rules(rs, d, base, local, sender);
+			ru = match_rules(rs, d, base, local, &sk);
 		}
 	}
 	if (!ru)
