@@ -8,7 +8,8 @@ libopendkim-dev libspf2-dev libsqlite3-dev libidn2-dev libinih-dev libcmocka-dev
 libcurl4-openssl-dev"
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd python3-dnspython nsd iproute2 \
 util-linux openssl sqlite3 clang libclang-rt-14-dev strace python3-prometheus-client \
-python3-dkim python3-nacl python3-authres opendkim-tools python3-spf python3-yaml nodejs"
+python3-dkim python3-nacl python3-authres opendkim-tools python3-spf python3-yaml nodejs \
+chromium"
 # The Debian package: build (dpkg-buildpackage, dh), check (lintian,
 # systemd-analyze), install (adduser) and its log summary (pflogsumm).
 PKG_PKGS="debhelper dpkg-dev lintian systemd adduser openssl pflogsumm"
@@ -28,7 +29,30 @@ for p in $want; do
 	esac
 done
 
-[ -z "$missing" ] && exit 0
+# The dashboard test (t/e2e/test_dashboard.py) drives chromium with
+# playwright-core from npm, pinned in t/e2e/dashboard/package-lock.json and
+# installed into t/e2e/dashboard/node_modules (gitignored). Here, not in the
+# test: the e2e suite runs offline in its own network namespace.
+dashboard_npm() {
+	dir="$(cd "$(dirname "$0")/.." && pwd)/t/e2e/dashboard"
+	want_v=$(sed -n 's/.*"playwright-core": *"\([^"]*\)".*/\1/p' "$dir/package.json")
+	have_v=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' \
+		"$dir/node_modules/playwright-core/package.json" 2>/dev/null | head -n 1)
+	[ -n "$want_v" ] && [ "$want_v" = "$have_v" ] && return 0
+	echo "install-deps: npm ci in $dir (playwright-core $want_v)" >&2
+	(cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts)
+}
+
+# Debian's nodejs has npm in a package of its own; a nodejs from elsewhere
+# (NodeSource) ships npm itself and conflicts with Debian's.
+if [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null 2>&1; then
+	missing="$missing npm"
+fi
+
+if [ -z "$missing" ]; then
+	[ "${1:-}" = "--test" ] && dashboard_npm
+	exit 0
+fi
 
 echo "install-deps: installing:$missing" >&2
 SUDO=""
@@ -45,3 +69,5 @@ if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
 	trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 $SUDO apt-get install -y -q --no-install-recommends $missing
+[ "${1:-}" = "--test" ] && dashboard_npm
+exit 0

@@ -1,0 +1,195 @@
+"""The web dashboard (issue 12) in a real browser: Debian's chromium driven by
+playwright-core (t/e2e/dashboard/dash.mjs) against a real gateway's apid.
+
+The browser logs in with a token from `mxferryctl token add`, adds the domain
+and creates a forward rule; the test then sends a message through smtpd with
+smtplib (and has a second recipient refused); the browser finds them in the
+activity log and in the chart (asserting on the DOM and the chart's data, not
+on pixels) and saves screenshots: under the test's directory and, if
+MXF_ARTIFACTS is set, copied there.
+
+Skips only when apid is not built; chromium and playwright-core are installed
+by scripts/install-deps.sh --test.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import GW_HOST, add_log, free_ports, make_message, make_world, wait_until
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WWW = os.path.normpath(os.path.join(HERE, "..", "..", "apid", "www"))
+DASH_DIR = os.path.join(HERE, "dashboard")
+CHROMIUM = "/usr/bin/chromium"
+TOKEN_RE = re.compile(r"\bmxf_[0-9a-f]{64}\b")
+ZONE = "dash.test"
+RCPT = f"hello@{ZONE}"
+DEST = "dest@dest.test"
+NOBODY = f"nobody@{ZONE}"
+
+
+def copy_www(dst):
+    """The dashboard's files where every daemon user can read them (the
+    worktree may not be traversable by apid's user)."""
+    shutil.copytree(WWW, dst)
+    for root, _, files in os.walk(dst):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    return dst
+
+
+def save_artifacts(out):
+    """The screenshots dash.mjs saved in out (dashboard-failure.png too), copied
+    to $MXF_ARTIFACTS if set; returns their paths."""
+    names = sorted(f for f in os.listdir(out) if f.endswith(".png"))
+    dest = os.environ.get("MXF_ARTIFACTS")
+    if not dest:
+        return [os.path.join(out, f) for f in names]
+    os.makedirs(dest, exist_ok=True)
+    for f in names:
+        shutil.copy(os.path.join(out, f), os.path.join(dest, f))
+    return [os.path.join(dest, f) for f in names]
+
+
+def api_get(base, path, token):
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_dashboard(mxf_bin, dns_server, sinks, gateway, workdir, request):
+    if not os.access(os.path.join(mxf_bin, "apid"), os.X_OK):
+        pytest.skip("apid is not built")
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: scripts/install-deps.sh --test"
+    assert os.path.isdir(os.path.join(DASH_DIR, "node_modules", "playwright-core")), \
+        "playwright-core is missing: scripts/install-deps.sh --test"
+    out = os.path.join(workdir, "artifacts")
+    os.makedirs(out)
+    # A failing run's screenshot reaches $MXF_ARTIFACTS too.
+    request.addfinalizer(lambda: save_artifacts(out))
+    www = copy_www(os.path.join(workdir, "www"))
+    port = free_ports(1)[0]
+    base = f"http://127.0.0.1:{port}"
+    # The domain's MX points at the gateway, so the DNS view finds it live.
+    dns_server.zone(ZONE, mx=[(10, GW_HOST)])
+    w = make_world(dns_server, sinks, gateway,
+                   {"api": {"listen": f"127.0.0.1:{port}", "www_dir": www}})
+    gw = w.gw
+    # The destination is verified out of band (a verification round trip is
+    # the API tests' business); the browser adds the domain and the rule.
+    gw.ctl_ok("address", "add", DEST, "--verified")
+    m = TOKEN_RE.search(gw.ctl_ok("token", "add", "dash"))
+    assert m, "mxferryctl token add printed no token"
+    token = m.group(0)
+    m = TOKEN_RE.search(gw.ctl_ok("token", "add", "viewer", "--read-only"))
+    assert m, "mxferryctl token add --read-only printed no token"
+    ro_token = m.group(0)
+
+    # apid is up and serves the dashboard from / (relative paths, no-cache).
+    def up():
+        try:
+            return api_get(base, "/client/v4/user/tokens/verify", token)[0] == 200
+        except OSError:
+            return False
+    wait_until(up, 20, interval=0.2, what=f"apid to answer on {base}")
+    st, hdr, body = api_get(base, "/", token)
+    assert st == 200 and b'src="app.js"' in body, (st, body[:200])
+    assert hdr.get("Content-Type", "").startswith("text/html")
+    for f, ctype in (("app.js", "javascript"), ("chart.js", "javascript"), ("style.css", "text/css")):
+        st, hdr, _ = api_get(base, "/" + f, token)
+        assert st == 200 and ctype in hdr.get("Content-Type", ""), (f, st, hdr.get("Content-Type"))
+
+    def api_state():
+        out = []
+        for path in (f"/client/v4/zones/{ZONE}/email/routing/activity?to={RCPT}",
+                     f"/client/v4/zones/{ZONE}/email/routing/analytics"):
+            try:
+                st, _, body = api_get(base, path, token)
+                out.append(f"GET {path}: {st} {body[:3000].decode('utf-8', 'replace')}")
+            except OSError as e:
+                out.append(f"GET {path}: {e}")
+        return "\n".join(out)
+    add_log(request, "API state", api_state)
+
+    env = dict(os.environ, DASH_URL=base + "/", DASH_TOKEN=token, DASH_ZONE=ZONE, DASH_RCPT=RCPT,
+               DASH_DEST=DEST, DASH_NOBODY=NOBODY, DASH_OUT=out, DASH_RO_TOKEN=ro_token, HOME=workdir, TMPDIR=workdir)
+    proc = subprocess.Popen(["node", os.path.join(DASH_DIR, "dash.mjs")], cwd=DASH_DIR, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    add_log(request, "dash.mjs", lambda: "\n".join(lines))
+    need_mail = threading.Event()
+
+    def reader():
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("NEED-MAIL"):
+                need_mail.set()
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 40
+        while not need_mail.wait(0.2):
+            assert proc.poll() is None, "dash.mjs ended before the mail:\n" + "\n".join(lines)
+            assert time.monotonic() < deadline, "dash.mjs: no rule after 40 s:\n" + "\n".join(lines)
+        qid = gw.send_retrying("alice@sender.test", RCPT,
+                               make_message("alice@sender.test", RCPT, subject="dashboard test"))
+        gw.wait_activity(qid, "forwarded")
+        assert [m.rcpt_tos for m in w.dest.wait_for(1)] == [[DEST]]
+        # And one refused at RCPT (no rule, no catch-all): a "rejected" row.
+        s = gw.smtp()
+        try:
+            assert s.mail("alice@sender.test")[0] == 250
+            code, resp = s.rcpt(NOBODY)
+            assert code == 550, (code, resp)
+        finally:
+            s.quit()
+        wait_until(lambda: [r for r in gw.activity()
+                            if r["rcpt"] == NOBODY and r["status"] == "rejected"], 15,
+                   what=lambda: f"a rejected activity row for {NOBODY}: {gw.activity()}")
+        proc.stdin.write(f"SENT {qid}\n")
+        proc.stdin.close()
+        rc = proc.wait(40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        t.join(5)
+    print("\n".join(lines))
+    assert rc == 0, "dash.mjs failed:\n" + "\n".join(lines)
+    res = json.loads(next(ln for ln in reversed(lines) if ln.startswith("RESULT "))[7:])
+    assert res["qid"] == qid and res["totals"]["forwarded"] >= 1
+
+    # The rule the browser made is the one that routed the mail, and its
+    # audit entry names the token.
+    rules = gw.ctl_json("rule", "list", ZONE)["rules"]
+    assert [r for r in rules if r["tag"] == res["rule_id"] and r["to"] == RCPT], rules
+    adds = [e for e in gw.ctl_json("audit")["entries"]
+            if e["action"] == "rule.add" and e["object"] == res["rule_id"]]
+    assert len(adds) == 1 and "dash" in adds[0]["who"], adds
+    shots = save_artifacts(out)
+    assert any(f.endswith("/dashboard.png") for f in shots), shots
+    # (The test's directory is removed at the end unless MXF_E2E_KEEP=1.)
+    print(f"dashboard screenshots: {', '.join(shots)}")
+
+
+def test_dashboard_chart_units():
+    """The chart's axis helpers (apid/www/chart.js) under node --test: needs
+    neither apid nor a browser, so it runs before the merge too."""
+    r = subprocess.run(["node", "--test", os.path.join(DASH_DIR, "chart_test.mjs")],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, TZ="UTC"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "# fail 0" in r.stdout, r.stdout
