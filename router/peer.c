@@ -77,6 +77,14 @@ void peer_close_all(void)
 		peer_close(R.peers);
 }
 
+struct peer *peer_find_serial(uint64_t serial)
+{
+	for (struct peer *p = R.peers; p; p = p->next)
+		if (p->serial == serial)
+			return p->closing ? NULL : p;
+	return NULL;
+}
+
 struct peer *peer_find_role(enum role role)
 {
 	struct peer *best = NULL;
@@ -285,6 +293,8 @@ static void on_accept(uv_poll_t *h, int status, int events)
 			close(s);
 			continue;
 		}
+		static uint64_t serial;
+		p->serial = ++serial;
 		p->next = R.peers;
 		if (R.peers)
 			R.peers->prev = p;

@@ -45,6 +45,8 @@ struct peer {
 	struct commit *commits; /* running commits that will answer on this peer */
 	unsigned jobs;          /* deliverd: delivery jobs in flight */
 	uint64_t smtp_active;   /* smtpd: sessions open, from its last SMTPD_STATS */
+	uint64_t serial;        /* unique per connection: what a signing job answers to */
+	unsigned signing;       /* signer: RSA signatures in the signing threads */
 };
 
 struct router {
@@ -83,6 +85,8 @@ extern struct router R;
 int peer_listen(const char *path);
 void peer_close(struct peer *p);
 void peer_close_all(void);
+/* The live connection with that serial, or NULL (closed meanwhile). */
+struct peer *peer_find_serial(uint64_t serial);
 int peer_send(struct peer *p, const struct mxf_ipc_msg *m, int fd);
 struct peer *peer_find_role(enum role role);
 const char *role_name(enum role r);
@@ -192,6 +196,7 @@ bool activity_sent_by(const char *qid, const char *sender);
 /* sign.c: the DKIM/ARC signing oracle */
 /* (Re)loads the enabled keys of rules.db; keeps the old set if the DB fails. */
 void sign_load(void);
+/* Also stops the signing threads (waiting for the operations they are in). */
 void sign_free(void);
 /* Issue 13: loads (creating it, 0600, like srs.secret) the webhook secret,
  * the first line of path; fatal when impossible. */

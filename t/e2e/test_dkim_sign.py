@@ -107,6 +107,40 @@ def test_rsa_signature_verifies(dns_server, sinks, gateway):
     assert not dkim.verify(bad, dnsfunc=dnsfunc(dns_server.port))
 
 
+def test_concurrent_rsa_signatures_match_their_messages(dns_server, sinks, gateway):
+    """Issue 14: the router's RSA operations run on signing threads and come
+    back in any order. Many messages signed at once by deliverd's worker
+    threads (RSA and Ed25519 per message, each a separate request) each
+    carry signatures that verify over their own content: no reply went to
+    the wrong request or connection."""
+    w = world(dns_server, sinks, gateway, [("rsa", "r1"), ("ed25519", "e1")])
+    n = 24
+    errors = []
+
+    def send(i):
+        try:
+            w.gw.send_retrying(SENDER, "info@gw.test",
+                               make_message(SENDER, "info@gw.test", subject=f"burst {i}",
+                                            body=f"message number {i}\n" * (i + 1)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    msgs = w.dest.wait_for(n, timeout=60)
+    seen = set()
+    for m in msgs:
+        got = verify_all(m.data, dns_server.port)
+        assert sorted(got) == [(SRS_DOMAIN, "ed25519-sha256"), (SRS_DOMAIN, "rsa-sha256")], got
+        seen.add(m.data.split(b"Subject: burst ", 1)[1].split(b"\r\n", 1)[0])
+    assert len(seen) == n
+    assert "signing thread" in w.gw.log_text()
+
+
 def test_ed25519_and_rsa_side_by_side(dns_server, sinks, gateway):
     w = world(dns_server, sinks, gateway, [("rsa", "r1"), ("ed25519", "e1")])
     # A receiving-domain key as well: gw.test signs the mail it receives.

@@ -4,7 +4,7 @@ Each must leave memory bounded, get the right reply code, and leave other
 sessions working. smtpd's memory is its VmRSS in /proc/PID/status.
 
 The CI forms are small; MXF_ABUSE_BIG=1 makes the DATA stream 1 GiB and the
-idle connections 10,000 (see also bench/smtpd_sessions.py)."""
+idle connections 10,000 (see also bench/sessions)."""
 import base64
 import os
 import quopri

@@ -649,6 +649,90 @@ static void test_model(void **state)
  * destinations intact. */
 /* Issue 4: a rule's second matcher, the envelope sender, AND-ed with the
  * recipient matcher; several rules for one address, each for other senders. */
+/* Issue 14: the literal rules' hash index and the wildcards' first-byte
+ * runs give the same answers as a scan in priority order would: across
+ * runs ('s' and '*'), literal first among equals, a refused sender matcher
+ * moving on to the next candidate, many literal keys (hash collisions). */
+static void test_lookup_index(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	const char *one[] = {"dest@dest.test"};
+	char t_star1[33], t_s3[33], t_sa7[33], t_lit4[33], t_x2[33], t_eq[33];
+	struct mxf_rule_spec sp = {.domain = "example.com", .matcher = "wildcard",
+				   .to = "*@example.com", .action = "drop", .priority = 1,
+				   .from = "*@vip.example"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_star1, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "s*@example.com", .action = "reject", .arg = "s",
+				    .priority = 3, .from = "*@a.example"};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_s3, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "sa*@example.com", .action = "reject", .arg = "sa",
+				    .priority = 7};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_sa7, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "sales-eu@example.com", .action = "forward", .dests = one,
+				    .ndest = 1, .priority = 4};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_lit4, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "*x@example.com", .action = "drop", .priority = 2};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_x2, err, sizeof(err)), 0);
+	/* A literal and a wildcard of equal priority: the literal first. */
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+				    .to = "tie@example.com", .action = "drop", .priority = 7};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, t_eq, err, sizeof(err)), 0);
+	sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "wildcard",
+				    .to = "t*@example.com", .action = "drop", .priority = 7};
+	assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, NULL, err, sizeof(err)), 0);
+	enum { NLIT = 300 };
+	static char tags[NLIT][33];
+	for (int i = 0; i < NLIT; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "u%d@example.com", i);
+		sp = (struct mxf_rule_spec){.domain = "example.com", .matcher = "literal",
+					    .to = to, .action = "drop"};
+		assert_int_equal(mxf_rulesdb_rule_create(f->db, &sp, tags[i], err, sizeof(err)), 0);
+	}
+
+	struct mxf_ruleset *rs;
+	struct mxf_route rt;
+	assert_int_equal(mxf_ruleset_load(f->db, &rs, err, sizeof(err)), 0);
+	/* '*' run (priority 1) over the 's' run, for its sender only. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", "b@VIP.example", &rt), 0);
+	assert_string_equal(rt.tag, t_star1);
+	/* s* (3) for its sender, before the literal (4). */
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", "b@a.example", &rt), 0);
+	assert_string_equal(rt.tag, t_s3);
+	/* Both wildcard matchers refuse: the literal, then sa* for others. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "sales-eu@example.com", "b@c.example", &rt), 0);
+	assert_string_equal(rt.tag, t_lit4);
+	assert_int_equal(mxf_ruleset_lookup(rs, "sam@example.com", "b@c.example", &rt), 0);
+	assert_string_equal(rt.tag, t_sa7);
+	assert_int_equal(mxf_ruleset_lookup(rs, "SAM@example.com", NULL, &rt), 0);
+	assert_string_equal(rt.tag, t_sa7);
+	/* *x (2, '*' run) before sa* (7, 's' run); a local part of another
+	 * first byte meets the '*' run only. */
+	assert_int_equal(mxf_ruleset_lookup(rs, "samx@example.com", "", &rt), 0);
+	assert_string_equal(rt.tag, t_x2);
+	assert_int_equal(mxf_ruleset_lookup(rs, "box@example.com", "", &rt), 0);
+	assert_string_equal(rt.tag, t_x2);
+	assert_int_equal(mxf_ruleset_lookup(rs, "bob@example.com", "", &rt), 0);
+	assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	assert_int_equal(mxf_ruleset_lookup(rs, "tie@example.com", "", &rt), 0);
+	assert_string_equal(rt.tag, t_eq);
+	for (int i = 0; i < NLIT; i++) {
+		char a[64];
+		snprintf(a, sizeof(a), "U%d@Example.COM", i);
+		assert_int_equal(mxf_ruleset_lookup(rs, a, "", &rt), 0);
+		assert_string_equal(rt.tag, tags[i]);
+		snprintf(a, sizeof(a), "u%d0000@example.com", i);
+		assert_int_equal(mxf_ruleset_lookup(rs, a, "", &rt), 0);
+		assert_int_equal(rt.kind, MXF_ROUTE_NO_RULE);
+	}
+	mxf_ruleset_free(rs);
+}
+
 static void test_sender_matcher(void **state)
 {
 	struct fx *f = *state;
@@ -1054,6 +1138,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_load_validates, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_model, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sender_matcher, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lookup_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_address_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
