@@ -137,6 +137,19 @@ static const struct key keys[] = {
 	{"workerd", "memory_limit", T_INT, "512", 64, 65536, false},
 	/* Issue 13: the whole POST of a webhook delivery must end within this. */
 	{"deliverd", "webhook_timeout", T_DURATION, "30", 1, 600, false},
+	/* Issue 12: apid, the REST API and dashboard. listen "off" or empty:
+	 * not started. TLS: PEM files ("" = [smtpd] tls_cert/tls_key when
+	 * tls is yes). A request body past max_body is refused with 413; per
+	 * client IP, rate_limit requests per rate_window (0: no limit) → 429. */
+	{"api", "listen", T_STR, "127.0.0.1:8025", 0, 0, false},
+	{"api", "user", T_STR, "mxferry-api", 0, 0, false},
+	{"api", "www_dir", T_PATH, "/usr/share/mxferry/www", 0, 0, false},
+	{"api", "tls", T_BOOL, "no", 0, 0, false},
+	{"api", "tls_cert", T_PATH, "", 0, 0, false},
+	{"api", "tls_key", T_PATH, "", 0, 0, false},
+	{"api", "max_body", T_INT, "1048576", 1024, 1LL << 30, false},
+	{"api", "rate_limit", T_INT, "600", 0, 1000000, false},
+	{"api", "rate_window", T_DURATION, "60", 1, 3600, false},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -475,4 +488,10 @@ int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsign
 		return -EINVAL;
 	*port = (unsigned)p;
 	return 0;
+}
+
+bool mxf_api_enabled(const struct mxf_config *cfg)
+{
+	const char *l = mxf_config_str(cfg, "api", "listen");
+	return l[0] && strcasecmp(l, "off") != 0 && strcasecmp(l, "no") != 0;
 }

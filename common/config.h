@@ -35,4 +35,7 @@ int mxf_config_entry(const struct mxf_config *cfg, size_t i, struct mxf_config_i
 /* Parses "host:port" / "[v6]:port" into host (brackets removed) and port. */
 int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsigned *port);
 
+/* Whether apid runs: [api] listen is neither empty nor "off". */
+bool mxf_api_enabled(const struct mxf_config *cfg);
+
 #endif

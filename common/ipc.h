@@ -59,7 +59,8 @@ enum mxf_ipc_type {
 	                             F_BOUNCE_QID; 4xx: try again later; 5xx: give up, log) */
 	MXF_MSG_RELOAD,           /* ctl->r: F_REQ */
 	MXF_MSG_RELOAD_REPLY,     /* r->ctl: F_REQ, F_CODE, F_TEXT */
-	MXF_MSG_QUEUE_CTL,        /* ctl->r: F_REQ, F_TEXT (hold|release|delete|retry|flush), F_QID* */
+	MXF_MSG_QUEUE_CTL,        /* ctl->r: F_REQ, F_TEXT (hold|release|delete|retry|flush|list), F_QID*
+				   * (list: F_COUNT offset; the reply's F_TEXT a JSON array) */
 	MXF_MSG_QUEUE_CTL_REPLY,  /* r->ctl: F_REQ, F_CODE, F_TEXT, F_COUNT (messages acted on) */
 	MXF_MSG_DSN_PARSE,        /* r->bouncer: F_REQ, F_QID (mail that came to an SRS address);
 	                             fd (O_RDONLY content): is it a returned bounce, and of what? */

@@ -56,6 +56,11 @@ static int caps_clear(void)
 
 int mxf_privdrop(const char *user, const char *chroot_dir)
 {
+	return mxf_privdrop_as(user, NULL, chroot_dir);
+}
+
+int mxf_privdrop_as(const char *user, const char *group_of, const char *chroot_dir)
+{
 	if (user) {
 		uid_t uid;
 		gid_t gid;
@@ -69,6 +74,15 @@ int mxf_privdrop(const char *user, const char *chroot_dir)
 		}
 		if (uid == 0) {
 			mxf_err("privdrop: refusing to run as %s: it is uid 0", user);
+			return -EPERM;
+		}
+		uid_t ou;
+		if (group_of && mxf_privdrop_lookup(group_of, &ou, &gid) < 0) {
+			mxf_err("privdrop: no such user %s", group_of);
+			return -ENOENT;
+		}
+		if (gid == 0) {
+			mxf_err("privdrop: refusing to run with group 0");
 			return -EPERM;
 		}
 		/* chroot before dropping root: it needs the privilege, and the

@@ -18,5 +18,8 @@ bool mxf_privdrop_capable(void);
  * PR_SET_NO_NEW_PRIVS. user NULL keeps the current identity (the development
  * mode) and skips the chroot. Returns 0 or -errno. */
 int mxf_privdrop(const char *user, const char *chroot_dir);
+/* The same with the primary group of user group_of (NULL: user's own) as
+ * the only group: apid shares the router's group to reach rules.db. */
+int mxf_privdrop_as(const char *user, const char *group_of, const char *chroot_dir);
 
 #endif

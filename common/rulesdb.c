@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -242,6 +243,27 @@ static const char *const migrations[] = {
 	 * network access the operator grants"); off unless granted. */
 	"ALTER TABLE workers ADD COLUMN network INTEGER NOT NULL DEFAULT 0"
 	"  CHECK (network IN (0, 1));",
+	/* 13 (issue 12, apid): stable 32-hex ids for domains (the API's zone_id)
+	 * and addresses (set by the INSERTs: triggers are off on our
+	 * connections); the
+	 * installation's id (account_id); API tokens, of which only the SHA-256
+	 * of the secret is kept. */
+	"ALTER TABLE domains ADD COLUMN uid TEXT"
+	"  CHECK (uid IS NULL OR (length(uid) = 32 AND uid NOT GLOB '*[^0-9a-f]*'));"
+	"UPDATE domains SET uid = lower(hex(randomblob(16)));"
+	"CREATE UNIQUE INDEX domains_uid ON domains(uid);"
+	"ALTER TABLE addresses ADD COLUMN uid TEXT"
+	"  CHECK (uid IS NULL OR (length(uid) = 32 AND uid NOT GLOB '*[^0-9a-f]*'));"
+	"UPDATE addresses SET uid = lower(hex(randomblob(16)));"
+	"CREATE UNIQUE INDEX addresses_uid ON addresses(uid);"
+	"INSERT OR IGNORE INTO settings (key, value) VALUES ('account_id', lower(hex(randomblob(16))));"
+	"CREATE TABLE api_tokens ("
+	"  uid TEXT NOT NULL UNIQUE CHECK (length(uid) = 32 AND uid NOT GLOB '*[^0-9a-f]*'),"
+	"  name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64"
+	"    AND name NOT GLOB '*[^A-Za-z0-9._-]*'),"
+	"  hash BLOB NOT NULL CHECK (length(hash) = 32),"
+	"  read_only INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),"
+	"  created INTEGER NOT NULL) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -399,9 +421,20 @@ int mxf_rulesdb_open(const char *path, bool writable, struct mxf_rulesdb **out, 
 {
 	*out = NULL;
 	if (writable) {
-		/* Create the file ourselves so it is born 0640 (it will hold API
-		 * tokens and DKIM keys later), never through a symlink. */
-		int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+		/* Create the file ourselves so it is born 0660 (the router's group
+		 * is the router and apid, which writes it; API token hashes and
+		 * DKIM public keys are in it: nothing for others), never
+		 * through a symlink. */
+		int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0660);
+		/* Whatever the umask: the group's write bit is the point. */
+		if (fd >= 0 && fchmod(fd, 0660) < 0) {
+			int e = errno;
+			close(fd);
+			seterr(err, errlen, "%s: %s", path, strerror(e));
+			return -e;
+		}
+		if (fd < 0 && errno == EEXIST)
+			fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0) {
 			int e = errno;
 			seterr(err, errlen, "%s: %s", path, strerror(e));
@@ -558,6 +591,9 @@ void mxf_rulesdb_set_actor(struct mxf_rulesdb *db, const char *who)
 	"'unverified', unverified, 'dmarc', dmarc) FROM domains WHERE name = ?1"
 #define SNAP_ADDRESS                                                                              \
 	"SELECT json_object('address', email, 'verified', verified) FROM addresses WHERE email = ?1"
+#define SNAP_TOKEN                                                                                \
+	"SELECT json_object('token', name, 'id', uid, 'read_only', read_only) FROM api_tokens "   \
+	"WHERE name = ?1"
 #define SNAP_TRANSPORT                                                                            \
 	"SELECT json_object('domain', domain, 'nexthop', nexthop) FROM transports WHERE domain = ?1"
 #define SNAP_RULE                                                                                 \
@@ -683,8 +719,8 @@ int mxf_rulesdb_domain_add(struct mxf_rulesdb *db, const char *domain, char *err
 	if ((r = begin_write(db, err, errlen)) < 0)
 		return r;
 	sqlite3_stmt *st;
-	if ((r = prep(db, "INSERT INTO domains (name, enabled, subaddressing, created) "
-			  "VALUES (?1, 1, 0, ?2)",
+	if ((r = prep(db, "INSERT INTO domains (name, enabled, subaddressing, created, uid) "
+			  "VALUES (?1, 1, 0, ?2, lower(hex(randomblob(16))))",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
@@ -717,7 +753,8 @@ int mxf_rulesdb_address_add(struct mxf_rulesdb *db, const char *email, bool veri
 	if ((r = begin_write(db, err, errlen)) < 0)
 		return r;
 	sqlite3_stmt *st;
-	if ((r = prep(db, "INSERT INTO addresses (email, verified, created) VALUES (?1, ?2, ?3)",
+	if ((r = prep(db, "INSERT INTO addresses (email, verified, created, uid) "
+			  "VALUES (?1, ?2, ?3, lower(hex(randomblob(16))))",
 		      &st, err, errlen)) < 0)
 		goto out;
 	sqlite3_bind_text(st, 1, addr, -1, SQLITE_TRANSIENT);
@@ -3320,4 +3357,279 @@ const struct mxf_ruleset_worker *mxf_ruleset_worker(const struct mxf_ruleset *rs
 			? bsearch(&key, rs->workers, rs->nworker, sizeof(*rs->workers), cmp_worker)
 			: NULL;
 	return w ? &w->w : NULL;
+}
+
+/* ---- API (issue 12) ---- */
+
+int mxf_rulesdb_account_id(struct mxf_rulesdb *db, char out[33])
+{
+	sqlite3_stmt *st;
+	out[0] = '\0';
+	int r = prep(db, "SELECT value FROM settings WHERE key = 'account_id'", &st, NULL, 0);
+	if (r < 0)
+		return r;
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		snprintf(out, 33, "%s", col_text(st, 0));
+	else
+		r = rc == SQLITE_DONE ? -ENOENT : sqlerr(rc);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int mxf_rulesdb_domain_list(struct mxf_rulesdb *db,
+			    int (*cb)(const struct mxf_domain_info *d, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	int r = prep(db,
+		     "SELECT coalesce(uid, ''), name, enabled, subaddressing, created, unverified, "
+		     "  dmarc FROM domains ORDER BY name",
+		     &st, NULL, 0);
+	if (r < 0)
+		return r;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_domain_info d = {
+			.id = col_text(st, 0),
+			.name = col_text(st, 1),
+			.enabled = sqlite3_column_int(st, 2) != 0,
+			.subaddressing = sqlite3_column_int(st, 3) != 0,
+			.created = sqlite3_column_int64(st, 4),
+			.unverified = col_text(st, 5),
+			.dmarc = col_text(st, 6),
+		};
+		if ((r = cb(&d, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
+}
+
+int mxf_rulesdb_address_list(struct mxf_rulesdb *db,
+			     int (*cb)(const struct mxf_address_info *a, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	int r = prep(db,
+		     "SELECT coalesce(uid, ''), email, verified, created FROM addresses "
+		     "ORDER BY created, id",
+		     &st, NULL, 0);
+	if (r < 0)
+		return r;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_address_info a = {
+			.id = col_text(st, 0),
+			.email = col_text(st, 1),
+			.verified = sqlite3_column_int(st, 2) != 0,
+			.created = sqlite3_column_int64(st, 3),
+		};
+		if ((r = cb(&a, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
+}
+
+static bool token_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+	return n >= 1 && n <= 64 &&
+	       strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+static int sha256(const char *s, unsigned char out[32])
+{
+	unsigned int n = 0;
+	return EVP_Digest(s, strlen(s), out, &n, EVP_sha256(), NULL) == 1 && n == 32 ? 0 : -EIO;
+}
+
+int mxf_rulesdb_token_add(struct mxf_rulesdb *db, const char *name, bool read_only,
+			  char secret[MXF_API_TOKEN_SIZE], char id_out[33], char *err,
+			  size_t errlen)
+{
+	if (!token_name_ok(name)) {
+		seterr(err, errlen, "a token name is 1 to 64 of A-Z a-z 0-9 . _ -");
+		return -EINVAL;
+	}
+	/* 256 random bits, hex: far past guessing, and a plain SHA-256 of it
+	 * is enough (no password stretching needed for random secrets). */
+	char a[TAG_LEN + 1], b[TAG_LEN + 1], uid[TAG_LEN + 1];
+	int r;
+	if ((r = new_tag(a)) < 0 || (r = new_tag(b)) < 0 || (r = new_tag(uid)) < 0) {
+		seterr(err, errlen, "getrandom: %s", strerror(-r));
+		return r;
+	}
+	snprintf(secret, MXF_API_TOKEN_SIZE, "mxf_%s%s", a, b);
+	unsigned char h[32];
+	if ((r = sha256(secret, h)) < 0) {
+		seterr(err, errlen, "SHA-256 failed");
+		return r;
+	}
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	sqlite3_stmt *st;
+	if ((r = prep(db,
+		      "INSERT INTO api_tokens (uid, name, hash, read_only, created) "
+		      "VALUES (?1, ?2, ?3, ?4, ?5)",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, uid, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 3, h, sizeof(h), SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 4, read_only ? 1 : 0);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)time(NULL));
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		r = sqlerr(rc);
+		if (r == -EEXIST)
+			seterr(err, errlen, "token %s already exists", name);
+		else
+			r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if ((r = audit_after(db, "token.add", name, NULL, SNAP_TOKEN, name, 0, err, errlen)) < 0)
+		goto out;
+	if ((r = commit(db, err, errlen)) < 0)
+		return r;
+	snprintf(id_out, 33, "%s", uid);
+	return 0;
+out:
+	rollback(db);
+	explicit_bzero(secret, MXF_API_TOKEN_SIZE);
+	return r;
+}
+
+int mxf_rulesdb_token_remove(struct mxf_rulesdb *db, const char *name, char *err, size_t errlen)
+{
+	int r;
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	char *before = NULL;
+	if ((r = snapshot(db, SNAP_TOKEN, name, 0, &before, err, errlen)) < 0)
+		goto out;
+	if (!before) {
+		seterr(err, errlen, "no token %s", name);
+		r = -ENOENT;
+		goto out;
+	}
+	sqlite3_stmt *st;
+	if ((r = prep(db, "DELETE FROM api_tokens WHERE name = ?1", &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if ((r = audit(db, "token.remove", name, before, NULL, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	free(before);
+	rollback(db);
+	return r;
+}
+
+int mxf_rulesdb_token_list(struct mxf_rulesdb *db,
+			   int (*cb)(const struct mxf_api_token *t, void *arg), void *arg)
+{
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT uid, name, read_only, created FROM api_tokens ORDER BY name", &st,
+		     NULL, 0);
+	if (r < 0)
+		return r;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct mxf_api_token t = {
+			.id = col_text(st, 0),
+			.name = col_text(st, 1),
+			.read_only = sqlite3_column_int(st, 2) != 0,
+			.created = sqlite3_column_int64(st, 3),
+		};
+		if ((r = cb(&t, arg)) != 0)
+			break;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
+}
+
+int mxf_rulesdb_token_check(struct mxf_rulesdb *db, const char *secret, char id[33],
+			    char name[65], bool *read_only)
+{
+	unsigned char h[32];
+	if (strlen(secret) > 200 || sha256(secret, h) < 0)
+		return -EACCES;
+	sqlite3_stmt *st;
+	int r = prep(db, "SELECT uid, name, read_only, hash FROM api_tokens", &st, NULL, 0);
+	if (r < 0)
+		return r;
+	/* Every row is compared, in constant time, so neither the answer's
+	 * timing nor an index lookup tells how much of a hash matched. */
+	bool found = false;
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const void *b = sqlite3_column_blob(st, 3);
+		if (b && sqlite3_column_bytes(st, 3) == 32 && CRYPTO_memcmp(b, h, 32) == 0 &&
+		    !found) {
+			found = true;
+			snprintf(id, 33, "%s", col_text(st, 0));
+			snprintf(name, 65, "%s", col_text(st, 1));
+			*read_only = sqlite3_column_int(st, 2) != 0;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	else
+		r = found ? 0 : -EACCES;
+	sqlite3_finalize(st);
+	return r;
+}
+
+int mxf_rulesdb_domain_update(struct mxf_rulesdb *db, const char *domain, int enabled,
+			      int subaddressing, char *err, size_t errlen)
+{
+	char name[MXF_DOMAIN_MAX + 1], *before = NULL;
+	sqlite3_int64 dom_id;
+	int r = check_domain(domain, name, sizeof(name), err, errlen);
+	if (r < 0)
+		return r;
+	if ((r = begin_write(db, err, errlen)) < 0)
+		return r;
+	if ((r = find_domain(db, name, name, sizeof(name), &dom_id, err, errlen)) < 0 ||
+	    (r = snapshot(db, SNAP_DOMAIN, name, 0, &before, err, errlen)) < 0)
+		goto out;
+	sqlite3_stmt *st;
+	if ((r = prep(db,
+		      "UPDATE domains SET enabled = coalesce(?2, enabled), "
+		      "subaddressing = coalesce(?3, subaddressing) WHERE id = ?1",
+		      &st, err, errlen)) < 0)
+		goto out;
+	sqlite3_bind_int64(st, 1, dom_id);
+	if (enabled >= 0)
+		sqlite3_bind_int(st, 2, enabled ? 1 : 0);
+	if (subaddressing >= 0)
+		sqlite3_bind_int(st, 3, subaddressing ? 1 : 0);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		r = fail_sql(db, rc, err, errlen);
+		goto out;
+	}
+	if ((r = audit_after(db, "domain.set", name, before, SNAP_DOMAIN, name, 0, err, errlen)) < 0)
+		goto out;
+	free(before);
+	return commit(db, err, errlen);
+out:
+	free(before);
+	rollback(db);
+	return r;
 }

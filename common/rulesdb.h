@@ -289,4 +289,46 @@ const struct mxf_ruleset_worker *mxf_ruleset_worker(const struct mxf_ruleset *rs
 #define MXF_WORKER_MAX_TIMEOUT 120
 #define MXF_WORKER_MAX_SOURCE 49152
 
+/* ---- the REST API (issue 12) ---- */
+/* The installation's id (account_id): 32 hex, made by migration 13. */
+int mxf_rulesdb_account_id(struct mxf_rulesdb *db, char out[33]);
+struct mxf_domain_info {
+	const char *id; /* stable 32 hex (zone_id) */
+	const char *name; /* A-label */
+	bool enabled, subaddressing;
+	long long created;
+	const char *unverified, *dmarc;
+};
+int mxf_rulesdb_domain_list(struct mxf_rulesdb *db,
+			    int (*cb)(const struct mxf_domain_info *d, void *arg), void *arg);
+struct mxf_address_info {
+	const char *id; /* stable 32 hex */
+	const char *email;
+	bool verified;
+	long long created;
+};
+int mxf_rulesdb_address_list(struct mxf_rulesdb *db,
+			     int (*cb)(const struct mxf_address_info *a, void *arg), void *arg);
+/* Settings of the API's PUT/PATCH in one transaction (audited domain.set):
+ * enabled and subaddressing 0/1, -1 keeps. -ENOENT unknown domain. */
+int mxf_rulesdb_domain_update(struct mxf_rulesdb *db, const char *domain, int enabled,
+			      int subaddressing, char *err, size_t errlen);
+/* API tokens: NAME [A-Za-z0-9._-]{1,64}; the secret ("mxf_" + 64 hex, 256
+ * random bits) is returned once and only its SHA-256 stored. Audited as
+ * token.add / token.remove. check: 0 and the token's id, name and scope, or
+ * -EACCES (every row compared in constant time). */
+#define MXF_API_TOKEN_SIZE 69
+int mxf_rulesdb_token_add(struct mxf_rulesdb *db, const char *name, bool read_only,
+			  char secret[MXF_API_TOKEN_SIZE], char id[33], char *err, size_t errlen);
+int mxf_rulesdb_token_remove(struct mxf_rulesdb *db, const char *name, char *err, size_t errlen);
+struct mxf_api_token {
+	const char *id, *name;
+	bool read_only;
+	long long created;
+};
+int mxf_rulesdb_token_list(struct mxf_rulesdb *db,
+			   int (*cb)(const struct mxf_api_token *t, void *arg), void *arg);
+int mxf_rulesdb_token_check(struct mxf_rulesdb *db, const char *secret, char id[33],
+			    char name[65], bool *read_only);
+
 #endif

@@ -57,21 +57,12 @@ int ctl_parse_time(const char *s, time_t *out);
 int ctl_parse_duration(const char *s, long long *out);
 
 /* Commands (argv[0] is the first argument after the command words). */
-/* ---- the router's control socket (router.c) ---- */
-#define CTL_ROUTER_TIMEOUT_MS 5000
-struct mxf_ipc_msg;
-struct mxf_ipc_reply;
-/* Connects and shakes hands as role ctl: the socket, or <0 with the reason in why. */
-int ctl_router_open(const struct mxf_config *cfg, char *why, size_t whylen);
-/* Sends m and takes one answer of type want carrying F_REQ req and an F_CODE
- * (*out, to free with mxf_ipc_reply_free), or <0 with the reason in why. */
-int ctl_router_call(int s, const struct mxf_ipc_msg *m, uint16_t want, uint64_t req,
-		    int timeout_ms, struct mxf_ipc_reply **out, char *why, size_t whylen);
-/* Queues data (a whole RFC 5322 message, CRLF) from the null sender to rcpt
- * through the router, which makes it durable before it answers; qid gets its
- * queue ID. 0, or <0 with the reason in why. */
-int ctl_router_submit(const struct mxf_config *cfg, const char *rcpt, const char *data,
-		      size_t len, char qid[MXF_QID_SIZE], char *why, size_t whylen);
+/* ---- the router's control socket (common/routerctl.c) ---- */
+#include "routerctl.h"
+#define CTL_ROUTER_TIMEOUT_MS MXF_ROUTERCTL_TIMEOUT_MS
+#define ctl_router_open mxf_routerctl_open
+#define ctl_router_call mxf_routerctl_call
+#define ctl_router_submit mxf_routerctl_submit
 
 int ctl_domain(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_address(const struct mxf_config *cfg, int argc, char **argv);
@@ -96,6 +87,8 @@ void ctl_reload_router(const struct mxf_config *cfg);
 /* Issue 11: the operator's block and allow lists in rules.db. */
 int ctl_block(const struct mxf_config *cfg, int argc, char **argv);
 int ctl_allow(const struct mxf_config *cfg, int argc, char **argv);
+/* token.c (issue 12): the API's tokens. */
+int ctl_token(const struct mxf_config *cfg, int argc, char **argv);
 /* worker.c (issue 13) */
 int ctl_worker(const struct mxf_config *cfg, int argc, char **argv);
 bool ctl_worker_defined(const struct mxf_config *cfg, const char *name);

@@ -24,7 +24,7 @@
 #include "address.h"
 #include "ctl.h"
 #include "dkim.h"
-#include "dns.h"
+#include "dnsrecords.h"
 #include "rulesdb.h"
 
 /* Base64 of the public key as p= wants it: the DER SubjectPublicKeyInfo
@@ -338,109 +338,6 @@ int ctl_dkim(const struct mxf_config *cfg, int argc, char **argv)
 
 /* ---- domain dns ---- */
 
-struct rec {
-	char name[600], type[8], value[1400], note[300];
-	enum rec_kind { RK_MX, RK_SPF, RK_DMARC, RK_DKIM, RK_STS, RK_TLSRPT } kind;
-	const char *status; /* live DNS: ok, missing, wrong, unknown; NULL: not looked up */
-	char found[300];    /* what the live DNS has instead (wrong), or why unknown */
-};
-
-/* Letters and digits of a TXT value, ASCII-lower-cased, without blanks:
- * DKIM p= values and SPF terms compare like that. */
-static void squash(const char *in, char *out, size_t cap)
-{
-	size_t o = 0;
-	for (; *in && o + 1 < cap; in++)
-		if (*in != ' ' && *in != '\t')
-			out[o++] = (char)(*in >= 'A' && *in <= 'Z' ? *in - 'A' + 'a' : *in);
-	out[o] = '\0';
-}
-
-/* The value of tag in a tag=value; list (lower-cased, blanks removed), or "". */
-static void tag_of(const char *txt, const char *tag, char *out, size_t cap)
-{
-	char sq[2048], key[40];
-	squash(txt, sq, sizeof(sq));
-	snprintf(key, sizeof(key), "%s=", tag);
-	out[0] = '\0';
-	for (char *p = sq; p && *p; p = strchr(p, ';') ? strchr(p, ';') + 1 : NULL)
-		if (strncmp(p, key, strlen(key)) == 0) {
-			size_t l = strcspn(p + strlen(key), ";");
-			snprintf(out, cap, "%.*s", (int)l, p + strlen(key));
-			return;
-		}
-}
-
-/* Whether what the live DNS answers has the record: ok (as we would publish
- * it, or an equivalent the operator chose: any DMARC policy, an SPF that
- * names this gateway), wrong (a record of that kind that does not do the
- * job), missing, or unknown (no answer). */
-static void check_rec(struct mxf_dns *d, struct rec *r, const char *host)
-{
-	char why[200] = "", name[600];
-	snprintf(name, sizeof(name), "%s", r->name);
-	if (name[0] && name[strlen(name) - 1] == '.')
-		name[strlen(name) - 1] = '\0';
-	if (r->kind == RK_MX) {
-		struct mxf_mx *mx = NULL;
-		size_t n = 0;
-		int rc = mxf_dns_mx(d, name, &mx, &n, why, sizeof(why));
-		r->status = rc == MXF_DNS_OK ? "wrong" : rc == MXF_DNS_TEMPFAIL || rc < 0 ? "unknown"
-										  : "missing";
-		for (size_t i = 0; rc == MXF_DNS_OK && i < n; i++) {
-			if (strcasecmp(mx[i].host, host) == 0)
-				r->status = "ok";
-			else if (!r->found[0])
-				snprintf(r->found, sizeof(r->found), "%u %s.", mx[i].pref, mx[i].host);
-		}
-		if (strcmp(r->status, "unknown") == 0)
-			snprintf(r->found, sizeof(r->found), "%s", why);
-		free(mx);
-		return;
-	}
-	char **txt = NULL;
-	size_t n = 0;
-	int rc = mxf_dns_txt(d, name, &txt, &n, why, sizeof(why));
-	if (rc == MXF_DNS_TEMPFAIL || rc < 0) {
-		r->status = "unknown";
-		snprintf(r->found, sizeof(r->found), "%s", why);
-		return;
-	}
-	static const char *const prefix[] = {[RK_SPF] = "v=spf1", [RK_DMARC] = "v=dmarc1",
-					     [RK_DKIM] = "v=dkim1", [RK_STS] = "v=stsv1",
-					     [RK_TLSRPT] = "v=tlsrptv1"};
-	r->status = "missing";
-	for (size_t i = 0; rc == MXF_DNS_OK && i < n; i++) {
-		char sq[2048], want[2048];
-		squash(txt[i], sq, sizeof(sq));
-		/* A DKIM key record may leave out v=; every other kind starts with it. */
-		if (strncmp(sq, prefix[r->kind], strlen(prefix[r->kind])) != 0 &&
-		    !(r->kind == RK_DKIM && strstr(sq, "p=")))
-			continue;
-		bool good = true;
-		if (r->kind == RK_DKIM) {
-			char a[1600], b[1600];
-			tag_of(txt[i], "p", a, sizeof(a));
-			tag_of(r->value, "p", b, sizeof(b));
-			good = strcmp(a, b) == 0;
-		} else if (r->kind == RK_SPF) {
-			/* Ours, or any record that names the gateway's host. */
-			char h[300];
-			squash(r->value, want, sizeof(want));
-			snprintf(h, sizeof(h), "a:%s", host);
-			good = strcmp(sq, want) == 0 || strstr(sq, h) != NULL;
-		}
-		if (good) {
-			r->status = "ok";
-			break;
-		}
-		r->status = "wrong";
-		snprintf(r->found, sizeof(r->found), "%.280s", txt[i]);
-	}
-	if (rc == MXF_DNS_OK)
-		mxf_dns_txt_free(txt, n);
-}
-
 /* Zone-file text of a TXT value: strings of at most 255 bytes (RFC 1035
  * §3.3.14 limits each one; DKIM keys are longer). */
 static void zone_txt(const char *v, char *out, size_t cap)
@@ -465,83 +362,28 @@ int ctl_domain_dns(const struct mxf_config *cfg, int argc, char **argv)
 	char a[MXF_DOMAIN_MAX + 1];
 	if (mxf_domain_to_ascii(argv[0], a, sizeof(a)) < 0)
 		return ctl_fail("bad domain");
-	const char *host = mxf_config_str(cfg, "main", "hostname");
-	const char *srs = mxf_config_str(cfg, "router", "srs_domain");
-	struct keys *ks = calloc(1, sizeof(*ks));
-	struct rec *r = calloc(6 + 64, sizeof(*r));
-	size_t n = 0;
-	int rc;
-	if (!ks || !r) {
-		free(ks);
-		free(r);
+	struct mxf_dnsrec *r = calloc(6 + 64, sizeof(*r));
+	if (!r)
 		return ctl_fail("out of memory");
-	}
-	if ((rc = load_keys(cfg, a, ks)) != 0) {
-		free(ks);
+	struct mxf_rulesdb *db;
+	if (ctl_db_open(cfg, false, &db) != 0) {
 		free(r);
-		return rc;
+		return CTL_REFUSED;
 	}
-	bool is_srs = strcasecmp(a, srs) == 0;
-	snprintf(r[n].name, sizeof(r[n].name), "%s.", a);
-	snprintf(r[n].type, sizeof(r[n].type), "MX");
-	snprintf(r[n].value, sizeof(r[n].value), "10 %s.", host);
-	snprintf(r[n].note, sizeof(r[n].note), "mail for %s comes to this gateway", a);
-	r[n++].kind = RK_MX;
-	/* Forwarded mail leaves with the SRS domain as envelope sender and DSNs
-	 * with the HELO name: the gateway's address must pass SPF for both. */
-	snprintf(r[n].name, sizeof(r[n].name), "%s.", a);
-	snprintf(r[n].type, sizeof(r[n].type), "TXT");
-	snprintf(r[n].value, sizeof(r[n].value), "v=spf1 a:%s -all", host);
-	snprintf(r[n].note, sizeof(r[n].note), "%s",
-		 is_srs ? "SPF: the SRS domain is the envelope sender of every forwarded message"
-			: "SPF: add the domain's own senders (include:...) before -all");
-	r[n++].kind = RK_SPF;
-	snprintf(r[n].name, sizeof(r[n].name), "_dmarc.%s.", a);
-	snprintf(r[n].type, sizeof(r[n].type), "TXT");
-	snprintf(r[n].value, sizeof(r[n].value), "v=DMARC1; p=none");
-	snprintf(r[n].note, sizeof(r[n].note),
-		 "DMARC: start at p=none; add rua=mailto:... (your choice) to get reports");
-	r[n++].kind = RK_DMARC;
-	/* MTA-STS (RFC 8461) and TLS reporting (RFC 8460): optional; senders then
-	 * insist on TLS to this gateway. The policy file itself is served over
-	 * HTTPS at mta-sts.DOMAIN, which mxferry does not do. */
-	snprintf(r[n].name, sizeof(r[n].name), "_mta-sts.%s.", a);
-	snprintf(r[n].type, sizeof(r[n].type), "TXT");
-	snprintf(r[n].value, sizeof(r[n].value), "v=STSv1; id=%ld", (long)time(NULL));
-	snprintf(r[n].note, sizeof(r[n].note),
-		 "MTA-STS (optional): also serve https://mta-sts.%s/.well-known/mta-sts.txt with "
-		 "\"version: STSv1 / mode: testing / mx: %s / max_age: 86400\"; a new id= "
-		 "whenever it changes",
-		 a, host);
-	r[n++].kind = RK_STS;
-	snprintf(r[n].name, sizeof(r[n].name), "_smtp._tls.%s.", a);
-	snprintf(r[n].type, sizeof(r[n].type), "TXT");
-	snprintf(r[n].value, sizeof(r[n].value), "v=TLSRPTv1; rua=mailto:tls-reports@%s", a);
-	snprintf(r[n].note, sizeof(r[n].note),
-		 "TLS-RPT (optional, with MTA-STS): where senders report TLS failures");
-	r[n++].kind = RK_TLSRPT;
-	for (size_t i = 0; i < ks->n; i++) {
-		snprintf(r[n].name, sizeof(r[n].name), "%s._domainkey.%s.", ks->k[i].selector, a);
-		snprintf(r[n].type, sizeof(r[n].type), "TXT");
-		snprintf(r[n].value, sizeof(r[n].value), "v=DKIM1; k=%s; p=%s", ks->k[i].algorithm,
-			 ks->k[i].public_key);
-		snprintf(r[n].note, sizeof(r[n].note), "DKIM %s key%s", ks->k[i].algorithm,
-			 ks->k[i].enabled ? "" : " (disabled: not signing yet)");
-		r[n++].kind = RK_DKIM;
+	size_t nkeys = 0;
+	int got = mxf_dnsrec_build(cfg, db, a, r, 6 + 64, &nkeys);
+	mxf_rulesdb_close(db);
+	if (got < 0) {
+		free(r);
+		return ctl_fail("cannot read the keys: %s", strerror(-got));
 	}
+	size_t n = (size_t)got;
 	/* What the live DNS has, asked of [main] dns_resolver like every lookup
 	 * mxferry makes (the system's resolvers when it is empty). */
 	if (!offline) {
-		struct mxf_dns *d = NULL;
 		char err[256];
-		if (mxf_dns_new(mxf_config_str(cfg, "main", "dns_resolver"), 3, 2, &d, err,
-				sizeof(err)) < 0) {
+		if (mxf_dnsrec_check(cfg, r, n, err, sizeof(err)) < 0)
 			ctl_warn("no DNS check: %s", err);
-		} else {
-			for (size_t i = 0; i < n; i++)
-				check_rec(d, &r[i], host);
-			mxf_dns_free(d);
-		}
 	}
 	if (ctl_json) {
 		cj_begin(NULL, false);
@@ -588,10 +430,9 @@ int ctl_domain_dns(const struct mxf_config *cfg, int argc, char **argv)
 			}
 			printf("%s 3600 IN %s %s\n", r[i].name, r[i].type, txt);
 		}
-		if (ks->n == 0)
+		if (nkeys == 0)
 			printf("; no DKIM key for %s (mxferryctl dkim keygen %s)\n", a, a);
 	}
-	free(ks);
 	free(r);
 	return CTL_OK;
 }

@@ -79,6 +79,9 @@ static const char usage_text[] =
 	"  block remove VALUE | block list\n"
 	"  allow add|remove VALUE | allow list      IP/CIDR: skip block lists, score and\n"
 	"                                           greylisting; sender: skip greylisting\n"
+	"  token add NAME [--read-only]             an API token for apid (the secret is\n"
+	"                                           printed once; only its hash is kept)\n"
+	"  token list | token remove NAME\n"
 	"\n"
 	"T: 30m, 2h, 7d ago; YYYY-MM-DD[THH:MM[:SS]] local time; @EPOCH\n"
 	"exit status: 0 done, 1 refused (reason on stderr), 2 usage error\n";
@@ -151,7 +154,7 @@ static const struct {
 	{"transport", ctl_transport},
 	{"config", cmd_config}, {"audit", ctl_audit}, {"log", ctl_log}, {"stats", ctl_stats},
 	{"check", ctl_check}, {"dkim", ctl_dkim}, {"block", ctl_block}, {"allow", ctl_allow},
-	{"worker", ctl_worker},
+	{"worker", ctl_worker}, {"token", ctl_token},
 };
 
 int main(int argc, char **argv)

@@ -442,47 +442,15 @@ static int queue_control_n(const struct mxf_config *cfg, const char *op, int nq,
 			   unsigned long long *countp)
 {
 	char why[600];
+	uint64_t count = 0;
 	for (int i = 0; i < nq; i++)
 		if (!mxf_qid_valid(qids[i]))
 			return ctl_fail("not a queue ID: %s", qids[i]);
-	int s = ctl_router_open(cfg, why, sizeof(why));
-	if (s < 0)
+	if (mxf_routerctl_queue(cfg, op, (const char *const *)qids, (size_t)nq, 0, &count, NULL,
+				why, sizeof(why)) < 0)
 		return ctl_fail("%s", why);
-	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_QUEUE_CTL);
-	struct mxf_ipc_reply *rep = NULL;
-	const struct mxf_ipc_view *v;
-	uint64_t code = 0, count = 0;
-	int rc = CTL_OK;
-	if (!m || mxf_ipc_put_u64(m, F_REQ, 1) < 0 || mxf_ipc_put_str(m, F_TEXT, op) < 0) {
-		rc = ctl_fail("out of memory");
-		goto out;
-	}
-	for (int i = 0; i < nq; i++)
-		if (mxf_ipc_put_str(m, F_QID, qids[i]) < 0) {
-			rc = ctl_fail("too many queue IDs at once");
-			goto out;
-		}
-	if (ctl_router_call(s, m, MXF_MSG_QUEUE_CTL_REPLY, 1, 10000, &rep, why, sizeof(why)) < 0) {
-		rc = ctl_fail("%s", why);
-		goto out;
-	}
-	v = mxf_ipc_reply_view(rep);
-	if (mxf_ipc_u64(v, F_CODE, 0, &code) < 0 || mxf_ipc_u64(v, F_COUNT, 0, &count) < 0) {
-		rc = ctl_fail("malformed answer from the router");
-		goto out;
-	}
-	if (code != 250) {
-		const char *t = mxf_ipc_str(v, F_TEXT, 0);
-		char safe[512];
-		rc = ctl_fail("the router refused: %s", ctl_safe(safe, sizeof(safe), t ? t : ""));
-		goto out;
-	}
 	*countp = count;
-out:
-	mxf_ipc_reply_free(rep);
-	mxf_ipc_msg_free(m);
-	close(s);
-	return rc;
+	return CTL_OK;
 }
 
 static int queue_control(const struct mxf_config *cfg, const char *op, int nq, char **qids)

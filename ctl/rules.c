@@ -56,7 +56,7 @@ static int give_file(const char *path, uid_t uid, gid_t gid, bool must_exist)
 	int rc = 0;
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		rc = ctl_fail("%s: not a regular file", path);
-	else if (fchown(fd, uid, gid) < 0 || fchmod(fd, 0640) < 0)
+	else if (fchown(fd, uid, gid) < 0 || fchmod(fd, 0660) < 0) /* group: apid */
 		rc = ctl_fail("%s: %s", path, strerror(errno));
 	close(fd);
 	return rc;
@@ -460,73 +460,10 @@ out:
 	return rc;
 }
 
-/* A verification token lives a day, as the hosted service's link does. */
-#define VERIFY_TTL (24 * 3600)
-
-/* Makes a new one-time token for the unverified address a and queues the
- * verification message through the router. 0, or <0 with the reason in why. */
 static int send_verification(const struct mxf_config *cfg, struct db *db, const char *a,
 			     char qid[MXF_QID_SIZE], char *why, size_t whylen)
 {
-	char tok[MXF_TOKEN_SIZE], host[256], date[64], id[40];
-	int r = mxf_rulesdb_address_token_new(db->h, a, VERIFY_TTL, tok, why, whylen);
-	if (r < 0)
-		return r;
-	snprintf(host, sizeof(host), "%s", mxf_config_str(cfg, "main", "hostname"));
-	time_t now = time(NULL);
-	struct tm tm;
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	unsigned char rnd[8];
-	if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-		memset(rnd, 0, sizeof(rnd));
-	for (size_t i = 0; i < sizeof(rnd); i++)
-		snprintf(id + 2 * i, 3, "%02x", rnd[i]);
-	/* The address is a normalised mailbox (no CR, LF or angle brackets);
-	 * with a UTF-8 local part the message says so in its charset. */
-	char *msg = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&msg, &len);
-	if (!f) {
-		snprintf(why, whylen, "out of memory");
-		return -ENOMEM;
-	}
-	fprintf(f,
-		"From: mxferry <postmaster@%s>\r\n"
-		"To: <%s>\r\n"
-		"Subject: Verify forwarding to %s\r\n"
-		"Date: %s\r\n"
-		"Message-ID: <verify.%ld.%s@%s>\r\n"
-		"Auto-Submitted: auto-generated\r\n"
-		"MIME-Version: 1.0\r\n"
-		"Content-Type: text/plain; charset=utf-8\r\n"
-		"Content-Transfer-Encoding: 8bit\r\n"
-		"\r\n"
-		"The mail gateway %s has been asked to forward mail to this\r\n"
-		"address (%s). Nothing is forwarded here until the address is\r\n"
-		"verified.\r\n"
-		"\r\n"
-		"If you expect this, give the gateway's administrator this code:\r\n"
-		"\r\n"
-		"    %s\r\n"
-		"\r\n"
-		"or, on the gateway, run:\r\n"
-		"\r\n"
-		"    mxferryctl address verify %s %s\r\n"
-		"\r\n"
-		"The code is valid for 24 hours and can be used once. If you did not\r\n"
-		"expect this message, ignore it: nothing will be forwarded to you.\r\n",
-		host, a, a, date, (long)now, id, host, host, a, tok, a, tok);
-	memset(tok, 0, sizeof(tok));
-	if (fclose(f) != 0 || !msg) {
-		free(msg);
-		snprintf(why, whylen, "out of memory");
-		return -ENOMEM;
-	}
-	r = ctl_router_submit(cfg, a, msg, len, qid, why, whylen);
-	explicit_bzero(msg, len);
-	free(msg);
-	return r;
+	return mxf_routerctl_verify_mail(cfg, db->h, a, qid, why, whylen);
 }
 
 /* address add (unverified) / address resend: the verification mail and

@@ -41,16 +41,19 @@ struct child {
 	unsigned restarts;
 	int64_t restart_at_ms; /* 0: not waiting */
 	int64_t backoff_ms;
+	bool off; /* not started in this configuration (apid with [api] listen off) */
 };
 
 /* Start order: the router first, so clients find its socket sooner (they
  * retry anyway). */
 static struct child children[] = {
-	{"router", "router", 0, 0, 0, 0, 0},
-	{"deliverd", "deliverd", 0, 0, 0, 0, 0},
-	{"bouncer", "bouncer", 0, 0, 0, 0, 0},
-	{"workerd", "workerd", 0, 0, 0, 0, 0},
-	{"smtpd", "smtpd", 0, 0, 0, 0, 0},
+	{"router", "router", 0, 0, 0, 0, 0, false},
+	{"deliverd", "deliverd", 0, 0, 0, 0, 0, false},
+	{"bouncer", "bouncer", 0, 0, 0, 0, 0, false},
+	{"workerd", "workerd", 0, 0, 0, 0, 0, false},
+	{"smtpd", "smtpd", 0, 0, 0, 0, 0, false},
+	/* Issue 12: the REST API, last: nothing waits for it. */
+	{"apid", "api", 0, 0, 0, 0, 0, false},
 };
 #define NCHILD (sizeof(children) / sizeof(children[0]))
 
@@ -60,6 +63,8 @@ static int listen_fds[MAX_LISTEN];
 static int nlisten;
 /* [main] metrics_listen, bound here and handed to the router (-1: off). */
 static int metrics_fd = -1;
+/* [api] listen, bound here and handed to apid (-1: off). */
+static int api_fd = -1;
 static bool use_syslog;
 static bool same_user; /* every daemon runs as the invoking user */
 static time_t master_started;
@@ -181,6 +186,8 @@ static void make_dirs(void)
 	for (size_t i = 0; i < NCHILD; i++) {
 		uid_t u;
 		gid_t g;
+		if (children[i].off)
+			continue;
 		const char *name = mxf_config_str(cfg, children[i].section, "user");
 		if (!same_user && mxf_privdrop_lookup(name, &u, &g) < 0)
 			mxf_fatal("no such user %s ([%s] user)", name, children[i].section);
@@ -200,7 +207,25 @@ static void make_dirs(void)
 	make_dir(path, 0711, ruid, rgid);
 	snprintf(pid_dir, sizeof(pid_dir), "%s/pid", spool);
 	make_dir(pid_dir, 0755, master_uid, master_gid);
-	make_dir(data, 0750, ruid, rgid);
+	/* apid shares the router's group (its only group) and writes rules.db,
+	 * whose rollback journal SQLite creates beside it: the data directory is
+	 * then group-writable, with the sticky bit so apid can neither remove
+	 * nor rename the router's files. Private files there stay private (the
+	 * router makes them 0600 and dkim/ 0700). */
+	make_dir(data, mxf_api_enabled(cfg) ? 01770 : 0750, ruid, rgid);
+	if (mxf_api_enabled(cfg) && !same_user) {
+		/* rules.db made before the API was on is 0640: make it writable
+		 * for the group, through a descriptor (no symlink followed). */
+		snprintf(path, sizeof(path), "%s/rules.db", data);
+		int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+		struct stat st;
+		if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+		    (st.st_mode & 0060) != 0060 && fchmod(fd, (st.st_mode & 0777) | 0060) < 0)
+			mxf_warn("cannot make %s group-writable for apid: %s", path,
+				 strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
 }
 
 static void write_status(void)
@@ -218,8 +243,9 @@ static void write_status(void)
 	fchmod(fileno(f), 0644);
 	fprintf(f, "mxferryd %ld %ld 0\n", (long)getpid(), (long)master_started);
 	for (size_t i = 0; i < NCHILD; i++)
-		fprintf(f, "%s %ld %ld %u\n", children[i].name, (long)children[i].pid,
-			(long)children[i].started, children[i].restarts);
+		if (!children[i].off)
+			fprintf(f, "%s %ld %ld %u\n", children[i].name, (long)children[i].pid,
+				(long)children[i].started, children[i].restarts);
 	if (fclose(f) != 0 || rename(tmp, path) < 0)
 		mxf_warn("cannot write %s: %s", path, strerror(errno));
 }
@@ -230,6 +256,9 @@ static void start_child(struct child *c)
 	snprintf(prog, sizeof(prog), "%s/%s", daemon_dir, c->name);
 	bool is_smtpd = strcmp(c->name, "smtpd") == 0;
 	bool is_router = strcmp(c->name, "router") == 0;
+	bool is_apid = strcmp(c->name, "apid") == 0;
+	if (c->off)
+		return;
 
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -243,8 +272,8 @@ static void start_child(struct child *c)
 		sigprocmask(SIG_SETMASK, &all, NULL);
 		/* Listeners go to fds 3.. (systemd's convention): smtpd's SMTP
 		 * listeners, the router's metrics listener. */
-		int n = is_smtpd ? nlisten : is_router && metrics_fd >= 0 ? 1 : 0;
-		const int *src = is_smtpd ? listen_fds : &metrics_fd;
+		int n = is_smtpd ? nlisten : is_router && metrics_fd >= 0 ? 1 : is_apid ? 1 : 0;
+		const int *src = is_smtpd ? listen_fds : is_apid ? &api_fd : &metrics_fd;
 		int high[MAX_LISTEN];
 		for (int i = 0; i < n; i++)
 			if ((high[i] = fcntl(src[i], F_DUPFD, 100)) < 0)
@@ -406,7 +435,7 @@ static bool daemons_in(const char *dir, const char **missing)
 	for (size_t i = 0; i < NCHILD; i++) {
 		char prog[PATH_MAX];
 		snprintf(prog, sizeof(prog), "%s/%s", dir, children[i].name);
-		if (access(prog, X_OK) < 0) {
+		if (!children[i].off && access(prog, X_OK) < 0) {
 			*missing = children[i].name;
 			return false;
 		}
@@ -501,6 +530,8 @@ int main(int argc, char **argv)
 	same_user = !mxf_privdrop_capable() || mxf_config_bool(cfg, "main", "run_as_invoking_user");
 	master_uid = geteuid();
 	master_gid = getegid();
+	for (size_t i = 0; i < NCHILD; i++)
+		children[i].off = strcmp(children[i].name, "apid") == 0 && !mxf_api_enabled(cfg);
 	if (setup_for) {
 		if (geteuid() != 0)
 			mxf_fatal("-S: the directories are set up as root");
@@ -510,6 +541,10 @@ int main(int argc, char **argv)
 		mxf_info("directories set up for a master running as %s", setup_for);
 		return 0;
 	}
+	if (mxf_api_enabled(cfg) &&
+	    (api_fd = mxf_listen_bind_one(mxf_config_str(cfg, "api", "listen"), "[api] listen", err,
+					  sizeof(err))) < 0)
+		mxf_fatal("%s", err);
 	find_daemon_dir();
 	make_dirs();
 

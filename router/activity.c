@@ -1,9 +1,13 @@
 /* activity.db: one row per recipient and outcome (DESIGN.md §4), written by
  * the router alone. WAL so readers (mxferryctl, apid) never block it. */
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -51,6 +55,20 @@ int activity_open(const char *path)
 	int version = -1;
 	sqlite3_stmt *st = NULL;
 
+	/* 0640, whatever our umask (077): apid (issue 12) reads it through the
+	 * router's group. SQLite gives -wal and -shm the database file's mode;
+	 * ones left by an older router are corrected too. */
+	static const char *const sfx[] = {"", "-wal", "-shm"};
+	for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+		char p[4096];
+		snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+		int fd = open(p, O_RDWR | O_NOFOLLOW | O_CLOEXEC | (i == 0 ? O_CREAT : 0), 0640);
+		if (fd >= 0) {
+			if (fchmod(fd, 0640) < 0)
+				mxf_warn("%s: %s", p, strerror(errno));
+			close(fd);
+		}
+	}
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 					       SQLITE_OPEN_NOMUTEX,
 			    NULL) != SQLITE_OK)

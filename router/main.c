@@ -116,9 +116,13 @@ int main(int argc, char **argv)
 			const char *section;
 		} roles[] = {{ROLE_SMTPD, "smtpd"}, {ROLE_DELIVERD, "deliverd"},
 			     {ROLE_BOUNCER, "bouncer"}, {ROLE_SIGNER, "deliverd"},
-			     {ROLE_WORKERD, "workerd"}};
+			     {ROLE_WORKERD, "workerd"}, {ROLE_CTL, "api"}};
 		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
 			gid_t gid;
+			/* apid (issue 12) speaks as ctl: queue commands and the
+			 * verification mail; its user only when it runs. */
+			if (roles[i].role == ROLE_CTL && !mxf_api_enabled(cfg))
+				continue;
 			const char *user = mxf_config_str(cfg, roles[i].section, "user");
 			if (mxf_privdrop_lookup(user, &R.role_uid[roles[i].role], &gid) == 0)
 				R.role_uid_known[roles[i].role] = true;

@@ -135,7 +135,8 @@ static bool role_allowed(const struct peer *p, enum role role)
 	if (R.dev)
 		return p->uid == R.self_uid || p->uid == 0;
 	if (role == ROLE_CTL)
-		return p->uid == 0 || p->uid == R.self_uid;
+		return p->uid == 0 || p->uid == R.self_uid ||
+		       (R.role_uid_known[role] && p->uid == R.role_uid[role]);
 	return R.role_uid_known[role] && p->uid == R.role_uid[role];
 }
 

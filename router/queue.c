@@ -20,6 +20,7 @@
 #include "router.h"
 #include "rulesdb.h"
 #include "spool.h"
+#include "strbuf.h"
 
 #define MAX_INFLIGHT 32    /* delivery jobs handed to deliverd at once */
 #define JOB_MAX_RCPT 50    /* recipients per job (one SMTP transaction) */
@@ -1240,6 +1241,104 @@ static void retry_now(struct qmsg *m, int64_t now)
 		m->wake = now;
 }
 
+/* JSON string; bytes >= 0x80 pass (UTF-8 addresses and replies), controls
+ * are escaped. */
+static void json_str(struct mxf_strbuf *b, const char *s)
+{
+	mxf_sb_add(b, "\"", 1);
+	for (const unsigned char *c = (const unsigned char *)(s ? s : ""); *c; c++) {
+		if (*c == '"' || *c == '\\')
+			mxf_sb_printf(b, "\\%c", *c);
+		else if (*c < 0x20 || *c == 0x7f)
+			mxf_sb_printf(b, "\\u%04x", *c);
+		else
+			mxf_sb_add(b, c, 1);
+	}
+	mxf_sb_add(b, "\"", 1);
+}
+
+/* One message as the API shows it (issue 12). */
+static void list_one(struct mxf_strbuf *b, const struct qmsg *m)
+{
+	const struct mxf_env *e = m->env;
+	const char *state = m->held || m->dir == MXF_SD_HOLD       ? "hold"
+			    : m->dir == MXF_SD_DEFERRED               ? "deferred"
+									: "active";
+	int64_t next = 0;
+	for (size_t i = 0; i < e->nrcpt; i++)
+		if (e->rcpt[i].status == MXF_RS_DEFERRED && (!next || e->rcpt[i].next_try < next))
+			next = e->rcpt[i].next_try;
+	mxf_sb_str(b, "{\"id\":");
+	json_str(b, e->qid);
+	mxf_sb_printf(b, ",\"state\":\"%s\",\"from\":", state);
+	json_str(b, e->sender);
+	mxf_sb_printf(b, ",\"arrival\":%lld,\"size\":%llu,\"next_try\":%lld,\"recipients\":[",
+		      (long long)e->arrival, (unsigned long long)e->size, (long long)next);
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		const struct mxf_env_rcpt *r = &e->rcpt[i];
+		mxf_sb_str(b, i ? ",{\"address\":" : "{\"address\":");
+		json_str(b, r->dest[0] ? r->dest : r->orig);
+		mxf_sb_str(b, ",\"orig\":");
+		json_str(b, r->orig);
+		mxf_sb_printf(b, ",\"status\":\"%s\",\"attempts\":%u,\"last_reply\":",
+			      mxf_env_status_name(r->status), r->attempts);
+		json_str(b, r->reply);
+		mxf_sb_str(b, "}");
+	}
+	mxf_sb_str(b, "]}");
+}
+
+/* "list" (apid, issue 12): the messages (those named by F_QID, else all;
+ * F_COUNT as an offset) as a JSON array in F_TEXT, as many as fit in one
+ * answer; F_COUNT is how many there are in all. The router already holds
+ * every envelope, and apid may not read the spool. */
+static int queue_list(struct peer *p, const struct mxf_ipc_view *v, uint64_t req)
+{
+	size_t nq = mxf_ipc_count(v, F_QID);
+	uint64_t skip = 0, total = 0;
+	mxf_ipc_u64(v, F_COUNT, 0, &skip);
+	struct mxf_strbuf b = {0};
+	mxf_sb_str(&b, "[");
+	bool first = true, full = false;
+	for (struct qmsg *m = msgs; m; m = m->next) {
+		if (m->del)
+			continue;
+		bool want = nq == 0;
+		for (size_t i = 0; i < nq && !want; i++)
+			want = strcmp(mxf_ipc_str(v, F_QID, i), m->env->qid) == 0;
+		if (!want)
+			continue;
+		if (total++ < skip || full)
+			continue;
+		size_t before = b.len;
+		if (!first)
+			mxf_sb_str(&b, ",");
+		list_one(&b, m);
+		/* Room for the other fields of the answer. */
+		if (b.len > MXF_IPC_MAX - 1024) {
+			b.len = before;
+			b.p[before] = '\0';
+			full = true;
+			continue;
+		}
+		first = false;
+	}
+	mxf_sb_str(&b, "]");
+	struct mxf_ipc_msg *msg = mxf_ipc_msg_new(MXF_MSG_QUEUE_CTL_REPLY);
+	int r = msg && !b.err ? 0 : -ENOMEM;
+	if (r == 0 && ((r = mxf_ipc_put_u64(msg, F_REQ, req)) < 0 ||
+		       (r = mxf_ipc_put_u64(msg, F_CODE, 250)) < 0 ||
+		       (r = mxf_ipc_put_str(msg, F_TEXT, b.p)) < 0 ||
+		       (r = mxf_ipc_put_u64(msg, F_COUNT, total)) < 0))
+		goto out;
+	r = peer_send(p, msg, -1);
+out:
+	mxf_ipc_msg_free(msg);
+	mxf_sb_free(&b);
+	(void)r;
+	return 0;
+}
+
 int queue_ctl(struct peer *p, const struct mxf_ipc_view *v)
 {
 	uint64_t req;
@@ -1250,6 +1349,8 @@ int queue_ctl(struct peer *p, const struct mxf_ipc_view *v)
 	for (size_t i = 0; i < nq; i++)
 		if (!mxf_ipc_str(v, F_QID, i))
 			return -1;
+	if (strcmp(op, "list") == 0)
+		return queue_list(p, v, req);
 	int64_t now = now_s();
 	uint64_t count = 0;
 	bool flush = strcmp(op, "flush") == 0;

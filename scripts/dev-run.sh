@@ -15,5 +15,7 @@ mxferry: starting with $CONF (foreground; Ctrl-C stops it)
     $BIN/mxferryctl -c $CONF rule list
     $BIN/mxferryctl -c $CONF status
   Then send mail to hello@example.com through $LISTEN (swaks, smtplib, telnet).
+  The API and dashboard: http://127.0.0.1:8025/ with a token from
+    $BIN/mxferryctl -c $CONF token add me
 MSG
 exec "$BIN/mxferryd" -c "$CONF" -f

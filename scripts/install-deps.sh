@@ -5,7 +5,7 @@ set -eu
 
 BUILD_PKGS="build-essential cmake pkg-config libssl-dev libuv1-dev libldns-dev \
 libopendkim-dev libspf2-dev libsqlite3-dev libidn2-dev libinih-dev libcmocka-dev libgmime-3.0-dev \
-libcurl4-openssl-dev"
+libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev"
 TEST_PKGS="python3 python3-pytest python3-aiosmtpd python3-dnspython nsd iproute2 \
 util-linux openssl sqlite3 clang libclang-rt-14-dev strace python3-prometheus-client \
 python3-dkim python3-nacl python3-authres opendkim-tools python3-spf python3-yaml nodejs \

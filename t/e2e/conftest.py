@@ -29,10 +29,11 @@ from aiosmtpd.controller import Controller
 
 NSD = "/usr/sbin/nsd"
 DAEMONS = ("smtpd", "router", "deliverd", "bouncer", "workerd")
-PROGRAMS = ("mxferryd", "mxferryctl") + DAEMONS
+# apid (issue 12) is off unless a test turns [api] listen on (test_api.py).
+PROGRAMS = ("mxferryd", "mxferryctl", "apid") + DAEMONS
 USERS = {"smtpd": "mxferry-smtpd", "router": "mxferry-router",
          "deliverd": "mxferry-deliver", "bouncer": "mxferry-bounce",
-         "workerd": "mxferry-worker"}
+         "workerd": "mxferry-worker", "api": "mxferry-api"}
 # The packaged unit (debian/mxferry.service) runs the master as this user
 # with exactly these ambient capabilities (and no CAP_CHOWN).
 MASTER_USER = "mxferry"
@@ -526,6 +527,8 @@ class Gateway:
             # the hosted-service rule (on by default) would refuse it.
             # test_auth_in.py turns it back on where it is tested.
             "auth": {"require_spf_or_dkim": "no"},
+            # Issue 12: apid only where a test asks for it (test_api.py).
+            "api": {"listen": "off"},
         }
         for sect, kv in (extra or {}).items():
             sections.setdefault(sect, {}).update(kv)
@@ -589,7 +592,8 @@ class Gateway:
     def unexpected_restarts(self):
         st = self.status(missing_ok=True) or {}
         return {d: v["restarts"] for d, v in st.items()
-                if d in DAEMONS and v["restarts"] > self.allowed_restarts.get(d, 0)}
+                if (d in DAEMONS or d == "apid") and
+                v["restarts"] > self.allowed_restarts.get(d, 0)}
 
     def status(self, missing_ok=False):
         """spool_dir/pid/status as {name: {pid, start, restarts}}."""

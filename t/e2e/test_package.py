@@ -9,6 +9,7 @@ with journal fields and pflogsumm, reinstall, remove, purge.
 import configparser
 import grp
 import gzip
+import json
 import os
 import pwd
 import re
@@ -19,10 +20,12 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from conftest import GW_HOST, REAL_ROOT, SRS_DOMAIN, make_message, unit_wrap, wait_until
+from conftest import (GW_HOST, REAL_ROOT, SRS_DOMAIN, free_ports, make_message, unit_wrap,
+                      wait_until)
 
 DEB = os.environ.get("MXF_PKG_DEB")
 pytestmark = [
@@ -37,7 +40,7 @@ DATA = "/var/lib/mxferry"
 TLS = "/etc/mxferry/tls"
 UNIT = "/lib/systemd/system/mxferry.service"
 USERS = ("mxferry", "mxferry-smtpd", "mxferry-router", "mxferry-deliver", "mxferry-bounce",
-         "mxferry-worker")
+         "mxferry-worker", "mxferry-api")
 DAEMONS = ("smtpd", "router", "deliverd", "bouncer", "workerd")
 # systemd-analyze security --offline=true on the unit: the issue asks for < 2.0.
 # The master runs as its own user with five ambient capabilities (no root,
@@ -93,8 +96,12 @@ def test_users_files_and_modes(package):
     assert "mxferry" in grp.getgrnam("mxferry-smtpd").gr_mem
 
     for prog in ("/usr/sbin/mxferryd", "/usr/sbin/mxferryctl",
-                 *(f"/usr/lib/mxferry/{d}" for d in DAEMONS)):
+                 *(f"/usr/lib/mxferry/{d}" for d in (*DAEMONS, "apid"))):
         assert mode_owner(prog) == (0o755, "root", "root"), prog
+    # The dashboard's files (issue 12), when the tree has them (apid/www).
+    www = os.path.join(os.path.dirname(__file__), "..", "..", "apid", "www")
+    for name in (os.listdir(www) if os.path.isdir(www) else []):
+        assert mode_owner(f"/usr/share/mxferry/www/{name}")[1:] == ("root", "root"), name
     # The js worker runtime, beside workerd.
     assert mode_owner("/usr/lib/mxferry/runner.mjs") == (0o644, "root", "root")
     assert mode_owner(CONF) == (0o644, "root", "root")
@@ -107,7 +114,8 @@ def test_users_files_and_modes(package):
     # Made by postinst: directories with the master's owners and modes, the
     # SRS key (router only) and a self-signed certificate (smtpd's group).
     assert mode_owner(SPOOL) == (0o755, "root", "root")
-    assert mode_owner(DATA) == (0o750, "mxferry-router", "mxferry-router")
+    # 1770 (issue 12): apid writes rules.db through the router's group.
+    assert mode_owner(DATA) == (0o1770, "mxferry-router", "mxferry-router")
     assert mode_owner(f"{DATA}/srs.secret") == (0o600, "mxferry-router", "mxferry-router")
     assert os.path.getsize(f"{DATA}/srs.secret") == 32
     assert mode_owner(TLS) == (0o750, "root", "mxferry-smtpd")
@@ -255,6 +263,8 @@ def installed_config_copy(g, dns_port, sink_port):
     cp["router"]["srs_domain"] = SRS_DOMAIN
     cp["router"]["retry_min"] = "1"
     cp["deliverd"]["smtp_port"] = str(sink_port)
+    g.api_port = free_ports(1)[0]
+    cp["api"]["listen"] = f"127.0.0.1:{g.api_port}"
     with open(g.conf, "w") as f:
         cp.write(f)
     os.chmod(g.conf, 0o644)
@@ -313,11 +323,38 @@ def test_installed_gateway_delivers_logs_to_journal_pflogsumm(package, dns_serve
         assert m.rcpt_tos == ["bob@dest.test"] and m.data.endswith(data)
         g.wait_activity(qid, "forwarded", timeout=20)
 
+        # apid (issue 12) runs as mxferry-api with the router's group only,
+        # and reads and writes rules.db through it.
+        apid = [p for p in os.listdir("/proc") if p.isdigit() and
+                os.path.exists(f"/proc/{p}/exe") and
+                os.path.realpath(f"/proc/{p}/exe") == "/usr/lib/mxferry/apid"]
+        assert len(apid) == 1, apid
+        with open(f"/proc/{apid[0]}/status") as f:
+            st = f.read()
+        assert set(re.search(r"^Uid:\s+(.*)$", st, re.M).group(1).split()) == {
+            str(pwd.getpwnam("mxferry-api").pw_uid)}
+        rgid = str(pwd.getpwnam("mxferry-router").pw_gid)
+        assert set(re.search(r"^Gid:\s+(.*)$", st, re.M).group(1).split()) == {rgid}
+        assert re.search(r"^Groups:\s*(.*)$", st, re.M).group(1).split() in ([], [rgid])
+        tok = json.loads(run("/usr/sbin/mxferryctl", "-c", g.conf, "--json", "token", "add",
+                             "pkg").stdout)["token"]
+
+        def api(method, path, body=None):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{g.api_port}/client/v4{path}", method=method,
+                data=json.dumps(body).encode() if body is not None else None,
+                headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return json.loads(r.read())
+        assert "gw.test" in [z["name"] for z in api("GET", "/zones")["result"]]
+        assert api("POST", "/zones", {"name": "api.test"})["success"] is True
+        assert "api.test" in run("/usr/sbin/mxferryctl", "-c", g.conf, "domain", "list").stdout
+
         # The master made the spool with the owners the package expects.
         assert mode_owner(f"{SPOOL}/incoming") == (0o700, "mxferry-router", "mxferry-router")
         assert mode_owner(f"{SPOOL}/private") == (0o711, "mxferry-router", "mxferry-router")
         assert mode_owner(f"{SPOOL}/pid")[1] == "mxferry"
-        assert mode_owner(DATA) == (0o750, "mxferry-router", "mxferry-router")
+        assert mode_owner(DATA) == (0o1770, "mxferry-router", "mxferry-router")
         assert pwd.getpwuid(os.stat(f"{DATA}/activity.db").st_uid).pw_name == "mxferry-router"
 
         def about_qid():

@@ -366,3 +366,24 @@ spf = {
 }
 for name, text in spf.items():
     put("fuzz_spf", name, text)
+
+# ---- issue 12: apid's requests (fuzz_api): a flag byte (bit 0: read-only
+# token), "METHOD PATH[?QUERY]", a newline, the body.
+api = {
+    "list": (0, "GET /zones?page=1&per_page=5", ""),
+    "rule": (0, "POST /zones/gw.test/email/routing/rules",
+             '{"actions":[{"type":"forward","value":["bob@dest.test"]}],"enabled":true,'
+             '"matchers":[{"field":"to","type":"literal","value":"test@gw.test"},'
+             '{"field":"from","type":"wildcard","value":"*@x.test"}],"name":"r","priority":0}'),
+    "catchall-ro": (1, "PUT /zones/gw.test/email/routing/rules/catch_all",
+                    '{"actions":[{"type":"reject","value":["no"],"code":550}],'
+                    '"matchers":[{"type":"all"}],"enabled":true}'),
+    "settings": (0, "PATCH /zones/gw.test/email/routing",
+                 '{"enabled":false,"support_subaddress":true,"skip_wizard":true}'),
+    "analytics": (0, "GET /zones/gw.test/email/routing/analytics?since=2026-01-01T00:00:00Z"
+                     "&until=1767312000&step=3600", ""),
+    "zone-idn": (0, "POST /zones", '{"name":"bücher.test"}'),
+    "address": (0, "POST /accounts/x/email/routing/addresses", '{"email":"a@b.test","x":1}'),
+}
+for name, (flag, line, body) in api.items():
+    put("fuzz_api", name, bytes([flag]) + (line + "\n" + body).encode())

@@ -86,7 +86,7 @@ static void test_migrations(void **state)
 	struct fx *f = *state;
 	struct stat sb;
 	assert_int_equal(stat(f->path, &sb), 0);
-	assert_int_equal(sb.st_mode & 0777, 0640);
+	assert_int_equal(sb.st_mode & 0777, 0660);
 	int v = user_version(f->path);
 	assert_true(v >= 1);
 	assert_int_equal(mxf_rulesdb_domain_add(f->db, "example.com", err, sizeof(err)), 0);
@@ -888,6 +888,81 @@ static void test_address_tokens(void **state)
 			 -ENOENT);
 }
 
+static int count_tok(const struct mxf_api_token *t, void *arg)
+{
+	(void)t;
+	++*(int *)arg;
+	return 0;
+}
+
+struct first_ids {
+	char domain[33], address[33];
+};
+
+static int dom_id_cb(const struct mxf_domain_info *d, void *arg)
+{
+	snprintf(((struct first_ids *)arg)->domain, 33, "%s", d->id);
+	return 1;
+}
+
+static int addr_id_cb(const struct mxf_address_info *a, void *arg)
+{
+	snprintf(((struct first_ids *)arg)->address, 33, "%s", a->id);
+	return 1;
+}
+
+/* Issue 12: stable ids, the account id and API tokens (hash only, constant-time check). */
+static void test_api_tokens(void **state)
+{
+	struct fx *f = *state;
+	populate(f->db);
+	struct first_ids ids = {"", ""};
+	assert_int_equal(mxf_rulesdb_domain_list(f->db, dom_id_cb, &ids), 1);
+	assert_int_equal(mxf_rulesdb_address_list(f->db, addr_id_cb, &ids), 1);
+	assert_int_equal(strlen(ids.domain), 32);
+	assert_int_equal(strlen(ids.address), 32);
+	assert_true(strspn(ids.domain, "0123456789abcdef") == 32);
+	char acct[33], acct2[33];
+	assert_int_equal(mxf_rulesdb_account_id(f->db, acct), 0);
+	assert_int_equal(strlen(acct), 32);
+	/* Stable across a reopen. */
+	mxf_rulesdb_close(f->db);
+	assert_int_equal(mxf_rulesdb_open(f->path, true, &f->db, err, sizeof(err)), 0);
+	struct first_ids again = {"", ""};
+	mxf_rulesdb_domain_list(f->db, dom_id_cb, &again);
+	assert_string_equal(again.domain, ids.domain);
+	assert_int_equal(mxf_rulesdb_account_id(f->db, acct2), 0);
+	assert_string_equal(acct, acct2);
+
+	char secret[MXF_API_TOKEN_SIZE], id[33], cid[33], name[65];
+	bool ro = true;
+	mxf_rulesdb_set_actor(f->db, "unix:test");
+	assert_int_equal(mxf_rulesdb_token_add(f->db, "ci", false, secret, id, err, sizeof(err)), 0);
+	assert_int_equal(strlen(secret), MXF_API_TOKEN_SIZE - 1);
+	assert_int_equal(mxf_rulesdb_token_add(f->db, "ci", true, secret + 0, id, err, sizeof(err)),
+			 -EEXIST);
+	assert_int_equal(mxf_rulesdb_token_add(f->db, "bad name", true, secret, id, err, sizeof(err)),
+			 -EINVAL);
+	char s2[MXF_API_TOKEN_SIZE], id2[33];
+	assert_int_equal(mxf_rulesdb_token_add(f->db, "ro", true, s2, id2, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_token_check(f->db, s2, cid, name, &ro), 0);
+	assert_string_equal(name, "ro");
+	assert_string_equal(cid, id2);
+	assert_true(ro);
+	assert_int_equal(mxf_rulesdb_token_check(f->db, "mxf_wrong", cid, name, &ro), -EACCES);
+	assert_int_equal(mxf_rulesdb_token_check(f->db, "", cid, name, &ro), -EACCES);
+	int n = 0;
+	assert_int_equal(mxf_rulesdb_token_list(f->db, count_tok, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(mxf_rulesdb_token_remove(f->db, "ro", err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_token_remove(f->db, "ro", err, sizeof(err)), -ENOENT);
+	assert_int_equal(mxf_rulesdb_token_check(f->db, s2, cid, name, &ro), -EACCES);
+	/* The domain settings of the API's PUT, one transaction. */
+	assert_int_equal(mxf_rulesdb_domain_update(f->db, "example.com", 0, 1, err, sizeof(err)), 0);
+	assert_int_equal(mxf_rulesdb_domain_update(f->db, "nope.test", 0, 1, err, sizeof(err)),
+			 -ENOENT);
+}
+
 static void test_migrate_v1(void **state)
 {
 	struct fx *f = *state;
@@ -903,6 +978,9 @@ static void test_migrate_v1(void **state)
 	/* Back to the v1 shape. */
 	raw_exec(f->path,
 		 "PRAGMA foreign_keys=OFF; BEGIN;"
+		 "DROP INDEX domains_uid; DROP INDEX addresses_uid;"
+		 "ALTER TABLE domains DROP COLUMN uid; ALTER TABLE addresses DROP COLUMN uid;"
+		 "DROP TABLE api_tokens; DELETE FROM settings WHERE key = 'account_id';"
 		 "CREATE TABLE r1 (id INTEGER PRIMARY KEY, tag TEXT NOT NULL UNIQUE,"
 		 " domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,"
 		 " name TEXT NOT NULL DEFAULT '', priority INTEGER NOT NULL DEFAULT 0,"
@@ -931,6 +1009,14 @@ static void test_migrate_v1(void **state)
 	assert_string_equal(rt.tag, tag);
 	assert_int_equal(rt.ndest, 1);
 	mxf_ruleset_free(rs);
+	/* Migration 13 gave the existing domain and addresses their ids. */
+	struct first_ids ids = {"", ""};
+	mxf_rulesdb_domain_list(f->db, dom_id_cb, &ids);
+	mxf_rulesdb_address_list(f->db, addr_id_cb, &ids);
+	assert_int_equal(strlen(ids.domain), 32);
+	assert_int_equal(strlen(ids.address), 32);
+	char acct[33];
+	assert_int_equal(mxf_rulesdb_account_id(f->db, acct), 0);
 }
 
 struct audit_seen {
@@ -1141,6 +1227,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lookup_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_address_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_api_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_audit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dkim_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_webhook, setup, teardown),
