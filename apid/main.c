@@ -216,34 +216,10 @@ static enum MHD_Result serve_file(struct MHD_Connection *c, const char *method, 
 static char *router_metrics(void)
 {
 	const char *spec = mxf_config_str(A.cfg, "main", "metrics_listen");
-	char host[256];
-	const char *colon = strrchr(spec, ':');
-	if (!spec[0] || !colon || (size_t)(colon - spec) >= sizeof(host))
+	struct sockaddr_storage ss;
+	unsigned sl;
+	if (!spec[0] || mxf_config_sockaddr(spec, &ss, &sl) < 0)
 		return NULL;
-	snprintf(host, sizeof(host), "%.*s", (int)(colon - spec), spec);
-	if (host[0] == '[') {
-		size_t l = strlen(host);
-		if (l < 2 || host[l - 1] != ']')
-			return NULL;
-		memmove(host, host + 1, l - 2);
-		host[l - 2] = '\0';
-	}
-	struct sockaddr_storage ss = {0};
-	socklen_t sl;
-	int port = atoi(colon + 1);
-	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
-		s4->sin_family = AF_INET;
-		s4->sin_port = htons((uint16_t)port);
-		sl = sizeof(*s4);
-	} else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons((uint16_t)port);
-		sl = sizeof(*s6);
-	} else {
-		return NULL;
-	}
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return NULL;

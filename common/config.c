@@ -1,6 +1,7 @@
 #include "config.h"
 #include "dnsbl.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -487,6 +488,29 @@ int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsign
 	if (parse_num(colon + 1, 0, &p) < 0 || p < 1 || p > 65535)
 		return -EINVAL;
 	*port = (unsigned)p;
+	return 0;
+}
+
+int mxf_config_sockaddr(const char *in, struct sockaddr_storage *ss, unsigned *sslen)
+{
+	char host[256];
+	unsigned port;
+	if (mxf_config_split_hostport(in, host, sizeof(host), &port) < 0)
+		return -EINVAL;
+	memset(ss, 0, sizeof(*ss));
+	struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t)port);
+		*sslen = sizeof(*s4);
+	} else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons((uint16_t)port);
+		*sslen = sizeof(*s6);
+	} else {
+		return -EAFNOSUPPORT;
+	}
 	return 0;
 }
 

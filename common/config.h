@@ -35,6 +35,11 @@ int mxf_config_entry(const struct mxf_config *cfg, size_t i, struct mxf_config_i
 /* Parses "host:port" / "[v6]:port" into host (brackets removed) and port. */
 int mxf_config_split_hostport(const char *in, char *host, size_t hostlen, unsigned *port);
 
+/* "addr:port" / "[v6]:port" with a numeric address into a socket address:
+ * -EINVAL for a bad form, -EAFNOSUPPORT when the host is not an IP address. */
+struct sockaddr_storage;
+int mxf_config_sockaddr(const char *in, struct sockaddr_storage *ss, unsigned *sslen);
+
 /* Whether apid runs: [api] listen is neither empty nor "off". */
 bool mxf_api_enabled(const struct mxf_config *cfg);
 

@@ -13,29 +13,17 @@
 
 static int bind_one(const char *item, const char *key, char *err, size_t errlen)
 {
-	char host[256];
-	unsigned port;
 	struct sockaddr_storage ss;
-	socklen_t sl;
+	unsigned sl;
 	int one = 1;
 
-	if (mxf_config_split_hostport(item, host, sizeof(host), &port) < 0) {
-		snprintf(err, errlen, "%s: bad address '%s' (want addr:port)", key, item);
+	int r = mxf_config_sockaddr(item, &ss, &sl);
+	if (r == -EAFNOSUPPORT) {
+		snprintf(err, errlen, "%s: '%s' is not an IP address", key, item);
 		return -EINVAL;
 	}
-	memset(&ss, 0, sizeof(ss));
-	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-	struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-	if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
-		s4->sin_family = AF_INET;
-		s4->sin_port = htons((uint16_t)port);
-		sl = sizeof(*s4);
-	} else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons((uint16_t)port);
-		sl = sizeof(*s6);
-	} else {
-		snprintf(err, errlen, "%s: '%s' is not an IP address", key, host);
+	if (r < 0) {
+		snprintf(err, errlen, "%s: bad address '%s' (want addr:port)", key, item);
 		return -EINVAL;
 	}
 	int s = socket(ss.ss_family, SOCK_STREAM, 0);
@@ -45,7 +33,7 @@ static int bind_one(const char *item, const char *key, char *err, size_t errlen)
 	/* [::] must not also grab IPv4: "0.0.0.0:25,[::]:25" binds both. */
 	if (ss.ss_family == AF_INET6)
 		setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(s, (struct sockaddr *)&ss, sl) < 0 || listen(s, 1024) < 0) {
+	if (bind(s, (struct sockaddr *)&ss, (socklen_t)sl) < 0 || listen(s, 1024) < 0) {
 		int e = errno;
 		snprintf(err, errlen, "cannot listen on %s: %s", item, strerror(e));
 		close(s);
