@@ -1409,7 +1409,7 @@ static void activity(struct api *a, const struct api_req *q, const struct zone *
 	/* Parameters only; the LIKE patterns are the user's substring. */
 	const char *sql =
 		"SELECT id, ts, queue_id, mail_from, rcpt, status, action, spf, dkim, dmarc, arc, "
-		"  reply, client_ip, dest FROM activity WHERE rcpt LIKE ?1 AND ts >= ?2 AND ts <= ?3 "
+		"  reply, client_ip, dest, message_id, subject FROM activity WHERE rcpt LIKE ?1 AND ts >= ?2 AND ts <= ?3 "
 		"  AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR instr(lower(mail_from), "
 		"  lower(?5)) > 0) AND (?6 IS NULL OR instr(lower(rcpt), lower(?6)) > 0) "
 		"ORDER BY id DESC LIMIT 10000";
@@ -1434,10 +1434,10 @@ static void activity(struct api *a, const struct api_req *q, const struct zone *
 		json_object_set_new(o, "id", json_integer(sqlite3_column_int64(st, 0)));
 		json_object_set_new(o, "datetime", jiso(sqlite3_column_int64(st, 1)));
 		json_object_set_new(o, "queue_id", col_json(st, 2));
-		json_object_set_new(o, "message_id", json_null());
+		json_object_set_new(o, "message_id", col_json(st, 14));
 		json_object_set_new(o, "from", col_json(st, 3));
 		json_object_set_new(o, "to", col_json(st, 4));
-		json_object_set_new(o, "subject", json_null());
+		json_object_set_new(o, "subject", col_json(st, 15));
 		json_object_set_new(o, "status", col_json(st, 5));
 		json_object_set_new(o, "action", col_json(st, 6));
 		json_object_set_new(o, "spf", col_json(st, 7));

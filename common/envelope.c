@@ -64,7 +64,7 @@ struct mxf_env *mxf_env_new(const char *qid)
 	snprintf(e->qid, sizeof(e->qid), "%s", qid ? qid : "");
 	char **f[] = {&e->sender, &e->srs_sender, &e->client_ip, &e->client_name,
 		      &e->helo,   &e->proto,      &e->origin,    &e->headers,
-		      &e->ret,    &e->envid};
+		      &e->ret,    &e->envid,      &e->msgid,     &e->subject};
 	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
 		if (!(*f[i] = strdup(""))) {
 			mxf_env_free(e);
@@ -100,6 +100,8 @@ void mxf_env_free(struct mxf_env *e)
 	free(e->headers);
 	free(e->ret);
 	free(e->envid);
+	free(e->msgid);
+	free(e->subject);
 	for (size_t i = 0; i < e->nrcpt; i++)
 		rcpt_free(&e->rcpt[i]);
 	free(e->rcpt);
@@ -210,6 +212,10 @@ int mxf_env_format(const struct mxf_env *e, char **buf, size_t *len)
 		ob_kv(&o, "ret", e->ret);
 	if (e->envid && *e->envid)
 		ob_kv(&o, "envid", e->envid);
+	if (e->msgid && *e->msgid)
+		ob_kv(&o, "msgid", e->msgid);
+	if (e->subject && *e->subject)
+		ob_kv(&o, "subject", e->subject);
 	for (size_t i = 0; i < e->nrcpt; i++) {
 		const struct mxf_env_rcpt *r = &e->rcpt[i];
 		if ((size_t)r->status >= NSTATUS || r->next_try < 0) {
@@ -360,12 +366,12 @@ static bool tok_is(const struct tok *t, const char *s)
 }
 
 enum { K_QID, K_ARRIVAL, K_SIZE, K_SENDER, K_SRS, K_CIP, K_CNAME, K_HELO, K_PROTO, K_ORIGIN,
-       K_HEADERS, K_RET, K_ENVID, K_N };
+       K_HEADERS, K_RET, K_ENVID, K_MSGID, K_SUBJECT, K_N };
 /* Keys from K_RET on are optional. */
 #define K_REQUIRED K_RET
 static const char *const keynames[K_N] = {
 	"qid", "arrival", "size", "sender", "srs_sender", "client_ip", "client_name", "helo",
-	"proto", "origin", "headers", "ret", "envid"};
+	"proto", "origin", "headers", "ret", "envid", "msgid", "subject"};
 
 static int parse_rcpt(struct mxf_env *e, const struct tok *t, size_t nt)
 {
@@ -481,6 +487,14 @@ static int parse_field(struct mxf_env *e, int k, const struct tok *v)
 			return -EBADMSG;
 		}
 		dst = k == K_RET ? &e->ret : &e->envid;
+		break;
+	case K_MSGID:
+	case K_SUBJECT:
+		if (!*s) { /* written only when not empty (canonical) */
+			free(s);
+			return -EBADMSG;
+		}
+		dst = k == K_MSGID ? &e->msgid : &e->subject;
 		break;
 	default:
 		free(s);

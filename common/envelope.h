@@ -14,6 +14,9 @@
  *                                  (each exactly once, any order)
  *   ret V | envid V                (DSN, RFC 3461: at most once each, only
  *                                  when not empty; older files have none)
+ *   msgid V | subject V            (the message's Message-ID and Subject as
+ *                                  smtpd saw them, for the activity log: at
+ *                                  most once each, only when not empty)
  *   rcpt ORIG DEST RULE ACTION STATUS ATTEMPTS NEXT_TRY REPLY RELAY [NOTIFY ORCPT]
  *                                  (1 or more; the DSN pair is written when
  *                                  either is not empty, and only then)
@@ -70,6 +73,7 @@ struct mxf_env {
 	char *origin;         /* "smtpd", "bouncer", "ctl" or "worker" */
 	char *headers;        /* block prepended at delivery: CRLF-terminated lines */
 	char *ret, *envid;    /* DSN: RET "FULL"/"HDRS", ENVID xtext; "" when not given */
+	char *msgid, *subject; /* for the activity log only; "" when none */
 	size_t nrcpt;
 	struct mxf_env_rcpt *rcpt;
 };

@@ -41,7 +41,7 @@ enum mxf_ipc_type {
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
 	MXF_MSG_COMMIT,           /* c->r: F_REQ, F_QID, F_SENDER, F_RCPT*, F_SIZE, F_CLIENT_IP,
 	                             F_CLIENT_NAME, F_HELO, F_PROTO [, F_RET, F_ENVID, F_DSN_NOTIFY*,
-	                             F_ORCPT*, F_TLS, F_AUTH_RESULTS] */
+	                             F_ORCPT*, F_TLS, F_AUTH_RESULTS, F_MSGID, F_SUBJECT] */
 	MXF_MSG_COMMIT_REPLY,     /* r->c: F_REQ, F_QID, F_CODE, F_ESC, F_TEXT.
 	                             F_CODE 250: durably queued; 4xx/5xx: nothing kept */
 	MXF_MSG_ABORT,            /* c->r: F_QID (discard an opened, uncommitted file) */
@@ -138,6 +138,9 @@ enum mxf_ipc_tag {
 	 * says why it is not sent and there is no F_REPLY. */
 	F_REPLY,
 	F_NETWORK, /* WORK: u64 1 when the worker may open Internet sockets */
+	/* COMMIT from smtpd, optional (with F_MSGID): the message's Subject and
+	 * Message-ID as mxf_mailhdr_value gives them, for the activity log. */
+	F_SUBJECT,
 	F_TAG_MAX
 };
 

@@ -161,6 +161,87 @@ static bool wsp(char c)
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0];
+	size_t l;
+	unsigned lo = 0x80, hi = 0xbf;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		l = 2;
+	else if (c >= 0xe0 && c <= 0xef) {
+		l = 3;
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		l = 4;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f;
+	} else
+		return 0;
+	if (n < l || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < l; i++)
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return 0;
+	return l;
+}
+
+size_t mxf_mailhdr_value(const char *f, size_t len, char *out, size_t cap)
+{
+	const char *colon = memchr(f, ':', len);
+	size_t o = 0, i = colon ? (size_t)(colon - f) + 1 : len;
+	if (cap == 0)
+		return 0;
+	while (i < len && wsp(f[i]))
+		i++;
+	while (i < len) {
+		const unsigned char *p = (const unsigned char *)f + i;
+		size_t l = utf8_len(p, len - i);
+		if (l == 0) {
+			l = 1;
+			p = (const unsigned char *)"?";
+		} else if (l == 1 && (*p < 0x20 || *p == 0x7f)) {
+			/* Unfolding: CRLF goes, the WSP after it stays. */
+			if (*p == '\r' || *p == '\n') {
+				i++;
+				continue;
+			}
+			p = (const unsigned char *)" ";
+		}
+		if (o + l > cap - 1)
+			break;
+		memcpy(out + o, p, l);
+		o += l;
+		i += utf8_len((const unsigned char *)f + i, len - i) ? l : 1;
+	}
+	while (o > 0 && out[o - 1] == ' ')
+		o--;
+	out[o] = '\0';
+	return o;
+}
+
+bool mxf_mailhdr_text_ok(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n > max)
+		return false;
+	for (size_t i = 0; i < n;) {
+		size_t l = utf8_len((const unsigned char *)s + i, n - i);
+		if (l == 0 || (l == 1 && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)))
+			return false;
+		i += l;
+	}
+	return true;
+}
+
 /* Skips a comment starting at s[*i] == '(' (nested, with quoted-pairs).
  * Returns false when it does not end. */
 static bool skip_comment(const char *s, size_t len, size_t *i)

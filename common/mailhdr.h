@@ -69,6 +69,19 @@ size_t mxf_mailhdr_end(struct mxf_mailhdr *h, char *out);
 /* Case-insensitive test of a field's name ("From" matches "from : x"). */
 bool mxf_mailhdr_is(const char *f, size_t len, const char *name);
 
+/* A field's value fit for a log or a JSON string: unfolded, surrounding
+ * whitespace removed, every control octet a space, every octet that is not
+ * part of a well-formed UTF-8 sequence a '?', cut at cap - 1 octets on a
+ * character boundary. f is the whole field. Returns the length written. */
+size_t mxf_mailhdr_value(const char *f, size_t len, char *out, size_t cap);
+/* What the activity log keeps of a Subject and a Message-ID (octets). */
+#define MXF_MAILHDR_SUBJECT_MAX 300
+#define MXF_MAILHDR_MSGID_MAX 250
+
+/* Whether s is what mxf_mailhdr_value makes: well-formed UTF-8 without
+ * control octets, at most max octets. */
+bool mxf_mailhdr_text_ok(const char *s, size_t max);
+
 /* The authserv-id of an Authentication-Results field value (RFC 8601 §2.2:
  * the first token, after CFWS, up to ';' or CFWS), lower-cased into id.
  * f is the whole field. Returns 0, or -EINVAL when none can be found. */

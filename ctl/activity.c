@@ -47,16 +47,18 @@ static const char *col(sqlite3_stmt *st, int i)
 	"dmarc, status, remote_host, reply, size, arc, auth"
 /* Issue 11 (activity schema 4): a refusal's reason keyword, and how many
  * refusals a coalesced row stands for (NULL: one). */
-#define LOG_COLS_V3 LOG_COLS ", reason, count"
-#define LOG_COLS_V2 LOG_COLS ", NULL, NULL"
+#define LOG_COLS_V5 LOG_COLS ", reason, count, message_id, subject"
+#define LOG_COLS_V4 LOG_COLS ", reason, count, NULL, NULL"
+#define LOG_COLS_V2 LOG_COLS ", NULL, NULL, NULL, NULL"
 
-/* Whether the log has the reason and count columns (a router that has not
- * run since the upgrade has not added them yet). */
-static bool has_reason(sqlite3 *s)
+/* Whether the log has these columns (a router that has not run since the
+ * upgrade has not added them yet). */
+static bool has_cols(sqlite3 *s, const char *cols)
 {
+	char sql[200];
 	sqlite3_stmt *st = NULL;
-	bool ok = sqlite3_prepare_v2(s, "SELECT reason, count FROM activity LIMIT 0", -1, &st,
-				     NULL) == SQLITE_OK;
+	snprintf(sql, sizeof(sql), "SELECT %s FROM activity LIMIT 0", cols);
+	bool ok = sqlite3_prepare_v2(s, sql, -1, &st, NULL) == SQLITE_OK;
 	sqlite3_finalize(st);
 	return ok;
 }
@@ -90,6 +92,8 @@ static void log_row(sqlite3_stmt *st)
 		cj_int("count", sqlite3_column_type(st, 20) == SQLITE_NULL
 					? 1
 					: sqlite3_column_int64(st, 20));
+		cj_str("message_id", col(st, 21));
+		cj_str("subject", col(st, 22));
 		cj_end(false);
 		return;
 	}
@@ -118,6 +122,8 @@ static void log_row(sqlite3_stmt *st)
 		printf(" reason=%s", ctl_safe(b[4], sizeof(b[4]), col(st, 19)));
 	if (sqlite3_column_type(st, 20) != SQLITE_NULL)
 		printf(" count=%lld", (long long)sqlite3_column_int64(st, 20));
+	if (col(st, 22))
+		printf(" subject=\"%s\"", ctl_safe(b[4], sizeof(b[4]), col(st, 22)));
 	if (reply)
 		printf(" (%s)", ctl_safe(b[5], sizeof(b[5]), reply));
 	putchar('\n');
@@ -193,13 +199,15 @@ int ctl_log(const struct mxf_config *cfg, int argc, char **argv)
 		"      OR dest LIKE '%' || ?6 || '%' ESCAPE '\\')"
 		" AND (?7 IS NULL OR queue_id = ?7)";
 	char sql_first[1024], sql_next[1024];
-	bool v3 = !s || has_reason(s);
+	const char *cols = !s || has_cols(s, "message_id, subject") ? LOG_COLS_V5
+			   : has_cols(s, "reason, count")	       ? LOG_COLS_V4
+								       : LOG_COLS_V2;
 	snprintf(sql_first, sizeof(sql_first),
 		 "SELECT * FROM (SELECT %s FROM activity%s ORDER BY id DESC LIMIT ?8) "
 		 "ORDER BY id",
-		 v3 ? LOG_COLS_V3 : LOG_COLS_V2, where);
+		 cols, where);
 	snprintf(sql_next, sizeof(sql_next), "SELECT %s FROM activity%s ORDER BY id LIMIT 1000",
-		 v3 ? LOG_COLS_V3 : LOG_COLS_V2, where);
+		 cols, where);
 	char like_from[1024], like_to[1024];
 	const char *pats[2] = {from, to};
 	char *outs[2] = {like_from, like_to};
@@ -361,7 +369,7 @@ int ctl_stats(const struct mxf_config *cfg, int argc, char **argv)
 	size_t nreasons = 0;
 	if (s) {
 		char sql[2][1024];
-		bool v3 = has_reason(s);
+		bool v3 = has_cols(s, "reason, count");
 		/* A coalesced refusal row stands for count refusals. */
 		snprintf(sql[0], sizeof(sql[0]),
 			 "SELECT CAST(strftime('%%s', k, 'utc') AS INTEGER), k, "

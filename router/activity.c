@@ -13,7 +13,7 @@
 #include "log.h"
 #include "router.h"
 
-#define ACTIVITY_SCHEMA 4
+#define ACTIVITY_SCHEMA 5
 
 static sqlite3 *db;
 static sqlite3_stmt *ins;
@@ -47,6 +47,12 @@ static const char schema_v3[] = "ALTER TABLE activity ADD COLUMN arc TEXT;"
 static const char schema_v4[] = "ALTER TABLE activity ADD COLUMN reason TEXT;"
 				"ALTER TABLE activity ADD COLUMN count INTEGER;"
 				"PRAGMA user_version = 4;";
+/* 5 (issue 12): the message's Message-ID and Subject, for the activity
+ * log's views (smtpd's reading of them; NULL for mail that did not come
+ * through smtpd or had none). */
+static const char schema_v5[] = "ALTER TABLE activity ADD COLUMN message_id TEXT;"
+				"ALTER TABLE activity ADD COLUMN subject TEXT;"
+				"PRAGMA user_version = 5;";
 static sqlite3_stmt *ins_rej;
 
 int activity_open(const char *path)
@@ -97,14 +103,15 @@ int activity_open(const char *path)
 		    (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &err) != SQLITE_OK) ||
 		    (version < 3 && sqlite3_exec(db, schema_v3, NULL, NULL, &err) != SQLITE_OK) ||
 		    (version < 4 && sqlite3_exec(db, schema_v4, NULL, NULL, &err) != SQLITE_OK) ||
+		    (version < 5 && sqlite3_exec(db, schema_v5, NULL, NULL, &err) != SQLITE_OK) ||
 		    sqlite3_exec(db, "COMMIT", NULL, NULL, &err) != SQLITE_OK)
 			goto fail;
 	}
 	if (sqlite3_prepare_v2(db,
 			       "INSERT INTO activity (ts, queue_id, client_ip, helo, mail_from, "
 			       "rcpt, dest, rule, action, status, remote_host, reply, size, "
-			       "spf, dkim, dmarc, arc, auth) "
-			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+			       "spf, dkim, dmarc, arc, auth, message_id, subject) "
+			       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 			       -1, &ins, NULL) != SQLITE_OK)
 		goto fail;
 	if (sqlite3_prepare_v2(db,
@@ -231,6 +238,10 @@ void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const c
 		}
 		bind_opt(18, ar);
 	}
+	if (e && e->msgid && *e->msgid)
+		bind_opt(19, e->msgid);
+	if (e && e->subject && *e->subject)
+		bind_opt(20, e->subject);
 	if (sqlite3_step(ins) != SQLITE_DONE)
 		mxf_err("activity log write failed: %s", sqlite3_errmsg(db));
 	sqlite3_reset(ins);

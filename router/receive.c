@@ -12,6 +12,7 @@
 #include "address.h"
 #include "config.h"
 #include "log.h"
+#include "mailhdr.h"
 #include "queueid.h"
 #include "router.h"
 #include "rulesdb.h"
@@ -745,6 +746,13 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	    (mxf_ipc_count(v, F_AUTH_RESULTS) == 1 &&
 	     (bouncer || !auth_results_clean(mxf_ipc_str(v, F_AUTH_RESULTS, 0)))))
 		return -1;
+	/* Subject and Message-ID are the sender's text: smtpd made them safe
+	 * for a log and JSON (mxf_mailhdr_value); checked again here. */
+	const char *msgid = mxf_ipc_str(v, F_MSGID, 0), *subject = mxf_ipc_str(v, F_SUBJECT, 0);
+	if (mxf_ipc_count(v, F_MSGID) > 1 || mxf_ipc_count(v, F_SUBJECT) > 1 ||
+	    (msgid && !mxf_mailhdr_text_ok(msgid, MXF_MAILHDR_MSGID_MAX)) ||
+	    (subject && !mxf_mailhdr_text_ok(subject, MXF_MAILHDR_SUBJECT_MAX)))
+		return -1;
 	for (size_t i = 0; i < nnotify; i++)
 		if (!mxf_ipc_str(v, F_DSN_NOTIFY, i) || !dsn_clean(mxf_ipc_str(v, F_DSN_NOTIFY, i), 31))
 			return -1;
@@ -783,7 +791,8 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	    mxf_env_set(&e->helo, mxf_ipc_str(v, F_HELO, 0)) < 0 ||
 	    mxf_env_set(&e->proto, mxf_ipc_str(v, F_PROTO, 0)) < 0 ||
 	    mxf_env_set(&e->origin, p->role == ROLE_CTL ? "ctl" : bouncer ? "bouncer" : "smtpd") < 0 ||
-	    mxf_env_set(&e->ret, ret) < 0 || mxf_env_set(&e->envid, envid) < 0)
+	    mxf_env_set(&e->ret, ret) < 0 || mxf_env_set(&e->envid, envid) < 0 ||
+	    mxf_env_set(&e->msgid, msgid) < 0 || mxf_env_set(&e->subject, subject) < 0)
 		goto refuse;
 	bool forwards = false;
 	for (size_t i = 0; i < nrcpt; i++) {

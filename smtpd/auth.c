@@ -63,6 +63,9 @@ struct auth {
 	bool from_bad;
 	bool arc_seen;
 	unsigned forged_ar;
+	/* for the activity log (the first of each; "" when none) */
+	char subject[MXF_MAILHDR_SUBJECT_MAX + 1], msgid[MXF_MAILHDR_MSGID_MAX + 1];
+	bool subject_seen, msgid_seen;
 	/* ARC (common/arcv.c): fed beside libopendkim, verified in the job */
 	struct mxf_arcv *arcv;
 	struct mxf_arcv_out arc;
@@ -193,6 +196,12 @@ static bool on_field(void *arg, const char *f, size_t len, bool whole)
 		if (a->nfrom == 1 && (!whole || mxf_mailhdr_from_domain(f, len, a->from_domain,
 									sizeof(a->from_domain)) < 0))
 			a->from_bad = true;
+	} else if (mxf_mailhdr_is(f, len, "Subject") && !a->subject_seen) {
+		a->subject_seen = true;
+		mxf_mailhdr_value(f, len, a->subject, sizeof(a->subject));
+	} else if (mxf_mailhdr_is(f, len, "Message-ID") && !a->msgid_seen) {
+		a->msgid_seen = true;
+		mxf_mailhdr_value(f, len, a->msgid, sizeof(a->msgid));
 	} else if (mxf_mailhdr_is(f, len, "ARC-Seal")) {
 		a->arc_seen = true;
 	} else if (mxf_mailhdr_is(f, len, "DKIM-Signature") && whole && a->nsig < SIGS_MAX) {
@@ -639,4 +648,14 @@ int auth_verdict(const struct auth *a, const char **escode, const char **text)
 const char *auth_header(const struct auth *a)
 {
 	return a->header;
+}
+
+const char *auth_subject(const struct auth *a)
+{
+	return a->subject;
+}
+
+const char *auth_msgid(const struct auth *a)
+{
+	return a->msgid;
 }

@@ -60,5 +60,9 @@ int auth_check(struct auth *a, void (*done)(void *arg), void *arg);
 int auth_verdict(const struct auth *a, const char **escode, const char **text);
 /* After done: the whole Authentication-Results field, CRLF-terminated. */
 const char *auth_header(const struct auth *a);
+/* The message's first Subject and Message-ID as mxf_mailhdr_value gives
+ * them ("" when none), known once the header is read. */
+const char *auth_subject(const struct auth *a);
+const char *auth_msgid(const struct auth *a);
 
 #endif

@@ -1271,6 +1271,10 @@ static void commit_message(struct session *s)
 		r = mxf_ipc_put_str(m, F_TLS, tls);
 	if (r == 0 && s->auth && auth_header(s->auth)[0])
 		r = mxf_ipc_put_str(m, F_AUTH_RESULTS, auth_header(s->auth));
+	if (r == 0 && s->auth && auth_msgid(s->auth)[0])
+		r = mxf_ipc_put_str(m, F_MSGID, auth_msgid(s->auth));
+	if (r == 0 && s->auth && auth_subject(s->auth)[0])
+		r = mxf_ipc_put_str(m, F_SUBJECT, auth_subject(s->auth));
 	if (r < 0) {
 		mxf_ipc_msg_free(m);
 		mxf_err("%s: cannot build COMMIT: %s", s->qid, strerror(-r));

@@ -217,7 +217,8 @@ def test_addresses_rules_route_mail(api_world):
     assert r["enabled"] is True and r["name"] == "info" and r["priority"] == 0
     # Mail routes at once.
     sink.messages.clear()
-    data = make_message("alice@sender.test", f"info@{GW}", subject="via api")
+    data = make_message("alice@sender.test", f"info@{GW}", subject="via api \u2713",
+                        msgid="<via-api@sender.test>")
     g.send("alice@sender.test", f"info@{GW}", data)
     [got] = sink.wait_for(1, timeout=30)
     assert got.rcpt_tos == ["bob@dest.test"]
@@ -268,6 +269,8 @@ def test_addresses_rules_route_mail(api_world):
                               if x["status"] == "forwarded"], 20, what="activity")
     assert act[0]["to"] == f"info@{GW}" and act[0]["from"] == "alice@sender.test"
     assert act[0]["client_ip"] == "127.0.0.1" and act[0]["queue_id"]
+    assert act[0]["subject"] == "via api \u2713"
+    assert act[0]["message_id"] == "<via-api@sender.test>"
     assert a.get(f"/zones/{GW}/email/routing/activity?status=rejected")["result"] == []
     assert a.get(f"/zones/{GW}/email/routing/activity?from=ALICE")["result"]
     an = a.get(f"/zones/{GW}/email/routing/analytics?step=600")["result"]

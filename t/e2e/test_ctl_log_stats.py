@@ -6,7 +6,7 @@ import sqlite3
 import subprocess
 import time
 
-from conftest import make_message, wait_until
+from conftest import make_message, pid_alive, wait_until
 
 
 def j(gw, *args):
@@ -64,7 +64,8 @@ def test_log_and_stats(world):
     keys = {"id", "ts", "time", "queue_id", "client_ip", "helo", "from", "rcpt", "dest", "rule",
             "action", "spf", "dkim", "dmarc", "status", "remote_host", "reply", "size",
             "arc", "auth",  # issue 7
-            "reason", "count"}  # issue 11: why a refusal, how many a row stands for
+            "reason", "count",  # issue 11: why a refusal, how many a row stands for
+            "message_id", "subject"}  # issue 12
     assert all(set(e) == keys for e in entries), entries[0]
     by_q = {e["queue_id"]: e for e in entries if e["queue_id"]}
     assert by_q[q1]["reply"].startswith("250") and by_q[q1]["size"] > 0
@@ -142,3 +143,42 @@ def test_activity_retention(dns_server, sinks, gateway):
     assert gw.activity("RECENT") and gw.activity(q)
     assert "pruned 1 row(s)" in gw.log_text()
     assert [e["queue_id"] for e in j(gw, "log", "--id", "RECENT")["entries"]] == ["RECENT"]
+
+
+def test_log_subject_and_message_id(world):
+    """The activity log keeps the message's Subject and Message-ID as smtpd
+    read them (unfolded, made safe for a log and JSON), on every row of the
+    message, also after a router restart (they travel in the envelope)."""
+    gw, sink = world.gw, world.dest
+    gw.forward("info@gw.test", "bob@dest.test")
+    sink.set_mode("tempfail")
+    subject = "Caf\u00e9 report\r\n\tpart two \x01 =?utf-8?q?x?="
+    msg = make_message("alice@sender.test", "info@gw.test", subject=subject,
+                       msgid="<subj-1@sender.test>")
+    qid = gw.send_retrying("alice@sender.test", "info@gw.test", msg)
+    gw.wait_activity(qid, "deferred")
+    want_subject = "Caf\u00e9 report part two   =?utf-8?q?x?="
+    row = [e for e in j(gw, "log", "--id", qid)["entries"] if e["status"] == "deferred"][0]
+    assert row["subject"] == want_subject, row
+    assert row["message_id"] == "<subj-1@sender.test>"
+    line = [ln for ln in gw.ctl_ok("log", "--id", qid).splitlines() if "deferred" in ln][0]
+    assert 'subject="Caf\u00e9 report part two' in line, line
+
+    # A router restarted with the message queued still knows both.
+    before = gw.status()["router"]
+    gw.expect_restart("router")
+    os.kill(before["pid"], 9)
+    wait_until(lambda: (gw.status().get("router") or {}).get("pid") not in (None, before["pid"])
+               and pid_alive(gw.status()["router"]["pid"]), 20, what="the router back")
+    sink.set_mode("accept")
+    gw.wait_activity(qid, "forwarded", timeout=60)
+    fwd = [e for e in j(gw, "log", "--id", qid)["entries"] if e["status"] == "forwarded"][0]
+    assert fwd["subject"] == want_subject and fwd["message_id"] == "<subj-1@sender.test>"
+
+    # No Subject, no Message-ID: null, not "".
+    raw = (b"From: <alice@sender.test>\r\nTo: <info@gw.test>\r\n"
+           b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\nbare\r\n")
+    q2 = gw.send_retrying("alice@sender.test", "info@gw.test", raw)
+    gw.wait_activity(q2, "forwarded")
+    e2 = j(gw, "log", "--id", q2)["entries"][0]
+    assert e2["subject"] is None and e2["message_id"] is None

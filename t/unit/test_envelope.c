@@ -183,6 +183,9 @@ static void test_dsn_fields(void **state)
 	/* Set, they round-trip canonically. */
 	assert_int_equal(mxf_env_set(&e->ret, "HDRS"), 0);
 	assert_int_equal(mxf_env_set(&e->envid, "QQ+2B1"), 0);
+	assert_string_equal(e->subject, "");
+	assert_int_equal(mxf_env_set(&e->msgid, "<x.1@sender.example>"), 0);
+	assert_int_equal(mxf_env_set(&e->subject, "Re: caf\xc3\xa9 100%"), 0);
 	assert_int_equal(mxf_env_set(&e->rcpt[0].notify, "SUCCESS,FAILURE"), 0);
 	assert_int_equal(mxf_env_set(&e->rcpt[0].orcpt, "rfc822;b+2Bx@ours.example"), 0);
 	char *out;
@@ -194,6 +197,9 @@ static void test_dsn_fields(void **state)
 	assert_int_equal(mxf_env_parse(out, olen, &p), 0);
 	assert_string_equal(p->rcpt[0].orcpt, "rfc822;b+2Bx@ours.example");
 	assert_string_equal(p->envid, "QQ+2B1");
+	assert_non_null(strstr(out, "\nmsgid <x.1@sender.example>\nsubject Re:%20caf%C3%A9%20100%25\n"));
+	assert_string_equal(p->msgid, "<x.1@sender.example>");
+	assert_string_equal(p->subject, "Re: caf\xc3\xa9 100%");
 	char *out2;
 	size_t olen2;
 	assert_int_equal(mxf_env_format(p, &out2, &olen2), 0);
@@ -207,6 +213,10 @@ static void test_dsn_fields(void **state)
 	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nret -\n"), -EBADMSG);
 	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nret ALL\n"), -EBADMSG);
 	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nenvid -\n"), -EBADMSG);
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nsubject -\n"), -EBADMSG);
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nmsgid -\n"), -EBADMSG);
+	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nmsgid <a@b>\nmsgid <a@b>\n"),
+			 -EBADMSG);
 	assert_int_equal(parse_variant("origin smtpd\n", "origin smtpd\nret FULL\nret FULL\n"),
 			 -EBADMSG);
 	assert_int_equal(parse_variant(rc, "rcpt bob@ours.example d@g.example r1 forward pending 0 "

@@ -195,6 +195,34 @@ static void test_tags(void **st)
 	assert_int_equal(mxf_mailhdr_tags("1a=1", 4, on_tag, &x), -EINVAL);
 }
 
+static void test_value(void **state)
+{
+	(void)state;
+	char out[64];
+	const char *f = "Subject:  Hello\r\n\tworld \x01 caf\xc3\xa9 \xff\xc0\xaf end  \r\n";
+	size_t n = mxf_mailhdr_value(f, strlen(f), out, sizeof(out));
+	/* The fold's CRLF goes, its TAB (a control octet) becomes a space;
+	 * \xff, \xc0 and the \xaf after it are no UTF-8: a '?' each. */
+	assert_string_equal(out, "Hello world   caf\xc3\xa9 ??? end");
+	assert_int_equal(n, strlen(out));
+	assert_true(mxf_mailhdr_text_ok(out, 63));
+	/* Cut on a character boundary: no half of the two-octet e-acute. */
+	const char *g = "Subject: abc\xc3\xa9";
+	char small[5];
+	assert_int_equal(mxf_mailhdr_value(g, strlen(g), small, sizeof(small)), 3);
+	assert_string_equal(small, "abc");
+	/* Overlong form, surrogate, above U+10FFFF: each octet a '?'. */
+	const char *h = "X: \xe0\x80\xaf|\xed\xa0\x80|\xf4\x90\x80\x80|\xf0\x9f\x98\x80";
+	mxf_mailhdr_value(h, strlen(h), out, sizeof(out));
+	assert_string_equal(out, "???|???|????|\xf0\x9f\x98\x80");
+	assert_int_equal(mxf_mailhdr_value("Subject:\r\n", 10, out, sizeof(out)), 0);
+	assert_string_equal(out, "");
+	assert_false(mxf_mailhdr_text_ok("a\tb", 10));
+	assert_false(mxf_mailhdr_text_ok("caf\xc3", 10));
+	assert_false(mxf_mailhdr_text_ok("abcdef", 5));
+	assert_true(mxf_mailhdr_text_ok("", 0));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -203,6 +231,7 @@ int main(void)
 		cmocka_unit_test(test_authserv_id),
 		cmocka_unit_test(test_from_domain),
 		cmocka_unit_test(test_tags),
+		cmocka_unit_test(test_value),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
