@@ -2,7 +2,7 @@
 # same forwarding job as Postfix there (user@example.test -> dest@sink.test,
 # transport to the sink, no DNS), SRS on, the 250 only after fsync, the
 # authentication checks off (Postfix makes none). A first step for issue 14
-# (a bench/forward of our own is still to be written). As root:
+# (bench/forward is the project's own benchmark now). As root:
 #
 #   cmake -S . -B build-rel -DMXF_SANITIZE=OFF -DMXF_TESTS=OFF -DCMAKE_BUILD_TYPE=Release
 #   cmake --build build-rel -j --target mxferryd smtpd router deliverd bouncer workerd mxferryctl

@@ -16,8 +16,20 @@
 static const char *const dir_names[MXF_SD_COUNT] = {
 	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "msg"};
 
+/* Spare envelope files: a removed message's envelope is renamed to
+ * tmp/spare.N instead of unlinked, and the next envelope written takes it
+ * (O_TRUNC). On ext4 without a journal every new inode is searched for past
+ * the inodes freed in the last minutes, a cost that grows with the mail
+ * flow; reusing envelope inodes halves the files made and freed per
+ * message. Only envelopes: a content file may still be open elsewhere
+ * (deliverd, the bouncer), an envelope only in mxferryctl, which checks what
+ * it reads. Slots are claimed with atomics (the router's pool threads). */
+#define SPARES 256
+enum { SPARE_EMPTY, SPARE_BUSY, SPARE_FULL };
+
 struct mxf_spool {
 	int fd[MXF_SD_COUNT];
+	_Atomic int spare[SPARES];
 };
 
 const char *mxf_spool_dir_name(enum mxf_spool_dir d)
@@ -144,11 +156,60 @@ static void env_tmp_name(char out[ENVTMP_SIZE], const char *qid)
 	snprintf(out, ENVTMP_SIZE, "%s.env", qid);
 }
 
+static void spare_name(char out[16], unsigned i)
+{
+	snprintf(out, 16, "spare.%u", i);
+}
+
+/* Claims a slot in state from (-> SPARE_BUSY); -1 if none. */
+static int spare_claim(struct mxf_spool *sp, int from)
+{
+	for (unsigned i = 0; i < SPARES; i++) {
+		int v = from;
+		if (atomic_load(&sp->spare[i]) == from &&
+		    atomic_compare_exchange_strong(&sp->spare[i], &v, SPARE_BUSY))
+			return (int)i;
+	}
+	return -1;
+}
+
+/* Renames a spare to tmp/NAME (which must not exist); false if none. */
+static bool spare_take(struct mxf_spool *sp, const char *name)
+{
+	int i = spare_claim(sp, SPARE_FULL);
+	char sn[16];
+	if (i < 0)
+		return false;
+	spare_name(sn, (unsigned)i);
+	bool ok = renameat2(sp->fd[MXF_SD_TMP], sn, sp->fd[MXF_SD_TMP], name, RENAME_NOREPLACE) == 0;
+	if (!ok)
+		unlinkat(sp->fd[MXF_SD_TMP], sn, 0);
+	atomic_store(&sp->spare[i], SPARE_EMPTY);
+	return ok;
+}
+
+/* Keeps d/NAME as a spare (moved out of d/); false: the caller unlinks. */
+static bool spare_keep(struct mxf_spool *sp, enum mxf_spool_dir d, const char *name)
+{
+	int i = spare_claim(sp, SPARE_EMPTY);
+	char sn[16];
+	if (i < 0)
+		return false;
+	spare_name(sn, (unsigned)i);
+	/* RENAME_NOREPLACE: a leftover of a crash is never overwritten. */
+	bool ok = renameat2(sp->fd[d], name, sp->fd[MXF_SD_TMP], sn, RENAME_NOREPLACE) == 0;
+	atomic_store(&sp->spare[i], ok ? SPARE_FULL : SPARE_EMPTY);
+	return ok;
+}
+
 int mxf_spool_create(struct mxf_spool *sp, const char *qid)
 {
 	if (!mxf_qid_valid(qid))
 		return -EINVAL;
-	int fd = openat(sp->fd[MXF_SD_TMP], qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+	/* Received in place: never renamed, so no directory entry to move and
+	 * fsync again. Until an envelope names it, it is an orphan, which
+	 * start-up removes. */
+	int fd = openat(sp->fd[MXF_SD_MSG], qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
 			0600);
 	return fd < 0 ? -errno : fd;
 }
@@ -159,12 +220,12 @@ void mxf_spool_discard(struct mxf_spool *sp, const char *qid)
 	if (!mxf_qid_valid(qid))
 		return;
 	env_tmp_name(envtmp, qid);
-	unlinkat(sp->fd[MXF_SD_TMP], qid, 0);
+	unlinkat(sp->fd[MXF_SD_MSG], qid, 0);
 	unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
 }
 
-/* Writes e to tmp/QID.env and fsyncs it. */
-static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e)
+/* Writes e to tmp/QID.env; fsyncs it when sync (a batch fsyncs later). */
+static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e, bool sync, int *fdp)
 {
 	char envtmp[ENVTMP_SIZE], *buf;
 	size_t len;
@@ -172,6 +233,7 @@ static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e)
 	if (r < 0)
 		return r;
 	env_tmp_name(envtmp, e->qid);
+	spare_take(sp, envtmp); /* else a new file */
 	int fd = openat(sp->fd[MXF_SD_TMP], envtmp,
 			O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {
@@ -181,8 +243,12 @@ static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e)
 	}
 	r = sp_write_all(fd, buf, len);
 	free(buf);
-	if (r == 0)
+	if (r == 0 && sync)
 		r = sp_fsync(fd);
+	if (r == 0 && fdp) {
+		*fdp = fd;
+		return 0;
+	}
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r < 0)
@@ -190,43 +256,122 @@ static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e)
 	return r;
 }
 
-int mxf_spool_commit(struct mxf_spool *sp, int content_fd, const struct mxf_env *e)
+/* Takes back everything of one message of a batch, the envelope first. */
+static void batch_undo(struct mxf_spool *sp, enum mxf_spool_dir to, const char *qid, bool env_made)
 {
 	char envtmp[ENVTMP_SIZE];
-	const char *qid = e->qid;
-	bool msg_made = false, env_made = false;
-	int r;
-
-	if (!mxf_qid_valid(qid))
-		return -EINVAL;
 	env_tmp_name(envtmp, qid);
-	/* Content first, then the envelope that points at it: an envelope is
-	 * only ever visible with its content already on disk. */
-	if ((r = sp_fsync(content_fd)) < 0)
-		goto fail;
-	if ((r = write_env_tmp(sp, e)) < 0)
-		goto fail;
-	if ((r = sp_rename(sp->fd[MXF_SD_TMP], qid, sp->fd[MXF_SD_MSG], qid, RENAME_NOREPLACE)) < 0)
-		goto fail;
-	msg_made = true;
-	if ((r = sp_rename(sp->fd[MXF_SD_TMP], envtmp, sp->fd[MXF_SD_INCOMING], qid,
-			   RENAME_NOREPLACE)) < 0)
-		goto fail;
-	env_made = true;
-	/* msg/ before incoming/: a crash between the two leaves at worst an
-	 * orphan content file, which start-up removes. */
-	if ((r = sp_fsync(sp->fd[MXF_SD_MSG])) < 0 || (r = sp_fsync(sp->fd[MXF_SD_INCOMING])) < 0)
-		goto fail;
-	return 0;
-fail:
-	/* The caller answers 4xx: take back everything, the envelope first. */
 	if (env_made)
-		unlinkat(sp->fd[MXF_SD_INCOMING], qid, 0);
-	if (msg_made)
-		unlinkat(sp->fd[MXF_SD_MSG], qid, 0);
-	unlinkat(sp->fd[MXF_SD_TMP], qid, 0);
+		unlinkat(sp->fd[to], qid, 0);
+	unlinkat(sp->fd[MXF_SD_MSG], qid, 0);
 	unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
+}
+
+int mxf_spool_sync_content(struct mxf_spool *sp, int content_fd, bool *fsync_failed)
+{
+	(void)sp;
+	int r = sp_fsync(content_fd);
+	*fsync_failed = r < 0;
 	return r;
+}
+
+int mxf_spool_write_env(struct mxf_spool *sp, const struct mxf_env *e, bool *fsync_failed)
+{
+	int r, fd = -1;
+	*fsync_failed = false;
+	if (!mxf_qid_valid(e->qid))
+		return -EINVAL;
+	if ((r = write_env_tmp(sp, e, false, &fd)) < 0)
+		return r;
+	if ((r = sp_fsync(fd)) < 0)
+		*fsync_failed = true;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r < 0) {
+		char envtmp[ENVTMP_SIZE];
+		env_tmp_name(envtmp, e->qid);
+		unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
+	}
+	return r;
+}
+
+int mxf_spool_sync_dir(struct mxf_spool *sp, enum mxf_spool_dir d)
+{
+	if ((unsigned)d >= MXF_SD_COUNT)
+		return -EINVAL;
+	return sp_fsync(sp->fd[d]);
+}
+
+int mxf_spool_commit_publish(struct mxf_spool *sp, enum mxf_spool_dir to,
+			     struct mxf_spool_commit_item *it, size_t n)
+{
+	int fsync_err = 0, r;
+	size_t nok = 0;
+
+	if (to != MXF_SD_INCOMING && to != MXF_SD_ACTIVE)
+		return -EINVAL;
+	/* A failed fsync fails the whole batch: after one, the state of the
+	 * page cache is unknown, and it is never retried. */
+	for (size_t i = 0; i < n && !fsync_err; i++)
+		if (it[i].fsync_failed)
+			fsync_err = it[i].result < 0 ? it[i].result : -EIO;
+	for (size_t i = 0; i < n; i++) {
+		char envtmp[ENVTMP_SIZE];
+		it[i].made = 0;
+		if (fsync_err || it[i].result < 0 || !mxf_qid_valid(it[i].e->qid))
+			continue;
+		env_tmp_name(envtmp, it[i].e->qid);
+		r = sp_rename(sp->fd[MXF_SD_TMP], envtmp, sp->fd[to], it[i].e->qid,
+			      RENAME_NOREPLACE);
+		if (r == 0) {
+			it[i].made = 1;
+			nok++;
+		}
+		it[i].result = r;
+	}
+	/* The state directory once for the whole batch. */
+	if (!fsync_err && nok > 0 && (r = sp_fsync(sp->fd[to])) < 0)
+		fsync_err = r;
+	for (size_t i = 0; i < n; i++) {
+		if (fsync_err)
+			it[i].result = fsync_err;
+		if (it[i].result < 0 && mxf_qid_valid(it[i].e->qid))
+			batch_undo(sp, to, it[i].e->qid, it[i].made);
+	}
+	return fsync_err;
+}
+
+int mxf_spool_commit_batch(struct mxf_spool *sp, enum mxf_spool_dir to,
+			   struct mxf_spool_commit_item *it, size_t n)
+{
+	int r = 0;
+	if (to != MXF_SD_INCOMING && to != MXF_SD_ACTIVE)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		it[i].result = mxf_qid_valid(it[i].e->qid) ? 0 : -EINVAL;
+		it[i].fsync_failed = false;
+		if (it[i].result == 0)
+			it[i].result = mxf_spool_sync_content(sp, it[i].content_fd,
+							      &it[i].fsync_failed);
+		if (it[i].result == 0)
+			it[i].result = mxf_spool_write_env(sp, it[i].e, &it[i].fsync_failed);
+	}
+	/* The contents' directory entries, once, before any envelope is
+	 * published. */
+	if (n > 0 && (r = mxf_spool_sync_dir(sp, MXF_SD_MSG)) < 0) {
+		for (size_t i = 0; i < n; i++) {
+			it[i].result = r;
+			it[i].fsync_failed = true;
+		}
+	}
+	return mxf_spool_commit_publish(sp, to, it, n);
+}
+
+int mxf_spool_commit(struct mxf_spool *sp, int content_fd, const struct mxf_env *e)
+{
+	struct mxf_spool_commit_item it = {.content_fd = content_fd, .e = e};
+	mxf_spool_commit_batch(sp, MXF_SD_INCOMING, &it, 1);
+	return it.result;
 }
 
 /* ---- state changes ---- */
@@ -242,7 +387,7 @@ int mxf_spool_env_write(struct mxf_spool *sp, enum mxf_spool_dir d, const struct
 	int r;
 	if (!is_state(d) || !mxf_qid_valid(e->qid))
 		return -EINVAL;
-	if ((r = write_env_tmp(sp, e)) < 0)
+	if ((r = write_env_tmp(sp, e, true, NULL)) < 0)
 		return r;
 	env_tmp_name(envtmp, e->qid);
 	/* rename(2) over the old file: a reader sees the old or the new
@@ -273,7 +418,7 @@ int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d
 		return -EINVAL;
 	/* No fsync: a removal lost in a crash only means a duplicate delivery
 	 * (at least once), never a lost message. */
-	if (unlinkat(sp->fd[d], qid, 0) < 0)
+	if (!spare_keep(sp, d, qid) && unlinkat(sp->fd[d], qid, 0) < 0)
 		return -errno;
 	if (unlinkat(sp->fd[MXF_SD_MSG], qid, 0) < 0 && errno != ENOENT)
 		return -errno;

@@ -1,10 +1,10 @@
 /* spool: the durable file operations on the queue (DESIGN.md §2), without
  * policy. The router is the only writer; mxferryctl reads.
  *
- * Layout: content of message QID in msg/QID once accepted (immutable, never
- * moved); its envelope file QID moves between incoming/ active/ deferred/
- * hold/ (corrupt/ for unreadable ones). During receipt: tmp/QID (content)
- * and tmp/QID.env.
+ * Layout: content of message QID in msg/QID, written there during receipt,
+ * immutable once accepted, never moved; its envelope file QID moves between
+ * incoming/ active/ deferred/ hold/ (corrupt/ for unreadable ones). During
+ * the commit: tmp/QID.env.
  *
  * Durability rules: a file is fsync'ed before the rename that publishes it,
  * and the directory is fsync'ed after; any failure of those returns an error
@@ -39,17 +39,47 @@ void mxf_spool_close(struct mxf_spool *sp);
 int mxf_spool_dirfd(const struct mxf_spool *sp, enum mxf_spool_dir d);
 const char *mxf_spool_dir_name(enum mxf_spool_dir d);
 
-/* Creates tmp/QID (O_WRONLY|O_CREAT|O_EXCL, 0600) and returns its fd. */
+/* Creates msg/QID (O_WRONLY|O_CREAT|O_EXCL, 0600) and returns its fd: the
+ * content is received in place; without an envelope naming it, it is an
+ * orphan (never acknowledged) that start-up removes. */
 int mxf_spool_create(struct mxf_spool *sp, const char *qid);
-/* Removes tmp/QID and tmp/QID.env (an aborted or failed receipt). */
+/* Removes msg/QID and tmp/QID.env (an aborted or failed receipt). */
 void mxf_spool_discard(struct mxf_spool *sp, const char *qid);
 
 /* Durable commit of a received message: fsync(content_fd), write and fsync
- * tmp/QID.env, rename (no overwrite) tmp/QID -> msg/QID and tmp/QID.env ->
- * incoming/QID, fsync msg/ and incoming/. On any failure everything made is
- * removed (tmp files too) and -errno is returned; -ENOSPC and -EDQUOT mean
- * the disk is full. content_fd stays open (the caller closes it). */
+ * tmp/QID.env, fsync msg/, rename (no overwrite) tmp/QID.env ->
+ * incoming/QID, fsync incoming/. On any failure everything made is removed
+ * (the content too) and -errno is returned; -ENOSPC and -EDQUOT mean the
+ * disk is full. content_fd stays open (the caller closes it). */
 int mxf_spool_commit(struct mxf_spool *sp, int content_fd, const struct mxf_env *e);
+
+/* Group commit, in steps that may run on different threads at once. For
+ * each message: mxf_spool_sync_content (fsync of msg/QID) and
+ * mxf_spool_write_env (tmp/QID.env written and fsync'ed), in either order;
+ * mxf_spool_sync_dir(MXF_SD_MSG) once after the contents were created (it
+ * covers every entry made before it started). Then, for a batch of such
+ * messages, mxf_spool_commit_publish: renames (no overwrite) each
+ * tmp/QID.env -> to/QID (to: MXF_SD_INCOMING or MXF_SD_ACTIVE), then fsyncs
+ * `to` once for the whole batch. it->result is 0 (on disk) or -errno, and
+ * whatever that message made is removed (its content too). A failed fsync
+ * (fsync_failed set by a step: a file's or msg/'s) fails every message of
+ * the batch, never retried; other errors (a rename, the write of one
+ * envelope) fail only their message. publish returns 0 or the fsync error
+ * that failed the batch. _batch runs every step in order on this thread. */
+struct mxf_spool_commit_item {
+	int content_fd;            /* in: msg/QID, written (stays open) */
+	const struct mxf_env *e;   /* in */
+	int result;                /* in: the steps' first error (or 0); out */
+	bool fsync_failed;         /* in: a step's fsync failed */
+	unsigned made;             /* private */
+};
+int mxf_spool_sync_content(struct mxf_spool *sp, int content_fd, bool *fsync_failed);
+int mxf_spool_write_env(struct mxf_spool *sp, const struct mxf_env *e, bool *fsync_failed);
+int mxf_spool_sync_dir(struct mxf_spool *sp, enum mxf_spool_dir d);
+int mxf_spool_commit_publish(struct mxf_spool *sp, enum mxf_spool_dir to,
+			     struct mxf_spool_commit_item *it, size_t n);
+int mxf_spool_commit_batch(struct mxf_spool *sp, enum mxf_spool_dir to,
+			   struct mxf_spool_commit_item *it, size_t n);
 
 /* Rewrites the envelope in state dir d: tmp/QID.env, fsync, rename over
  * d/QID, fsync d. */
@@ -60,7 +90,9 @@ int mxf_spool_move(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir fro
 		   enum mxf_spool_dir to);
 /* Removes a finished message: the envelope first, then msg/QID, so a crash
  * in between leaves an orphan content file (removed at start-up), never an
- * envelope without content. */
+ * envelope without content. The envelope file is kept as tmp/spare.N (up to
+ * 256; tmp/ is emptied at start-up) and reused by the next envelope written:
+ * fewer inodes made and freed. Safe to call from several threads. */
 int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d);
 /* Moves d/NAME to corrupt/ (never deletes); when corrupt/NAME exists a
  * ".N" suffix is added. NAME need not be a valid queue ID. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -84,6 +85,24 @@ size_t dlv_stuff(struct dlv_stuffer *s, const char *in, size_t len, char *out)
 {
 	size_t o = 0;
 	for (size_t i = 0; i < len; i++) {
+		/* Inside a line, up to its CR or LF: copied as a block (the bulk
+		 * of a message; found with memchr in a bounded window, so that
+		 * a file without line ends stays linear). */
+		if (!s->cr && in[i] != '\r' && in[i] != '\n') {
+			size_t n = len - i < 4096 ? len - i : 4096;
+			const char *lf = memchr(in + i, '\n', n);
+			size_t run = lf ? (size_t)(lf - (in + i)) : n;
+			const char *cr = memchr(in + i, '\r', run);
+			if (cr)
+				run = (size_t)(cr - (in + i));
+			if (s->bol && in[i] == '.')
+				out[o++] = '.'; /* RFC 5321 §4.5.2 */
+			memcpy(out + o, in + i, run);
+			o += run;
+			i += run - 1;
+			s->bol = 0;
+			continue;
+		}
 		char c = in[i];
 		if (s->cr) {
 			s->cr = 0;
@@ -631,6 +650,11 @@ static int connect_to(const struct mxf_dns_addr *a, unsigned port, int timeout_m
 	int fd = socket(a->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
+	/* Commands and the body leave in as few writes as the protocol
+	 * allows; a write that still follows an unanswered one (the body
+	 * after a large buffer, a TLS record) must not wait for an ACK. */
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (connect(fd, (struct sockaddr *)&ss, sl) == 0)
 		return fd;
 	if (errno != EINPROGRESS) {
@@ -936,39 +960,60 @@ static int body_convert(struct body *b)
 	return b->conv_rc;
 }
 
+/* Output of send_body: stuffed pieces gathered into one buffer, written
+ * when the next piece might not fit. A small message leaves in one write
+ * with its final dot (each separate small write would also wait for the
+ * peer's ACK of the previous one: Nagle against delayed ACK, 40 ms). */
+struct bodyout {
+	struct conn *c;
+	struct dlv_stuffer st;
+	char *buf;
+	size_t len;
+};
+#define BODYOUT_SIZE (2 * IOBUF)
+
+static int bo_flush(struct bodyout *o)
+{
+	int rc = o->len ? c_write(o->c, o->buf, o->len, S.data_block_timeout_ms) : 0;
+	o->len = 0;
+	return rc;
+}
+
+/* Stuffs n (<= IOBUF / 2 - 8) bytes: at most 2n + 2 out. */
+static int bo_put(struct bodyout *o, const char *p, size_t n)
+{
+	if (o->len + 2 * n + 2 > BODYOUT_SIZE && bo_flush(o) < 0)
+		return -1;
+	o->len += dlv_stuff(&o->st, p, n, o->buf + o->len);
+	return 0;
+}
+
 /* Sends the headers and the content (converted or not), dot-stuffed, and the
  * final dot, each write within the data block timeout. */
 static int send_body(struct conn *c, const struct body *b, bool converted, int *rd_errno)
 {
-	struct dlv_stuffer st = {.bol = 1, .cr = 0};
-	size_t chunk = IOBUF / 2 - 8, wlen;
-	char *in = malloc(chunk), *wbuf = malloc(IOBUF);
+	struct bodyout o = {.c = c, .st = {.bol = 1, .cr = 0}};
+	size_t chunk = IOBUF / 2 - 8;
+	char *in = malloc(chunk);
 	off_t off = 0;
 	int rc = -1;
 
-	if (!in || !wbuf)
+	o.buf = malloc(BODYOUT_SIZE);
+	if (!in || !o.buf)
 		mxf_fatal("out of memory");
-	/* wbuf holds IOBUF: 2 * chunk + 2 always fits. Signatures first. */
+	/* Signatures first. */
 	const char *sig = b->sig[converted];
-	for (size_t i = 0, sl = sig ? strlen(sig) : 0; i < sl; i += chunk) {
-		size_t n = sl - i < chunk ? sl - i : chunk;
-		wlen = dlv_stuff(&st, sig + i, n, wbuf);
-		if (c_write(c, wbuf, wlen, S.data_block_timeout_ms) < 0)
+	for (size_t i = 0, sl = sig ? strlen(sig) : 0; i < sl; i += chunk)
+		if (bo_put(&o, sig + i, sl - i < chunk ? sl - i : chunk) < 0)
 			goto out;
-	}
-	for (size_t i = 0; i < b->hlen; i += chunk) {
-		size_t n = b->hlen - i < chunk ? b->hlen - i : chunk;
-		wlen = dlv_stuff(&st, b->headers + i, n, wbuf);
-		if (c_write(c, wbuf, wlen, S.data_block_timeout_ms) < 0)
+	for (size_t i = 0; i < b->hlen; i += chunk)
+		if (bo_put(&o, b->headers + i, b->hlen - i < chunk ? b->hlen - i : chunk) < 0)
 			goto out;
-	}
 	if (converted) {
-		for (size_t i = 0; i < b->convlen; i += chunk) {
-			size_t n = b->convlen - i < chunk ? b->convlen - i : chunk;
-			wlen = dlv_stuff(&st, b->conv + i, n, wbuf);
-			if (c_write(c, wbuf, wlen, S.data_block_timeout_ms) < 0)
+		for (size_t i = 0; i < b->convlen; i += chunk)
+			if (bo_put(&o, b->conv + i, b->convlen - i < chunk ? b->convlen - i : chunk) <
+			    0)
 				goto out;
-		}
 	} else {
 		for (;;) {
 			ssize_t n = pread(b->fd, in, chunk, off);
@@ -984,16 +1029,18 @@ static int send_body(struct conn *c, const struct body *b, bool converted, int *
 			if (n == 0)
 				break;
 			off += n;
-			wlen = dlv_stuff(&st, in, (size_t)n, wbuf);
-			if (c_write(c, wbuf, wlen, S.data_block_timeout_ms) < 0)
+			if (bo_put(&o, in, (size_t)n) < 0)
 				goto out;
 		}
 	}
-	wlen = dlv_stuff_finish(&st, wbuf);
-	rc = c_write(c, wbuf, wlen, S.data_block_timeout_ms);
+	/* The final dot: at most 5 bytes. */
+	if (o.len + 8 > BODYOUT_SIZE && bo_flush(&o) < 0)
+		goto out;
+	o.len += dlv_stuff_finish(&o.st, o.buf + o.len);
+	rc = bo_flush(&o);
 out:
 	free(in);
-	free(wbuf);
+	free(o.buf);
 	return rc;
 }
 

@@ -23,7 +23,7 @@ static uv_signal_t sig_hup, sig_term, sig_int;
 
 void router_maybe_exit(void)
 {
-	if (!R.stopping || R.commits_running > 0)
+	if (!R.stopping || R.commits_running > 0 || R.removals_pending > 0)
 		return;
 	/* Nothing to flush: every acknowledged message is already on disk,
 	 * and the next start rebuilds the queue from the spool. */
@@ -189,6 +189,10 @@ int main(int argc, char **argv)
 	if (activity_open(path) < 0)
 		mxf_fatal("cannot open the activity log %s", path);
 
+	/* Commits fsync each message's files on the thread pool, many at once
+	 * (group commit, receive.c): the default 4 threads would cap it. */
+	if (!getenv("UV_THREADPOOL_SIZE"))
+		setenv("UV_THREADPOOL_SIZE", "16", 1);
 	R.loop = uv_default_loop();
 	queue_init();
 	/* Recover before listening: nobody may commit into a spool that is

@@ -717,16 +717,89 @@ out:
 	return true;
 }
 
+/* ---- removal of finished messages ----
+ * On the thread pool, as many at a time as have finished meanwhile: an
+ * unlink can block here (freeing blocks, discard, inode table writes) and
+ * must not stall the event loop. Not fsync'ed, as before: a removal lost in
+ * a crash only repeats a delivery (at least once). The router does not exit
+ * before the removals it started are done. */
+struct removal {
+	struct removal *next;
+	enum mxf_spool_dir dir;
+	int result;
+	char qid[MXF_QID_SIZE];
+};
+static struct {
+	struct removal *head, **tail, *run;
+	bool running;
+	uv_work_t work;
+} rm = {.tail = &rm.head};
+
+static void rm_work(uv_work_t *w)
+{
+	(void)w;
+	for (struct removal *x = rm.run; x; x = x->next)
+		x->result = mxf_spool_remove(R.spool, x->qid, x->dir);
+}
+
+static void rm_start(void);
+static void rm_done(uv_work_t *w, int status)
+{
+	(void)w;
+	(void)status;
+	struct removal *x = rm.run;
+	rm.run = NULL;
+	rm.running = false;
+	rm_start();
+	while (x) {
+		struct removal *next = x->next;
+		if (x->result < 0)
+			mxf_err("%s: cannot remove from %s/: %s", x->qid, mxf_spool_dir_name(x->dir),
+				strerror(-x->result));
+		else
+			mxf_info("%s: removed", x->qid);
+		free(x);
+		R.removals_pending--;
+		x = next;
+	}
+	router_maybe_exit();
+}
+
+static void rm_start(void)
+{
+	if (rm.running || !rm.head)
+		return;
+	rm.run = rm.head;
+	rm.head = NULL;
+	rm.tail = &rm.head;
+	if (uv_queue_work(R.loop, &rm.work, rm_work, rm_done) < 0)
+		mxf_fatal("cannot queue removals");
+	rm.running = true;
+}
+
 /* ---- the per-message state machine ---- */
 static void msg_remove(struct qmsg *m)
 {
-	int r = mxf_spool_remove(R.spool, m->env->qid, m->dir);
-	if (r < 0)
-		mxf_err("%s: cannot remove from %s/: %s", m->env->qid, mxf_spool_dir_name(m->dir),
-			strerror(-r));
-	else
-		mxf_info("%s: removed", m->env->qid);
+	/* An operator's delete (rare, and answered as done) stays here. */
+	struct removal *x = m->del ? NULL : malloc(sizeof(*x));
+	if (!x) {
+		int r = mxf_spool_remove(R.spool, m->env->qid, m->dir);
+		if (r < 0)
+			mxf_err("%s: cannot remove from %s/: %s", m->env->qid,
+				mxf_spool_dir_name(m->dir), strerror(-r));
+		else
+			mxf_info("%s: removed", m->env->qid);
+		msg_free(m);
+		return;
+	}
+	x->next = NULL;
+	x->dir = m->dir;
+	snprintf(x->qid, sizeof(x->qid), "%s", m->env->qid);
+	*rm.tail = x;
+	rm.tail = &x->next;
+	R.removals_pending++;
 	msg_free(m);
+	rm_start();
 }
 
 /* Looks at a message with nothing in flight and does the next thing:
@@ -875,6 +948,17 @@ static void msg_run(struct qmsg *m)
 }
 
 /* ---- results ---- */
+/* Every recipient done, nothing owed (no bounce, no success notice). */
+static bool all_final(const struct mxf_env *e)
+{
+	for (size_t i = 0; i < e->nrcpt; i++) {
+		enum mxf_rcpt_status st = e->rcpt[i].status;
+		if (st != MXF_RS_SENT && st != MXF_RS_BOUNCED && st != MXF_RS_DROPPED)
+			return false;
+	}
+	return true;
+}
+
 static int64_t backoff(const struct mxf_env_rcpt *r)
 {
 	if (R.nsched) {
@@ -989,7 +1073,12 @@ int queue_deliver_result(struct peer *p, const struct mxf_ipc_view *v)
 		if (!seen[k])
 			apply_one(m, j->ridx[k], 451, "4.3.0", "no result from the delivery agent",
 				  relay, peer_dsn != 0);
-	msg_save(m);
+	/* A message this job finished is removed right after (msg_run):
+	 * rewriting its envelope first would cost two fsyncs on the event
+	 * loop for nothing. A crash before the unlink repeats the delivery
+	 * either way (at least once; the unlink is not fsync'ed). */
+	if (!(m->jobs == 1 && !m->held && !m->bounce_inflight && all_final(m->env)))
+		msg_save(m);
 	job_finish(j);
 	if (m->jobs == 0)
 		msg_run(m);

@@ -1,6 +1,8 @@
 /* Receiving: RCPT checks, opening the file smtpd writes into, and the
  * durable commit that must precede smtpd's 250 (DESIGN.md §2). */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,8 @@
 #include "spool.h"
 #include "srs.h"
 
+static uint64_t msgdir_created(void);
+
 /* Files one connection may hold open at once: a compromised smtpd must not
  * exhaust the router's descriptors. */
 #define MAX_OPENED 64
@@ -27,8 +31,14 @@
 #define SRS_MAX_AGE_DAYS 21
 
 struct commit {
-	uv_work_t work;
-	struct commit *next; /* in the peer's list while it runs */
+	uv_work_t work, work2; /* fsync of the content; the envelope */
+	unsigned jobs;         /* of the two, not yet returned (event loop) */
+	unsigned steps;        /* of the two, not yet done (under gc.mu) */
+	uint64_t stamp;        /* msg/ entry (msgdir_created) */
+	struct mxf_spool_commit_item item;
+	struct commit *next;  /* in the peer's list while it runs */
+	struct commit *qnext; /* in the group-commit queue or batch */
+	bool published;       /* its batch is done (under gc.mu) */
 	struct peer *p;      /* NULL once the peer went away */
 	uint64_t req;
 	int fd;
@@ -289,6 +299,7 @@ void recv_open(struct peer *p, const struct mxf_ipc_view *v)
 	} else if ((o = calloc(1, sizeof(*o))) && (fd = mxf_spool_create(R.spool, qid)) >= 0) {
 		memcpy(o->qid, qid, sizeof(qid));
 		o->fd = fd;
+		o->stamp = msgdir_created();
 		o->next = p->opened;
 		p->opened = o;
 		p->nopened++;
@@ -348,20 +359,101 @@ void recv_peer_gone(struct peer *p)
 	work_peer_gone(p);
 }
 
-/* ---- COMMIT ---- */
-static void commit_work(uv_work_t *w)
+/* ---- COMMIT ----
+ * Group commit. What must be on disk before the 250: the content and its
+ * entry in msg/, the envelope and its entry in active/, and the envelope's
+ * entry only after the other three (else a crash could leave an envelope
+ * without its content). Each of those waits is one fsync; here they overlap
+ * as far as that order allows, and the directories' fsyncs are shared:
+ * - msg/: smtpd writes the content into msg/QID itself (created at OPEN).
+ *   A syncer thread fsyncs msg/ whenever files were created since its last
+ *   fsync began — usually while the client still sends the message — so
+ *   one fsync covers every message created before it started.
+ * - Each COMMIT is two jobs on the thread pool, run at once: fsync the
+ *   content; write and fsync tmp/QID.env (file fsyncs are per file; many at
+ *   once overlap on the disk, one after the other they would not).
+ * - The job that finishes a message second waits until msg/ covers it and
+ *   joins the queue of messages ready to publish. The first such job that
+ *   finds no publish running becomes the leader: it takes the whole queue,
+ *   renames the envelopes into active/ and fsyncs active/ once for all of
+ *   them, then wakes the others (leader and followers, as databases do it).
+ * Replies go out from the event loop once both jobs of a message returned:
+ * nothing is answered before its batch is on disk, and a failed fsync is a
+ * 451 for every message of the batch (a failed msg/ fsync: for every
+ * message it was to cover).
+ * Envelopes go straight into active/: the router routed the message before
+ * the commit, so incoming/ (mail still to be routed) would only cost a
+ * rename and two directory fsyncs more; start-up reschedules active/. */
+#define BATCH_MAX 256
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t done; /* a msg/ fsync or a publish finished */
+	pthread_cond_t wake; /* the syncer has work */
+	/* msg/ entries: created counts OPENs; synced: the count when the last
+	 * finished msg/ fsync began; failed: same, for the last that failed. */
+	uint64_t created, synced, failed;
+	int failed_err;
+	bool syncer;
+	struct commit *head, **tail; /* ready to publish */
+	bool publishing;
+	struct mxf_spool_commit_item items[BATCH_MAX]; /* the leader's */
+} gc = {.mu = PTHREAD_MUTEX_INITIALIZER,
+	.done = PTHREAD_COND_INITIALIZER,
+	.wake = PTHREAD_COND_INITIALIZER,
+	.tail = &gc.head};
+
+static void *msgdir_syncer(void *arg)
 {
-	struct commit *c = w->data;
-	c->result = mxf_spool_commit(R.spool, c->fd, c->e);
-	/* Straight on to active/: the router is its own queue manager, and
-	 * doing the move here keeps its fsyncs off the event loop. */
-	if (c->result == 0)
-		c->moved = mxf_spool_move(R.spool, c->e->qid, MXF_SD_INCOMING, MXF_SD_ACTIVE) == 0;
-	if (c->result != 0 || !c->re)
-		return;
-	/* The worker's reply: the same durable path as received mail (content
-	 * fsync'ed, envelope, renames, directory fsyncs), after the message
-	 * it answers, so the client's 250 comes after both are on disk. */
+	(void)arg;
+	pthread_setname_np(pthread_self(), "mxf-msgsync"); /* tests aim at it */
+	pthread_mutex_lock(&gc.mu);
+	for (;;) {
+		while (gc.synced >= gc.created)
+			pthread_cond_wait(&gc.wake, &gc.mu);
+		uint64_t upto = gc.created;
+		pthread_mutex_unlock(&gc.mu);
+		int r = mxf_spool_sync_dir(R.spool, MXF_SD_MSG);
+		pthread_mutex_lock(&gc.mu);
+		if (r < 0) {
+			/* Never retried: whatever it was to cover is refused. */
+			gc.failed = upto;
+			gc.failed_err = r;
+		}
+		gc.synced = upto;
+		pthread_cond_broadcast(&gc.done);
+	}
+	return NULL;
+}
+
+/* A new file in msg/ (the event loop, at OPEN): its stamp. */
+static uint64_t msgdir_created(void)
+{
+	pthread_mutex_lock(&gc.mu);
+	if (!gc.syncer) {
+		pthread_t t;
+		pthread_attr_t at;
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&t, &at, msgdir_syncer, NULL) != 0)
+			mxf_fatal("cannot start the msg/ syncer thread");
+		pthread_attr_destroy(&at);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		gc.syncer = true;
+	}
+	uint64_t stamp = ++gc.created;
+	pthread_cond_signal(&gc.wake);
+	pthread_mutex_unlock(&gc.mu);
+	return stamp;
+}
+
+/* The worker's reply: the same durable path as received mail (content
+ * fsync'ed, envelope, directory fsyncs), after the message it answers, so
+ * the client's 250 comes after both are on disk. */
+static void reply_commit(struct commit *c)
+{
 	int fd = mxf_spool_create(R.spool, c->re->qid);
 	size_t len = strlen(c->rraw), off = 0;
 	c->rresult = fd;
@@ -375,17 +467,116 @@ static void commit_work(uv_work_t *w)
 		}
 		off += (size_t)k;
 	}
-	if (fd >= 0 && off == len)
-		c->rresult = mxf_spool_commit(R.spool, fd, c->re);
+	if (fd >= 0 && off == len) {
+		struct mxf_spool_commit_item it = {.content_fd = fd, .e = c->re};
+		mxf_spool_commit_batch(R.spool, MXF_SD_ACTIVE, &it, 1);
+		c->rresult = it.result;
+	}
 	if (fd >= 0) {
 		if (c->rresult < 0)
 			mxf_spool_discard(R.spool, c->re->qid);
 		close(fd);
 	}
-	if (c->rresult == 0)
-		c->rmoved =
-			mxf_spool_move(R.spool, c->re->qid, MXF_SD_INCOMING, MXF_SD_ACTIVE) == 0;
+	c->rmoved = c->rresult == 0;
 }
+
+/* The leader's part, without the lock: batch is a list through qnext. */
+static void publish(struct commit *batch)
+{
+	size_t n = 0;
+	for (struct commit *c = batch; c; c = c->qnext, n++)
+		gc.items[n] = c->item;
+	mxf_spool_commit_publish(R.spool, MXF_SD_ACTIVE, gc.items, n);
+	n = 0;
+	for (struct commit *c = batch; c; c = c->qnext, n++) {
+		c->result = gc.items[n].result;
+		c->moved = c->result == 0;
+		if (c->result == 0 && c->re)
+			reply_commit(c);
+	}
+}
+
+/* Under gc.mu, by the job that finished c's files second. */
+static void commit_join(struct commit *c)
+{
+	while (gc.synced < c->stamp)
+		pthread_cond_wait(&gc.done, &gc.mu);
+	if (c->stamp <= gc.failed) {
+		if (c->item.result == 0)
+			c->item.result = gc.failed_err;
+		c->item.fsync_failed = true;
+	}
+	*gc.tail = c;
+	gc.tail = &c->qnext;
+	while (!c->published) {
+		if (gc.publishing) {
+			pthread_cond_wait(&gc.done, &gc.mu);
+			continue;
+		}
+		/* Leader: everything ready now (this one included, unless
+		 * more than BATCH_MAX wait before it). */
+		struct commit *batch = gc.head, *last = batch;
+		for (size_t n = 1; last->qnext && n < BATCH_MAX; n++)
+			last = last->qnext;
+		gc.head = last->qnext;
+		if (!gc.head)
+			gc.tail = &gc.head;
+		last->qnext = NULL;
+		gc.publishing = true;
+		pthread_mutex_unlock(&gc.mu);
+		publish(batch);
+		pthread_mutex_lock(&gc.mu);
+		for (struct commit *x = batch; x; x = x->qnext)
+			x->published = true;
+		gc.publishing = false;
+		pthread_cond_broadcast(&gc.done);
+	}
+}
+
+/* One step's outcome; the first error wins. Under gc.mu. */
+static void step_result(struct commit *c, int r, bool fsync_failed)
+{
+	if (r < 0 && c->item.result == 0)
+		c->item.result = r;
+	if (fsync_failed)
+		c->item.fsync_failed = true;
+}
+
+static void content_work(uv_work_t *w)
+{
+	struct commit *c = w->data;
+	bool ff;
+	int r = mxf_spool_sync_content(R.spool, c->fd, &ff);
+	pthread_mutex_lock(&gc.mu);
+	step_result(c, r, ff);
+	if (--c->steps == 0)
+		commit_join(c);
+	pthread_mutex_unlock(&gc.mu);
+}
+
+static void env_work(uv_work_t *w)
+{
+	struct commit *c = w->data;
+	bool ff;
+	int r = mxf_spool_write_env(R.spool, c->e, &ff);
+	pthread_mutex_lock(&gc.mu);
+	step_result(c, r, ff);
+	if (--c->steps == 0)
+		commit_join(c);
+	pthread_mutex_unlock(&gc.mu);
+}
+
+static void commit_finish(struct commit *c);
+
+/* Both jobs' after-work: the reply once both returned. */
+static void commit_done(uv_work_t *w, int status)
+{
+	struct commit *c = w->data;
+	(void)status;
+	if (--c->jobs == 0)
+		commit_finish(c);
+}
+
 
 static void commit_detach(struct commit *c)
 {
@@ -512,12 +703,10 @@ int recv_dsn_parsed(struct peer *p, const struct mxf_ipc_view *v)
 	return 0;
 }
 
-static void commit_done(uv_work_t *w, int status)
+static void commit_finish(struct commit *c)
 {
-	struct commit *c = w->data;
 	struct peer *p = c->p;
 	char e1[MXF_ADDR_SIZE * 4];
-	(void)status;
 
 	commit_detach(c);
 	close(c->fd);
@@ -962,11 +1151,11 @@ void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct m
 	struct commit *c = calloc(1, sizeof(*c));
 	if (!c)
 		goto refuse;
-	c->work.data = c;
 	c->p = p;
 	c->req = req;
 	c->fd = o->fd;
 	c->e = e;
+	c->stamp = o->stamp;
 	free(o);
 	if (reply && (c->re = reply_env(e, reply))) {
 		c->rraw = reply->raw;
@@ -974,17 +1163,12 @@ void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct m
 	}
 	recv_reply_free(reply);
 	reply = NULL;
-	if ((r = uv_queue_work(R.loop, &c->work, commit_work, commit_done)) < 0) {
-		mxf_err("%s: cannot queue the commit: %s", qid, uv_strerror(r));
-		mxf_spool_discard(R.spool, qid);
-		close(c->fd);
-		mxf_env_free(c->re);
-		free(c->rraw);
-		free(c);
-		mxf_env_free(e);
-		peer_reply(p, MXF_MSG_COMMIT_REPLY, req, code, ecode, text, qid, -1);
-		return;
-	}
+	c->item = (struct mxf_spool_commit_item){.content_fd = c->fd, .e = e};
+	c->work.data = c->work2.data = c;
+	c->jobs = c->steps = 2;
+	if ((r = uv_queue_work(R.loop, &c->work, content_work, commit_done)) < 0 ||
+	    (r = uv_queue_work(R.loop, &c->work2, env_work, commit_done)) < 0)
+		mxf_fatal("cannot queue a commit: %s", uv_strerror(r));
 	c->next = p->commits;
 	p->commits = c;
 	R.commits_running++;

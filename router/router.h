@@ -28,6 +28,7 @@ struct opened {
 	struct opened *next;
 	char qid[MXF_QID_SIZE];
 	int fd;
+	uint64_t stamp; /* its msg/ entry, for the group commit's msg/ fsync */
 };
 
 struct commit; /* a durable commit running on the thread pool */
@@ -74,6 +75,7 @@ struct router {
 	uv_poll_t listen_poll;
 	bool stopping;
 	unsigned commits_running;
+	unsigned removals_pending; /* unlinks of finished messages on the thread pool */
 	struct peer *peers;
 	unsigned npeers;
 	uint64_t next_req;

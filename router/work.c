@@ -437,10 +437,9 @@ void work_run(struct workbatch *b, struct peer *p, uint64_t req, struct opened *
 		return;
 	}
 	struct peer *wp = peer_find_role(ROLE_WORKERD);
-	/* The message as smtpd wrote it, read-only for the worker; it is in
-	 * tmp/ until the commit. */
-	int fd = openat(mxf_spool_dirfd(R.spool, MXF_SD_TMP), o->qid,
-			O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* The message as smtpd wrote it, read-only for the worker (received
+	 * in place in msg/, not yet committed). */
+	int fd = mxf_spool_open_content(R.spool, o->qid);
 	unsigned timeout = 0;
 	for (size_t i = 0; i < b->n; i++) {
 		struct witem *w = &b->it[i];

@@ -13,11 +13,16 @@ chromium"
 # The Debian package: build (dpkg-buildpackage, dh), check (lintian,
 # systemd-analyze), install (adduser) and its log summary (pflogsumm).
 PKG_PKGS="debhelper dpkg-dev lintian systemd adduser openssl pflogsumm"
+# bench/forward (issue 14): Postfix as the peer, its smtp-source and
+# smtp-sink as load generator and destination. Only when the bench runs (it
+# calls this with --bench); never configured as the system's mailer.
+BENCH_PKGS="postfix iproute2 util-linux"
 
 want="$BUILD_PKGS"
 case "${1:-}" in
 	--test) want="$BUILD_PKGS $TEST_PKGS $PKG_PKGS" ;;
 	--pkg) want="$BUILD_PKGS $PKG_PKGS" ;;
+	--bench) want="$BUILD_PKGS $BENCH_PKGS" ;;
 esac
 
 missing=""
@@ -68,6 +73,12 @@ if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
 	chmod +x /usr/sbin/policy-rc.d
 	trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
+case " $missing " in
+*" postfix "*)
+	# "No configuration": no main.cf, no system Postfix on :25.
+	echo "postfix postfix/main_mailer_type select No configuration" |
+		$SUDO debconf-set-selections ;;
+esac
 $SUDO apt-get install -y -q --no-install-recommends $missing
 [ "${1:-}" = "--test" ] && dashboard_npm
 exit 0

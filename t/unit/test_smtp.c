@@ -802,6 +802,128 @@ static void test_bdat_and_starttls(void **state)
 	assert_string_equal(mxf_smtp_verb_name(MXF_SMTP_STARTTLS), "STARTTLS");
 }
 
+/* The block copy inside lines (issue 14) decodes exactly as the byte loop
+ * did: random messages (dots, CR, LF, NUL, long lines, end markers) fed
+ * whole, byte by byte and in random pieces with random output room all
+ * give what a plain byte-at-a-time reference gives. */
+struct refdata {
+	int st;
+	uint64_t len, size, longl;
+	bool cr, lf, nul, done;
+};
+
+static size_t ref_feed(struct refdata *d, const char *in, size_t n, char *out)
+{
+	enum { B, T, C, DT, DC, DN };
+	size_t i = 0, o = 0;
+	while (i < n && d->st != DN) {
+		char c = in[i++];
+		switch (d->st) {
+		case B:
+			if (c == '.') {
+				d->st = DT;
+				continue;
+			}
+			break;
+		case DT:
+			if (c == '\r') {
+				d->st = DC;
+				continue;
+			}
+			break;
+		case DC:
+			if (c == '\n') {
+				d->st = DN;
+				d->done = true;
+				continue;
+			}
+			d->cr = true;
+			out[o++] = '\r';
+			if (++d->len == MXF_SMTP_TEXT_LINE_MAX - 1)
+				d->longl++;
+			break;
+		case C:
+			if (c == '\n') {
+				out[o++] = '\n';
+				d->st = B;
+				d->len = 0;
+				continue;
+			}
+			d->cr = true;
+			if (++d->len == MXF_SMTP_TEXT_LINE_MAX - 1)
+				d->longl++;
+			break;
+		}
+		d->st = T;
+		out[o++] = c;
+		if (c == '\r') {
+			d->st = C;
+		} else if (c == '\n') {
+			d->lf = true;
+			d->len = 0;
+		} else {
+			d->nul |= c == '\0';
+			if (++d->len == MXF_SMTP_TEXT_LINE_MAX - 1)
+				d->longl++;
+		}
+	}
+	d->size += o;
+	return i;
+}
+
+static void test_data_blocks_match_bytes(void **state)
+{
+	(void)state;
+	enum { MAXN = 6000 };
+	char *in = malloc(MAXN), *want = malloc(MAXN + 8), *got = malloc(MAXN + 8);
+	unsigned seed = 14;
+	for (int round = 0; round < 3000; round++) {
+		size_t n = (size_t)(rand_r(&seed) % MAXN);
+		int spice = rand_r(&seed) % 4; /* how often special bytes come */
+		for (size_t k = 0; k < n; k++) {
+			int r = rand_r(&seed) % (spice == 0 ? 2000 : spice == 1 ? 200 : 20);
+			static const char sp[] = ".\r\n\r\n.\0";
+			in[k] = r < 7 ? sp[r] : (char)('a' + r % 26);
+			if (spice == 3 && r % 5 == 0 && k + 5 < n) { /* a CRLF.CRLF now and then */
+				memcpy(in + k, "\r\n.\r\n", 5);
+				k += 4;
+			}
+		}
+		struct refdata rd = {0};
+		size_t wlen = 0, wused = ref_feed(&rd, in, n, want);
+		wlen = (size_t)rd.size;
+		for (int mode = 0; mode < 3; mode++) {
+			struct mxf_smtp_data d;
+			mxf_smtp_data_init(&d);
+			size_t used = 0, glen = 0;
+			while (used < n && !d.done) {
+				size_t piece = mode == 0 ? n - used : mode == 1 ? 1 :
+					       1 + (size_t)(rand_r(&seed) % 700);
+				if (piece > n - used)
+					piece = n - used;
+				size_t cap = mode == 2 ? 2 + (size_t)(rand_r(&seed) % 900) : piece + 1;
+				size_t o = 0, u = mxf_smtp_data_feed(&d, in + used, piece, got + glen, cap,
+								     &o);
+				used += u;
+				glen += o;
+				assert_true(u > 0 || d.done);
+			}
+			assert_int_equal(used, wused);
+			assert_int_equal(glen, wlen);
+			assert_memory_equal(got, want, wlen);
+			assert_int_equal(d.size, rd.size);
+			assert_int_equal(d.long_lines, rd.longl);
+			assert_int_equal(d.bare_cr, rd.cr);
+			assert_int_equal(d.bare_lf, rd.lf);
+			assert_int_equal(d.nul, rd.nul);
+			assert_int_equal(d.done, rd.done);
+		}
+	}
+	free(in);
+	free(want);
+	free(got);
+}
+
 static void test_data_nul(void **state)
 {
 	(void)state;
@@ -887,6 +1009,7 @@ int main(void)
 		cmocka_unit_test(test_smtputf8_and_dsn),
 		cmocka_unit_test(test_bdat_and_starttls),
 		cmocka_unit_test(test_data_nul),
+		cmocka_unit_test(test_data_blocks_match_bytes),
 		cmocka_unit_test(test_chunk_scan),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

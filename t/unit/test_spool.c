@@ -115,7 +115,8 @@ static void test_commit_ok(void **state)
 	/* The same ID cannot be created twice. */
 	assert_int_equal(mxf_spool_create(f->sp, qid), -EEXIST);
 	struct stat st;
-	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_TMP), qid, &st, 0), 0);
+	/* Received in place, in msg/ (an orphan until an envelope names it). */
+	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_MSG), qid, &st, 0), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
 	struct mxf_env *e = env_for(qid);
 	assert_int_equal(mxf_spool_commit(f->sp, fd, e), 0);
@@ -165,9 +166,9 @@ static void test_commit_faults(void **state)
 	commit_fails(f, MXF_FAULT_WRITE, 1, ENOSPC);
 	commit_fails(f, MXF_FAULT_WRITE, 1, EDQUOT);
 	commit_fails(f, MXF_FAULT_FSYNC, 2, ENOSPC);
-	/* rename #1 content, #2 envelope */
+	/* the one rename: the envelope into incoming/ */
 	commit_fails(f, MXF_FAULT_RENAME, 1, EIO);
-	commit_fails(f, MXF_FAULT_RENAME, 2, EXDEV);
+	commit_fails(f, MXF_FAULT_RENAME, 1, EXDEV);
 	/* A fault past the commit's last fsync does not fire. */
 	char qid[MXF_QID_SIZE];
 	int fd = receive(f, qid);
@@ -178,6 +179,115 @@ static void test_commit_faults(void **state)
 	close(fd);
 	assert_true(exists(f, MXF_SD_INCOMING, qid));
 	mxf_env_free(e);
+}
+
+/* Group commit: n messages into active/, each file fsync'ed, each directory
+ * once; a failed fsync anywhere fails the whole batch and leaves nothing
+ * (content included); a rename failure fails only its message. */
+#define NB 5
+static void batch_fx(struct fx *f, char qid[NB][MXF_QID_SIZE], struct mxf_env *e[NB],
+		     struct mxf_spool_commit_item it[NB])
+{
+	for (int i = 0; i < NB; i++) {
+		it[i] = (struct mxf_spool_commit_item){.content_fd = receive(f, qid[i])};
+		it[i].e = e[i] = env_for(qid[i]);
+	}
+}
+
+static void batch_free(struct mxf_env *e[NB], struct mxf_spool_commit_item it[NB])
+{
+	for (int i = 0; i < NB; i++) {
+		close(it[i].content_fd);
+		mxf_env_free(e[i]);
+	}
+}
+
+static void test_commit_batch(void **state)
+{
+	struct fx *f = *state;
+	char qid[NB][MXF_QID_SIZE];
+	struct mxf_env *e[NB];
+	struct mxf_spool_commit_item it[NB];
+
+	batch_fx(f, qid, e, it);
+	assert_int_equal(mxf_spool_commit_batch(f->sp, MXF_SD_ACTIVE, it, NB), 0);
+	for (int i = 0; i < NB; i++) {
+		assert_int_equal(it[i].result, 0);
+		assert_true(exists(f, MXF_SD_MSG, qid[i]));
+		assert_true(exists(f, MXF_SD_ACTIVE, qid[i]));
+	}
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+	assert_int_equal(count(f, MXF_SD_INCOMING), 0);
+	batch_free(e, it);
+	/* Only state directories a commit may publish into. */
+	assert_int_equal(mxf_spool_commit_batch(f->sp, MXF_SD_DEFERRED, it, 0), -EINVAL);
+
+	/* 2 fsyncs per message, then msg/ and active/: whichever fails (the
+	 * third message's content, the last message's envelope, either
+	 * directory), every message of the batch is refused and gone. */
+	const unsigned fail_at[] = {5, 2 * NB, 2 * NB + 1, 2 * NB + 2};
+	for (size_t k = 0; k < sizeof(fail_at) / sizeof(fail_at[0]); k++) {
+		assert_int_equal(count(f, MXF_SD_ACTIVE), NB);
+		batch_fx(f, qid, e, it);
+		mxf_spool_fault_set(MXF_FAULT_FSYNC, fail_at[k], EIO);
+		assert_int_equal(mxf_spool_commit_batch(f->sp, MXF_SD_ACTIVE, it, NB), -EIO);
+		mxf_spool_fault_set(MXF_FAULT_FSYNC, 0, 0);
+		for (int i = 0; i < NB; i++) {
+			assert_int_equal(it[i].result, -EIO);
+			assert_false(exists(f, MXF_SD_ACTIVE, qid[i]));
+			assert_false(exists(f, MXF_SD_MSG, qid[i]));
+		}
+		assert_int_equal(count(f, MXF_SD_TMP), 0);
+		assert_int_equal(count(f, MXF_SD_MSG), NB);
+		batch_free(e, it);
+	}
+
+	/* A rename failure (the 2nd message's envelope: rename #2) refuses
+	 * that message alone; the others are committed. */
+	batch_fx(f, qid, e, it);
+	mxf_spool_fault_set(MXF_FAULT_RENAME, 2, EIO);
+	assert_int_equal(mxf_spool_commit_batch(f->sp, MXF_SD_ACTIVE, it, NB), 0);
+	mxf_spool_fault_set(MXF_FAULT_RENAME, 0, 0);
+	for (int i = 0; i < NB; i++) {
+		assert_int_equal(it[i].result, i == 1 ? -EIO : 0);
+		assert_int_equal(exists(f, MXF_SD_ACTIVE, qid[i]), i != 1);
+		assert_int_equal(exists(f, MXF_SD_MSG, qid[i]), i != 1);
+	}
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+	batch_free(e, it);
+}
+
+/* A removed message's envelope inode is kept in tmp/ and reused by the next
+ * envelope written (truncated first); its content file is unlinked. */
+static void test_spare_envelopes(void **state)
+{
+	struct fx *f = *state;
+	char q1[MXF_QID_SIZE], q2[MXF_QID_SIZE];
+	struct stat st1, st2;
+	int fd = receive(f, q1);
+	struct mxf_env *e1 = env_for(q1);
+	mxf_env_set(&e1->sender, "a-much-longer-sender-than-the-next-one@example.org");
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e1), 0);
+	close(fd);
+	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_INCOMING), q1, &st1, 0), 0);
+	assert_int_equal(mxf_spool_remove(f->sp, q1, MXF_SD_INCOMING), 0);
+	assert_false(exists(f, MXF_SD_INCOMING, q1));
+	assert_false(exists(f, MXF_SD_MSG, q1));
+	assert_int_equal(count(f, MXF_SD_TMP), 1); /* the spare */
+	fd = receive(f, q2);
+	struct mxf_env *e2 = env_for(q2), *r = NULL;
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e2), 0);
+	close(fd);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_INCOMING), q2, &st2, 0), 0);
+	assert_int_equal(st1.st_ino, st2.st_ino);
+	/* Nothing of the old envelope is left in the reused file. */
+	assert_int_equal(mxf_env_read(mxf_spool_dirfd(f->sp, MXF_SD_INCOMING), q2, &r), 0);
+	assert_string_equal(r->qid, q2);
+	assert_string_equal(r->sender, "a@example.org");
+	mxf_env_free(r);
+	mxf_env_free(e1);
+	mxf_env_free(e2);
 }
 
 static void test_rewrite_move_remove(void **state)
@@ -252,17 +362,20 @@ static void test_corrupt_and_tmp(void **state)
 	assert_int_equal(mxf_spool_to_corrupt(f->sp, MXF_SD_ACTIVE, "gone"), -ENOENT);
 
 	char qid[MXF_QID_SIZE];
-	int fd = receive(f, qid);
-	close(fd);
 	int t = openat(mxf_spool_dirfd(f->sp, MXF_SD_TMP), "other.env", O_WRONLY | O_CREAT, 0600);
+	close(t);
+	t = openat(mxf_spool_dirfd(f->sp, MXF_SD_TMP), "x", O_WRONLY | O_CREAT, 0600);
 	close(t);
 	assert_int_equal(count(f, MXF_SD_TMP), 2);
 	assert_int_equal(mxf_spool_clean_tmp(f->sp), 0);
 	assert_int_equal(count(f, MXF_SD_TMP), 0);
 
-	fd = receive(f, qid);
+	/* An aborted receipt: its content (received in msg/) is gone. */
+	int fd = receive(f, qid);
 	close(fd);
+	assert_true(exists(f, MXF_SD_MSG, qid));
 	mxf_spool_discard(f->sp, qid);
+	assert_false(exists(f, MXF_SD_MSG, qid));
 	assert_int_equal(count(f, MXF_SD_TMP), 0);
 }
 
@@ -272,6 +385,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_open_layout, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_commit_ok, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_commit_faults, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_spare_envelopes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rewrite_move_remove, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_and_tmp, setup, teardown),
 	};
