@@ -1406,10 +1406,17 @@ static void activity(struct api *a, const struct api_req *q, const struct zone *
 		return;
 	}
 	sqlite3_stmt *st = NULL;
-	/* Parameters only; the LIKE patterns are the user's substring. */
+	/* Parameters only; the LIKE patterns are the user's substring.
+	 * "queued": a deferred row whose copy has no final outcome logged since
+	 * (delivered, failed, bounced); a retried copy that got through is no
+	 * longer in the queue (the queue_id index keeps this a lookup). */
 	const char *sql =
 		"SELECT id, ts, queue_id, mail_from, rcpt, status, action, spf, dkim, dmarc, arc, "
-		"  reply, client_ip, dest, message_id, subject FROM activity WHERE rcpt LIKE ?1 AND ts >= ?2 AND ts <= ?3 "
+		"  reply, client_ip, dest, message_id, subject, "
+		"  status = 'deferred' AND NOT EXISTS (SELECT 1 FROM "
+		"  activity b WHERE b.queue_id = activity.queue_id AND b.rcpt IS activity.rcpt "
+		"  AND b.dest IS activity.dest AND b.id > activity.id AND b.status <> 'deferred') "
+		"FROM activity WHERE rcpt LIKE ?1 AND ts >= ?2 AND ts <= ?3 "
 		"  AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR instr(lower(mail_from), "
 		"  lower(?5)) > 0) AND (?6 IS NULL OR instr(lower(rcpt), lower(?6)) > 0) "
 		"ORDER BY id DESC LIMIT 10000";
@@ -1447,9 +1454,7 @@ static void activity(struct api *a, const struct api_req *q, const struct zone *
 		json_object_set_new(o, "reply", col_json(st, 11));
 		json_object_set_new(o, "client_ip", col_json(st, 12));
 		json_object_set_new(o, "dest", col_json(st, 13));
-		const unsigned char *stt = sqlite3_column_text(st, 5);
-		json_object_set_new(o, "queued",
-				    json_boolean(stt && strcmp((const char *)stt, "deferred") == 0));
+		json_object_set_new(o, "queued", json_boolean(sqlite3_column_int(st, 16) != 0));
 		json_array_append_new(all, o);
 	}
 	sqlite3_finalize(st);

@@ -39,6 +39,10 @@ const state = {
   stacked: false,
   activity: { status: '', from: '', to: '', since: '', until: '', page: 1, per_page: 25 },
   queueState: '',
+  // apid pages the queue (20 a page by default): ask for pages this long and
+  // show the pager, so a long queue is never silently cut.
+  queuePage: 1,
+  queuePerPage: 100,
   auditPage: 1,
   analytics: null,
 };
@@ -668,6 +672,10 @@ function fillActivityDetail(td, a) {
       ['Client IP', a.client_ip || '', 'mono'],
     ]),
   );
+  // apid: a deferred row whose copy got through (or failed) since is no
+  // longer queued; one deleted by the operator is found gone on asking.
+  if (a.status === 'deferred' && a.queue_id && a.queued === false)
+    td.appendChild(h('div', { class: 'queued' }, h('p', { class: 'muted' }, 'No longer in the queue.')));
   if (a.queued && a.queue_id) {
     const q = h('div', { class: 'queued' }, h('p', { class: 'muted' }, 'Loading the queue entry…'));
     td.appendChild(q);
@@ -691,22 +699,24 @@ function fillActivityDetail(td, a) {
 function queueEntry(q) {
   return h(
     'div',
-    null,
+    { class: 'queue-entry', dataset: { id: q.id || '', state: q.state || '' } },
     dl([
       ['Queue ID', q.id, 'mono'],
       ['State', badge(q.state)],
       ['From', q.from || '<>'],
       ['Arrival', fmtTime(q.arrival)],
       ['Size', fmtSize(q.size)],
-      ['Next try', fmtTime(q.next_try)],
+      ['Next try', q.state === 'hold' ? 'on hold' : fmtTime(q.next_try)],
     ]),
     table(
-      ['Recipient', 'Status', 'Attempts', 'Last reply'],
+      ['Recipient', 'Sent to', 'Status', 'Attempts', 'Last reply'],
       (q.recipients || []).map((r) =>
         h(
           'tr',
           null,
           h('td', { class: 'addr' }, r.address),
+          // apid: the address as received (before forwarding).
+          h('td', { class: 'addr' }, r.orig || ''),
           h('td', null, r.status || ''),
           h('td', null, String(r.attempts ?? '')),
           h('td', { class: 'mono' }, r.last_reply || ''),
@@ -1179,7 +1189,7 @@ async function renderCatchAll(box) {
         'Mail to any other address of the domain: ',
         badge(c.enabled ? 'enabled' : 'disabled'),
         ' ',
-        h('span', { class: 'mono' }, (c.actions || []).map(actionText).join('; ') || '—'),
+        h('span', { class: 'mono current' }, (c.actions || []).map(actionText).join('; ') || '—'),
       ),
       form,
     ),
@@ -1213,7 +1223,7 @@ async function renderAddresses(box) {
   const rows = (env.result || []).map((a) =>
     h(
       'tr',
-      { dataset: { email: a.email } },
+      { dataset: { email: a.email, verified: String(!!a.verified) } },
       h('td', { class: 'addr' }, a.email),
       h(
         'td',
@@ -1226,6 +1236,30 @@ async function renderAddresses(box) {
       h(
         'td',
         { class: 'actions' },
+        // apid: PATCH with the code of the verification mail, or the operator
+        // vouches for the address (both audited under the token's name).
+        a.verified
+          ? null
+          : wbtn('Enter code', async () => {
+              const code = window.prompt(`The verification code from the mail to ${a.email}:`);
+              if (!code || !code.trim()) return;
+              const path = apath(`/email/routing/addresses/${encodeURIComponent(a.id || a.tag)}`);
+              const body = { verification_code: code.trim() };
+              if (await guard(() => api('PATCH', path, { body }))) {
+                showMsg(`${a.email} verified.`, 'info');
+                guard(() => renderAddresses(box));
+              }
+            }),
+        a.verified
+          ? null
+          : wbtn('Mark verified', async () => {
+              if (!window.confirm(`Forward to ${a.email} without its owner's confirmation?`)) return;
+              const path = apath(`/email/routing/addresses/${encodeURIComponent(a.id || a.tag)}`);
+              if (await guard(() => api('PATCH', path, { body: { verified: true } }))) {
+                showMsg(`${a.email} marked verified.`, 'info');
+                guard(() => renderAddresses(box));
+              }
+            }),
         wbtn(
           'Remove',
           async () => {
@@ -1270,26 +1304,48 @@ async function renderDns(box) {
   const r = env.result || {};
   const missing = (r.errors || []).map((e) => e.missing).filter(Boolean);
   const records = r.record || r.records || [];
+  // apid says each record's live state (ok, missing, wrong, unknown; null
+  // when not checked); the hosted API only lists the errors. An optional
+  // record (MTA-STS, TLS-RPT) is never an error, but it may still be absent.
+  const liveOf = (rec) => {
+    if (typeof rec.status === 'string' && rec.status) return rec.status;
+    if (rec.status === null) return 'unchecked';
+    return missing.some((m) => sameRecord(m, rec)) ? 'missing' : 'ok';
+  };
+  let bad = 0;
   const rows = records.map((rec) => {
-    const miss = missing.some((m) => sameRecord(m, rec));
+    const live = liveOf(rec);
+    const miss = live === 'missing' || live === 'wrong';
+    if (miss && !rec.optional) bad++;
+    const label = rec.optional && live !== 'ok' ? `${live} (optional)` : live;
     return h(
       'tr',
-      { class: miss ? 'missing' : 'ok', dataset: { type: rec.type, missing: String(miss) } },
+      {
+        class: rec.optional ? `optional ${live}` : miss ? 'missing' : live,
+        dataset: { type: rec.type, status: live, missing: String(miss), optional: String(!!rec.optional) },
+        title: rec.note || '',
+      },
       h('td', null, rec.type),
       h('td', { class: 'mono' }, rec.name),
-      h('td', { class: 'mono wrap' }, rec.content),
-      h('td', null, rec.priority === undefined ? '' : String(rec.priority)),
+      h(
+        'td',
+        { class: 'mono wrap' },
+        rec.content,
+        rec.found && live !== 'ok' ? h('div', { class: 'found muted' }, `found: ${rec.found}`) : null,
+      ),
+      h('td', null, rec.priority === undefined || rec.priority === null ? '' : String(rec.priority)),
       h('td', null, rec.ttl === undefined ? '' : String(rec.ttl)),
-      h('td', null, miss ? badge('missing', 'missing') : badge('ok', 'ok')),
+      h('td', null, badge(label, miss ? (live === 'wrong' ? 'error' : 'missing') : live)),
     );
   });
   // A missing record the list does not show (e.g. a stale one) still gets a row.
   for (const m of missing) {
     if (!records.some((rec) => sameRecord(m, rec))) {
+      bad++;
       rows.push(
         h(
           'tr',
-          { class: 'missing', dataset: { type: m.type, missing: 'true' } },
+          { class: 'missing', dataset: { type: m.type, status: 'missing', missing: 'true' } },
           h('td', null, m.type),
           h('td', { class: 'mono' }, m.name),
           h('td', { class: 'mono wrap' }, m.content || ''),
@@ -1300,16 +1356,21 @@ async function renderDns(box) {
       );
     }
   }
+  // The envelope's messages say why the live check could not run.
+  const notes = (env.messages || []).map((m) => (typeof m === 'string' ? m : m.message)).filter(Boolean);
   box.replaceChildren(
     card(
       `DNS records to publish — ${state.zone}`,
       h(
         'p',
         { class: 'muted' },
-        missing.length
-          ? `${missing.length} record(s) missing or wrong in the live DNS.`
-          : 'All records found in the live DNS.',
+        bad
+          ? `${bad} record(s) missing or wrong in the live DNS.`
+          : records.some((rec) => rec.status === null)
+            ? 'Not checked against the live DNS.'
+            : 'All required records found in the live DNS.',
       ),
+      notes.length ? h('p', { class: 'warn' }, `Live check: ${notes.join('; ')}`) : null,
       rows.length
         ? table(['Type', 'Name', 'Content', 'Priority', 'TTL', 'Live'], rows, 'dns-table')
         : h('p', { class: 'empty' }, 'No records.'),
@@ -1334,7 +1395,17 @@ async function viewQueue(root) {
   sel.value = state.queueState;
   const out = h('div');
   const load = async () => {
-    const env = await api('GET', apath('/email/routing/queue'), { query: { state: state.queueState } });
+    let env = await api('GET', apath('/email/routing/queue'), {
+      query: { state: state.queueState, page: state.queuePage, per_page: state.queuePerPage },
+    });
+    // The queue shrank under this page (an action, a delivery): its last page.
+    const info = env.result_info || {};
+    if (state.queuePage > 1 && !(env.result || []).length && info.total_count) {
+      state.queuePage = Math.max(1, info.total_pages || 1);
+      env = await api('GET', apath('/email/routing/queue'), {
+        query: { state: state.queueState, page: state.queuePage, per_page: state.queuePerPage },
+      });
+    }
     const act = (q, verb, confirmText) => async () => {
       if (confirmText && !window.confirm(confirmText)) return;
       const p = apath(
@@ -1354,15 +1425,16 @@ async function viewQueue(root) {
         h('td', { class: 'addr' }, q.from || '<>'),
         h('td', null, fmtTime(q.arrival)),
         h('td', null, fmtSize(q.size)),
-        h('td', null, fmtTime(q.next_try)),
+        h('td', { class: 'next' }, q.state === 'hold' ? 'on hold' : fmtTime(q.next_try)),
         h(
           'td',
           null,
           (q.recipients || []).map((r) =>
             h(
               'div',
-              { class: 'addr', title: r.last_reply || '' },
-              `${r.address} (${r.status || '?'}, ${r.attempts ?? 0} tries)`,
+              { class: 'addr rcpt', title: r.last_reply || '' },
+              `${r.address}${r.orig && r.orig !== r.address ? ` (for ${r.orig})` : ''} ` +
+                `(${r.status || '?'}, ${r.attempts ?? 0} ${r.attempts === 1 ? 'try' : 'tries'})`,
             ),
           ),
         ),
@@ -1370,26 +1442,43 @@ async function viewQueue(root) {
           'td',
           { class: 'actions' },
           q.state === 'hold' ? wbtn('Release', act(q, 'release')) : wbtn('Hold', act(q, 'hold')),
-          wbtn('Retry', act(q, 'retry')),
+          // The router only retries a held message once released (and
+          // Release retries it at once): no Retry that would do nothing.
+          q.state === 'hold' ? null : wbtn('Retry', act(q, 'retry')),
           wbtn('Delete', act(q, 'delete', `Delete ${q.id} from the queue? The message is lost.`), {
             class: 'danger',
           }),
         ),
       ),
     );
-    out.replaceChildren(
+    // (replaceChildren would show a null as the text "null"; append skips it.)
+    out.replaceChildren();
+    append(out, [
       rows.length
         ? table(
             ['Queue ID', 'State', 'From', 'Arrived', 'Size', 'Next try', 'Recipients', ''],
             rows,
             'queue-table',
           )
-        : h('p', { class: 'empty' }, 'The queue is empty.'),
-    );
+        : h(
+            'p',
+            { class: 'empty' },
+            state.queueState
+              ? `No message ${state.queueState === 'hold' ? 'on hold' : state.queueState}.`
+              : 'The queue is empty.',
+          ),
+      env.result_info && env.result_info.total_pages > 1
+        ? pager(env.result_info, state.queuePage, (p) => {
+            state.queuePage = p;
+            guard(load);
+          })
+        : null,
+    ]);
     root.dataset.loaded = String(Date.now());
   };
   sel.addEventListener('change', () => {
     state.queueState = sel.value;
+    state.queuePage = 1;
     guard(load);
   });
   append(root, [
@@ -1399,7 +1488,7 @@ async function viewQueue(root) {
         'div',
         { class: 'toolbar' },
         h('label', null, 'State ', sel),
-        h('button', { type: 'button', onclick: () => guard(load) }, 'Refresh'),
+        h('button', { type: 'button', id: 'queue-refresh', onclick: () => guard(load) }, 'Refresh'),
       ),
       out,
     ),

@@ -460,6 +460,10 @@ def test_queue(api_world):
     assert rc["last_reply"].startswith("4")
     # The same as mxferryctl sees.
     assert [x["queue_id"] for x in g.ctl_json("queue", "list")["messages"]] == [qid]
+    # Its activity row says it is still queued.
+    act = f"/zones/{GW}/email/routing/activity"
+    rows = [x for x in a.get(act)["result"] if x["queue_id"] == qid]
+    assert rows and all(x["status"] == "deferred" and x["queued"] is True for x in rows), rows
     assert a.get(f"{base}/{qid}")["result"]["id"] == qid
     a.get(f"{base}/{'0' * 26}", status=404)
     a.get(base + "?state=frozen", status=400)
@@ -472,6 +476,13 @@ def test_queue(api_world):
     a.call("POST", f"{base}/{qid}/retry")
     sink.wait_for(1, timeout=30)
     wait_until(lambda: a.get(base)["result"] == [], 20, what="the queue empty")
+    # Delivered: its deferred rows no longer say queued.
+    def delivered():
+        rows = [x for x in a.get(act)["result"] if x["queue_id"] == qid]
+        return rows if any(x["status"] == "forwarded" for x in rows) else None
+    rows = wait_until(delivered, 20, what="the forwarded row")
+    assert {x["status"] for x in rows} == {"deferred", "forwarded"}, rows
+    assert all(x["queued"] is False for x in rows), rows
     a.call("DELETE", f"{base}/{qid}", status=404)
     a.call("POST", f"{base}/{qid}/explode", status=404)
 
