@@ -16,7 +16,7 @@ test-deps:
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD)
 
-PROGRAMS = mxferryd smtpd router deliverd bouncer apid mxferryctl
+PROGRAMS = mxferryd smtpd router deliverd bouncer workerd apid mxferryctl
 
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS) --target $(PROGRAMS)

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAEMONS = ["mxferryd", "smtpd", "router", "deliverd", "bouncer", "mxferryctl"]
+DAEMONS = ["mxferryd", "smtpd", "router", "deliverd", "bouncer", "workerd", "apid", "mxferryctl"]
 
 
 def reexec_in_netns():
