@@ -75,6 +75,23 @@ def api_get(base, path, token):
         return e.code, e.headers, e.read()
 
 
+
+def tokens_when_up(gw, base, name, ro_name):
+    """A read-write and a read-only token from mxferryctl, once apid answers."""
+    toks = []
+    for args in ((name,), (ro_name, "--read-only")):
+        m = TOKEN_RE.search(gw.ctl_ok("token", "add", *args))
+        assert m, f"mxferryctl token add {' '.join(args)} printed no token"
+        toks.append(m.group(0))
+
+    def up():
+        try:
+            return api_get(base, "/client/v4/user/tokens/verify", toks[0])[0] == 200
+        except OSError:
+            return False
+    wait_until(up, 20, interval=0.2, what=f"apid to answer on {base}")
+    return toks[0], toks[1]
+
 def test_dashboard(mxf_bin, dns_server, sinks, gateway, workdir, request):
     if not os.access(os.path.join(mxf_bin, "apid"), os.X_OK):
         pytest.skip("apid is not built")
@@ -96,20 +113,8 @@ def test_dashboard(mxf_bin, dns_server, sinks, gateway, workdir, request):
     # The destination is verified out of band (a verification round trip is
     # the API tests' business); the browser adds the domain and the rule.
     gw.ctl_ok("address", "add", DEST, "--verified")
-    m = TOKEN_RE.search(gw.ctl_ok("token", "add", "dash"))
-    assert m, "mxferryctl token add printed no token"
-    token = m.group(0)
-    m = TOKEN_RE.search(gw.ctl_ok("token", "add", "viewer", "--read-only"))
-    assert m, "mxferryctl token add --read-only printed no token"
-    ro_token = m.group(0)
-
-    # apid is up and serves the dashboard from / (relative paths, no-cache).
-    def up():
-        try:
-            return api_get(base, "/client/v4/user/tokens/verify", token)[0] == 200
-        except OSError:
-            return False
-    wait_until(up, 20, interval=0.2, what=f"apid to answer on {base}")
+    token, ro_token = tokens_when_up(gw, base, "dash", "viewer")
+    # apid serves the dashboard from / (relative paths, no-cache).
     st, hdr, body = api_get(base, "/", token)
     assert st == 200 and b'src="app.js"' in body, (st, body[:200])
     assert hdr.get("Content-Type", "").startswith("text/html")
@@ -241,19 +246,7 @@ def test_dashboard_queue_routing(mxf_bin, dns_server, sinks, gateway, workdir, r
     gw.ctl_ok("address", "add", SLOW, "--verified")
     gw.ctl_ok("rule", "add", QZONE, "--to", QRCPT, "--forward", SLOW)
     gw.ctl_ok("rule", "add", QZONE, "--to", RRCPT, "--forward", DEST)
-    m = TOKEN_RE.search(gw.ctl_ok("token", "add", "dash2"))
-    assert m, "mxferryctl token add printed no token"
-    token = m.group(0)
-    m = TOKEN_RE.search(gw.ctl_ok("token", "add", "viewer2", "--read-only"))
-    assert m, "mxferryctl token add --read-only printed no token"
-    ro_token = m.group(0)
-
-    def up():
-        try:
-            return api_get(base, "/client/v4/user/tokens/verify", token)[0] == 200
-        except OSError:
-            return False
-    wait_until(up, 20, interval=0.2, what=f"apid to answer on {base}")
+    token, ro_token = tokens_when_up(gw, base, "dash2", "viewer2")
 
     def api_state():
         acct = json.loads(api_get(base, "/client/v4/accounts", token)[2])["result"][0]["id"]

@@ -10,14 +10,8 @@
 // Configuration in the environment: DASH_URL, DASH_TOKEN, DASH_ZONE,
 // DASH_RCPT, DASH_DEST, DASH_NOBODY, DASH_OUT (a directory for screenshots), DASH_RO_TOKEN
 // (a read-only token: the write controls must be gone).
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { T, check, env, lines, openPage, step, t0 } from './harness.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const URL_ = env('DASH_URL');
 const TOKEN = env('DASH_TOKEN');
 const ZONE = env('DASH_ZONE');
@@ -28,43 +22,10 @@ const RO_TOKEN = env('DASH_RO_TOKEN');
 const NOBODY = env('DASH_NOBODY'); // refused at RCPT: a "rejected" row
 // A rule name with markup: the dashboard must show it as text.
 const RULE_NAME = '<img src=x onerror="window.__xss=1">dash & "rule"';
-const T = 15000;
 const SERIES_LABELS = ['Received', 'Forwarded', 'Dropped', 'Rejected', 'Delivery failed', 'Bounced'];
 
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const t0 = Date.now();
-const step = (s) => console.log(`step ${((Date.now() - t0) / 1000).toFixed(1)}s: ${s}`);
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  // As root chromium refuses its sandbox; the test runs in a private netns.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  headless: true,
-});
-const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-page.on('console', (m) => {
-  if (m.type() === 'error') console.log(`console error: ${m.text()}`);
-});
-page.on('dialog', (d) => d.accept());
-page.setDefaultTimeout(T);
-
-// Waits for a view's (re)load that started after `since` (views stamp their
-// root with data-loaded = Date.now() in the page).
-async function loaded(view, since = 0) {
-  await page.waitForFunction(
-    ([v, s]) => {
-      const el = document.getElementById(`view-${v}`);
-      return el && Number(el.dataset.loaded || 0) > s;
-    },
-    [view, since],
-  );
-}
-const pageNow = () => page.evaluate(() => Date.now());
+const { browser, page, problems, loaded, pageNow } = await openPage();
 
 try {
   step('open the dashboard');

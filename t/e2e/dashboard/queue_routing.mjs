@@ -15,14 +15,8 @@
 // DASH_DEST), DASH_SLOW (its MX tempfails until "NEED accept"), DASH_DEST
 // (verified), DASH_NEWDEST (added here), DASH_OUT (screenshots), DASH_RO_TOKEN
 // (a read-only token).
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { T, check, env, lines, openPage, step, t0 } from './harness.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const URL_ = env('DASH_URL');
 const TOKEN = env('DASH_TOKEN');
 const ZONE = env('DASH_ZONE');
@@ -34,14 +28,7 @@ const NEWDEST = env('DASH_NEWDEST');
 const VOUCH = `vouch-${NEWDEST}`; // marked verified by the operator, no code
 const RO_TOKEN = env('DASH_RO_TOKEN'); // read-only: sees the queue, cannot act on it
 const OUT = env('DASH_OUT');
-const T = 15000;
 
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const t0 = Date.now();
-const step = (s) => console.log(`step ${((Date.now() - t0) / 1000).toFixed(1)}s: ${s}`);
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-}
 // Asks the test for something; returns its JSON answer.
 async function need(...args) {
   console.log(`NEED ${args.join(' ')}`);
@@ -51,37 +38,7 @@ async function need(...args) {
   throw new Error(`the test could not do "${args.join(' ')}": ${line || 'no answer'}`);
 }
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  // As root chromium refuses its sandbox; the test runs in a private netns.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  headless: true,
-});
-const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-const problems = [];
-page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-page.on('console', (m) => {
-  if (m.type() === 'error') console.log(`console error: ${m.text()}`);
-});
-const dialogs = [];
-const prompts = []; // answers for the next window.prompt()s
-page.on('dialog', (d) => {
-  dialogs.push(d.message());
-  if (d.type() === 'prompt') d.accept(prompts.shift() ?? '');
-  else d.accept();
-});
-page.setDefaultTimeout(T);
-
-async function loaded(view, since = 0) {
-  await page.waitForFunction(
-    ([v, s]) => {
-      const el = document.getElementById(`view-${v}`);
-      return el && Number(el.dataset.loaded || 0) > s;
-    },
-    [view, since],
-  );
-}
-const pageNow = () => page.evaluate(() => Date.now());
+const { browser, page, problems, dialogs, prompts, loaded, pageNow } = await openPage();
 async function go(view) {
   const since = await pageNow();
   await page.goto(`${URL_}#/${view}`);
