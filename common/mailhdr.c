@@ -1,4 +1,5 @@
 #include "mailhdr.h"
+#include "strbuf.h"
 
 #include <errno.h>
 #include <string.h>
@@ -161,39 +162,6 @@ static bool wsp(char c)
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
- * forms, no surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-	unsigned char c = p[0];
-	size_t l;
-	unsigned lo = 0x80, hi = 0xbf;
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf)
-		l = 2;
-	else if (c >= 0xe0 && c <= 0xef) {
-		l = 3;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		l = 4;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else
-		return 0;
-	if (n < l || p[1] < lo || p[1] > hi)
-		return 0;
-	for (size_t i = 2; i < l; i++)
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
-	return l;
-}
-
 size_t mxf_mailhdr_value(const char *f, size_t len, char *out, size_t cap)
 {
 	const char *colon = memchr(f, ':', len);
@@ -204,8 +172,8 @@ size_t mxf_mailhdr_value(const char *f, size_t len, char *out, size_t cap)
 		i++;
 	while (i < len) {
 		const unsigned char *p = (const unsigned char *)f + i;
-		size_t l = utf8_len(p, len - i);
-		if (l == 0) {
+		size_t l = mxf_utf8_len(p, len - i);
+		if (l == 0) { /* not UTF-8 */
 			l = 1;
 			p = (const unsigned char *)"?";
 		} else if (l == 1 && (*p < 0x20 || *p == 0x7f)) {
@@ -220,7 +188,7 @@ size_t mxf_mailhdr_value(const char *f, size_t len, char *out, size_t cap)
 			break;
 		memcpy(out + o, p, l);
 		o += l;
-		i += utf8_len((const unsigned char *)f + i, len - i) ? l : 1;
+		i += l; /* an invalid octet: l is 1 */
 	}
 	while (o > 0 && out[o - 1] == ' ')
 		o--;
@@ -234,7 +202,7 @@ bool mxf_mailhdr_text_ok(const char *s, size_t max)
 	if (n > max)
 		return false;
 	for (size_t i = 0; i < n;) {
-		size_t l = utf8_len((const unsigned char *)s + i, n - i);
+		size_t l = mxf_utf8_len(s + i, n - i);
 		if (l == 0 || (l == 1 && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)))
 			return false;
 		i += l;

@@ -539,18 +539,11 @@ const char *mxf_wp_error(const struct mxf_wp_parser *p)
 }
 
 /* ---- the header line ---- */
+/* A JSON string of the C string s (NULL as ""). */
 static void json_str(struct mxf_strbuf *b, const char *s)
 {
-	mxf_sb_add(b, "\"", 1);
-	for (const unsigned char *c = (const unsigned char *)(s ? s : ""); *c; c++) {
-		if (*c == '"' || *c == '\\')
-			mxf_sb_printf(b, "\\%c", *c);
-		else if (*c < 0x20 || *c == 0x7f)
-			mxf_sb_printf(b, "\\u%04x", *c);
-		else
-			mxf_sb_add(b, c, 1);
-	}
-	mxf_sb_add(b, "\"", 1);
+	s = s ? s : "";
+	mxf_sb_json_str(b, s, strlen(s));
 }
 
 char *mxf_wp_header_line(const struct mxf_wp_envelope *e)

@@ -77,56 +77,10 @@ int whk_init(const char *ca_file, int timeout_s, char *err, size_t errlen)
 
 /* ---- JSON (sans-I/O) ---- */
 
-/* A JSON string of s[0..n): valid UTF-8 passes, every invalid byte becomes
- * U+FFFD, controls are escaped. */
-static void j_str(struct mxf_strbuf *b, const char *s, size_t n)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	mxf_sb_add(b, "\"", 1);
-	for (size_t i = 0; i < n;) {
-		unsigned c = p[i];
-		if (c < 0x80) {
-			if (c == '"' || c == '\\') {
-				char e[2] = {'\\', (char)c};
-				mxf_sb_add(b, e, 2);
-			} else if (c == '\n') {
-				mxf_sb_add(b, "\\n", 2);
-			} else if (c == '\r') {
-				mxf_sb_add(b, "\\r", 2);
-			} else if (c == '\t') {
-				mxf_sb_add(b, "\\t", 2);
-			} else if (c < 0x20 || c == 0x7f) {
-				mxf_sb_printf(b, "\\u%04x", c);
-			} else {
-				mxf_sb_add(b, &p[i], 1);
-			}
-			i++;
-			continue;
-		}
-		size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
-			     : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-		bool ok = len && i + len <= n;
-		for (size_t k = 1; ok && k < len; k++)
-			ok = (p[i + k] & 0xc0) == 0x80;
-		/* No overlong forms, surrogates or code points past U+10FFFF. */
-		if (ok && len == 3)
-			ok = !(c == 0xe0 && p[i + 1] < 0xa0) && !(c == 0xed && p[i + 1] >= 0xa0);
-		if (ok && len == 4)
-			ok = !(c == 0xf0 && p[i + 1] < 0x90) && !(c == 0xf4 && p[i + 1] >= 0x90);
-		if (ok) {
-			mxf_sb_add(b, &p[i], len);
-			i += len;
-		} else {
-			mxf_sb_add(b, "\\ufffd", 6);
-			i++;
-		}
-	}
-	mxf_sb_add(b, "\"", 1);
-}
 
 static void j_cstr(struct mxf_strbuf *b, const char *s)
 {
-	j_str(b, s ? s : "", s ? strlen(s) : 0);
+	mxf_sb_json_str(b, s ? s : "", s ? strlen(s) : 0);
 }
 
 /* "spf=pass" in our Authentication-Results: the first result of method m
@@ -300,12 +254,12 @@ int whk_payload(const struct whk_in *in, const char *msg, size_t len, struct mxf
 		g_mime_message_foreach(m, walk_part, &w);
 	mxf_sb_str(b, "],\"text\":");
 	if (w.text)
-		j_str(b, w.text, w.ntext);
+		mxf_sb_json_str(b, w.text, w.ntext);
 	else
 		mxf_sb_str(b, "null");
 	mxf_sb_printf(b, ",\"text_truncated\":%s,\"html\":", w.text_cut ? "true" : "false");
 	if (w.html)
-		j_str(b, w.html, w.nhtml);
+		mxf_sb_json_str(b, w.html, w.nhtml);
 	else
 		mxf_sb_str(b, "null");
 	mxf_sb_printf(b, ",\"html_truncated\":%s", w.html_cut ? "true" : "false");

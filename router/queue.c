@@ -1330,20 +1330,11 @@ static void retry_now(struct qmsg *m, int64_t now)
 		m->wake = now;
 }
 
-/* JSON string; bytes >= 0x80 pass (UTF-8 addresses and replies), controls
- * are escaped. */
+/* A JSON string of the C string s (NULL as ""). */
 static void json_str(struct mxf_strbuf *b, const char *s)
 {
-	mxf_sb_add(b, "\"", 1);
-	for (const unsigned char *c = (const unsigned char *)(s ? s : ""); *c; c++) {
-		if (*c == '"' || *c == '\\')
-			mxf_sb_printf(b, "\\%c", *c);
-		else if (*c < 0x20 || *c == 0x7f)
-			mxf_sb_printf(b, "\\u%04x", *c);
-		else
-			mxf_sb_add(b, c, 1);
-	}
-	mxf_sb_add(b, "\"", 1);
+	s = s ? s : "";
+	mxf_sb_json_str(b, s, strlen(s));
 }
 
 /* One message as the API shows it (issue 12). */
