@@ -76,6 +76,23 @@ def api_get(base, path, token):
 
 
 
+def browser_setup(mxf_bin, workdir, request):
+    """Skips without apid; checks the browser is installed; returns the
+    screenshot folder (saved to $MXF_ARTIFACTS afterwards, a failing run's
+    too), a copy of the dashboard's files, apid's port and base URL."""
+    if not os.access(os.path.join(mxf_bin, "apid"), os.X_OK):
+        pytest.skip("apid is not built")
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: scripts/install-deps.sh --test"
+    assert os.path.isdir(os.path.join(DASH_DIR, "node_modules", "playwright-core")), \
+        "playwright-core is missing: scripts/install-deps.sh --test"
+    out = os.path.join(workdir, "artifacts")
+    os.makedirs(out)
+    request.addfinalizer(lambda: save_artifacts(out))
+    www = copy_www(os.path.join(workdir, "www"))
+    port = free_ports(1)[0]
+    return out, www, port, f"http://127.0.0.1:{port}"
+
+
 def tokens_when_up(gw, base, name, ro_name):
     """A read-write and a read-only token from mxferryctl, once apid answers."""
     toks = []
@@ -93,18 +110,7 @@ def tokens_when_up(gw, base, name, ro_name):
     return toks[0], toks[1]
 
 def test_dashboard(mxf_bin, dns_server, sinks, gateway, workdir, request):
-    if not os.access(os.path.join(mxf_bin, "apid"), os.X_OK):
-        pytest.skip("apid is not built")
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: scripts/install-deps.sh --test"
-    assert os.path.isdir(os.path.join(DASH_DIR, "node_modules", "playwright-core")), \
-        "playwright-core is missing: scripts/install-deps.sh --test"
-    out = os.path.join(workdir, "artifacts")
-    os.makedirs(out)
-    # A failing run's screenshot reaches $MXF_ARTIFACTS too.
-    request.addfinalizer(lambda: save_artifacts(out))
-    www = copy_www(os.path.join(workdir, "www"))
-    port = free_ports(1)[0]
-    base = f"http://127.0.0.1:{port}"
+    out, www, port, base = browser_setup(mxf_bin, workdir, request)
     # The domain's MX points at the gateway, so the DNS view finds it live.
     dns_server.zone(ZONE, mx=[(10, GW_HOST)])
     w = make_world(dns_server, sinks, gateway,
@@ -220,17 +226,7 @@ def test_dashboard_queue_routing(mxf_bin, dns_server, sinks, gateway, workdir, r
     asks this test for what only it can do (send mail, switch the sink,
     look at the spool through mxferryctl) with "NEED <verb> <args>" lines and
     gets "OK <json>" or "ERR <text>" back."""
-    if not os.access(os.path.join(mxf_bin, "apid"), os.X_OK):
-        pytest.skip("apid is not built")
-    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: scripts/install-deps.sh --test"
-    assert os.path.isdir(os.path.join(DASH_DIR, "node_modules", "playwright-core")), \
-        "playwright-core is missing: scripts/install-deps.sh --test"
-    out = os.path.join(workdir, "artifacts")
-    os.makedirs(out)
-    request.addfinalizer(lambda: save_artifacts(out))
-    www = copy_www(os.path.join(workdir, "www"))
-    port = free_ports(1)[0]
-    base = f"http://127.0.0.1:{port}"
+    out, www, port, base = browser_setup(mxf_bin, workdir, request)
     # The MX published, a wrong SPF record, no DMARC: the DNS table has an ok
     # row, a wrong one and missing ones.
     dns_server.zone(QZONE, mx=[(10, GW_HOST)], txt={QZONE: "v=spf1 -all"})

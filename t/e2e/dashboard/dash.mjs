@@ -10,7 +10,7 @@
 // Configuration in the environment: DASH_URL, DASH_TOKEN, DASH_ZONE,
 // DASH_RCPT, DASH_DEST, DASH_NOBODY, DASH_OUT (a directory for screenshots), DASH_RO_TOKEN
 // (a read-only token: the write controls must be gone).
-import { T, check, env, lines, openPage, step, t0 } from './harness.mjs';
+import { check, env, failed, finish, lines, openPage, step } from './harness.mjs';
 
 const URL_ = env('DASH_URL');
 const TOKEN = env('DASH_TOKEN');
@@ -25,7 +25,8 @@ const RULE_NAME = '<img src=x onerror="window.__xss=1">dash & "rule"';
 const SERIES_LABELS = ['Received', 'Forwarded', 'Dropped', 'Rejected', 'Delivery failed', 'Bounced'];
 
 
-const { browser, page, problems, loaded, pageNow } = await openPage();
+const h = await openPage();
+const { page, loaded, pageNow } = h;
 
 try {
   step('open the dashboard');
@@ -281,21 +282,7 @@ try {
   await page.click('#logout');
   await page.waitForSelector('#login');
 
-  check(problems.length === 0, problems.join('; '));
-  console.log(
-    `RESULT ${JSON.stringify({ rule_id: ruleId, qid, reply, totals: an.totals, bucket: an.series[idx], step: an.step, seconds: (Date.now() - t0) / 1000 })}`,
-  );
-  await browser.close();
-  process.exit(0); // stdin (the test's pipe) would keep node alive
+  await finish(h, { rule_id: ruleId, qid, reply, totals: an.totals, bucket: an.series[idx], step: an.step });
 } catch (err) {
-  console.log(`FAILED: ${err.message}`);
-  if (problems.length) console.log(problems.join('\n'));
-  try {
-    console.log(`page message: ${await page.textContent('#msg')}`);
-    await page.screenshot({ path: `${OUT}/dashboard-failure.png`, fullPage: true });
-  } catch {
-    /* the page may be gone */
-  }
-  await browser.close();
-  process.exit(1);
+  await failed(h, err, OUT);
 }

@@ -53,3 +53,26 @@ export async function openPage() {
   const pageNow = () => page.evaluate(() => Date.now());
   return { browser, page, problems, dialogs, prompts, loaded, pageNow };
 }
+
+// The end of a script: RESULT and exit 0, or the failure (with the page's
+// message and a screenshot in `out`) and exit 1. Exits explicitly: stdin,
+// the test's pipe, would keep node alive.
+export async function finish(h, result) {
+  check(h.problems.length === 0, h.problems.join('; '));
+  console.log(`RESULT ${JSON.stringify({ ...result, seconds: (Date.now() - t0) / 1000 })}`);
+  await h.browser.close();
+  process.exit(0);
+}
+
+export async function failed(h, err, out) {
+  console.log(`FAILED: ${err.message}`);
+  if (h.problems.length) console.log(h.problems.join('\n'));
+  try {
+    console.log(`page message: ${await h.page.textContent('#msg')}`);
+    await h.page.screenshot({ path: `${out}/dashboard-failure.png`, fullPage: true });
+  } catch {
+    /* the page may be gone */
+  }
+  await h.browser.close();
+  process.exit(1);
+}

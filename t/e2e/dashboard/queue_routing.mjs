@@ -15,7 +15,7 @@
 // DASH_DEST), DASH_SLOW (its MX tempfails until "NEED accept"), DASH_DEST
 // (verified), DASH_NEWDEST (added here), DASH_OUT (screenshots), DASH_RO_TOKEN
 // (a read-only token).
-import { T, check, env, lines, openPage, step, t0 } from './harness.mjs';
+import { T, check, env, failed, finish, lines, openPage, step } from './harness.mjs';
 
 const URL_ = env('DASH_URL');
 const TOKEN = env('DASH_TOKEN');
@@ -38,7 +38,8 @@ async function need(...args) {
   throw new Error(`the test could not do "${args.join(' ')}": ${line || 'no answer'}`);
 }
 
-const { browser, page, problems, dialogs, prompts, loaded, pageNow } = await openPage();
+const h = await openPage();
+const { browser, page, problems, dialogs, prompts, loaded, pageNow } = h;
 async function go(view) {
   const since = await pageNow();
   await page.goto(`${URL_}#/${view}`);
@@ -423,19 +424,7 @@ try {
   check(/drop/.test(after), `the newest catch-all change shows drop after: ${after}`);
   await page.screenshot({ path: `${OUT}/dashboard-audit.png`, fullPage: true });
 
-  check(problems.length === 0, problems.join('; '));
-  console.log(`RESULT ${JSON.stringify({ qids, audit: acts, seconds: (Date.now() - t0) / 1000 })}`);
-  await browser.close();
-  process.exit(0); // stdin (the test's pipe) would keep node alive
+  await finish(h, { qids, audit: acts });
 } catch (err) {
-  console.log(`FAILED: ${err.message}`);
-  if (problems.length) console.log(problems.join('\n'));
-  try {
-    console.log(`page message: ${await page.textContent('#msg')}`);
-    await page.screenshot({ path: `${OUT}/dashboard-failure.png`, fullPage: true });
-  } catch {
-    /* the page may be gone */
-  }
-  await browser.close();
-  process.exit(1);
+  await failed(h, err, OUT);
 }
