@@ -886,6 +886,23 @@ static int parse_rule(json_t *b, bool catchall, struct rule_in *in, struct api_r
 	return 0;
 }
 
+/* The request's rule body, parsed (NULL: answered with the error; else
+ * *b is the JSON the result points into, for the caller to release). */
+static struct rule_in *rule_body(const struct api_req *q, bool catchall, json_t **b,
+				 struct api_resp *r)
+{
+	if (!(*b = body_object(q, r)))
+		return NULL;
+	struct rule_in *in = calloc(1, sizeof(*in));
+	if (!in)
+		fail(r, 500, E_INTERNAL, "out of memory");
+	else if (parse_rule(*b, catchall, in, r) == 0)
+		return in;
+	free(in);
+	json_decref(*b);
+	return NULL;
+}
+
 /* Answers the rule with tag (or the zone's catch-all) as it is now. */
 static void answer_rule(struct api *a, const struct zone *z, const char *tag, unsigned status,
 			struct api_resp *r)
@@ -921,16 +938,10 @@ static void rules(struct api *a, const struct api_req *q, const struct zone *z, 
 		ok_page(r, f.list, &p);
 		return;
 	}
-	json_t *b = body_object(q, r);
-	if (!b)
+	json_t *b;
+	struct rule_in *in = rule_body(q, false, &b, r);
+	if (!in)
 		return;
-	struct rule_in *in = calloc(1, sizeof(*in));
-	if (!in) {
-		fail(r, 500, E_INTERNAL, "out of memory");
-		goto out;
-	}
-	if (parse_rule(b, false, in, r) < 0)
-		goto out;
 	struct mxf_rule_spec s = {
 		.domain = z->name,
 		.matcher = in->matcher,
@@ -991,16 +1002,10 @@ static void rule_one(struct api *a, const struct api_req *q, const struct zone *
 	json_decref(before);
 	/* PUT: the whole rule is replaced (absent fields take their defaults),
 	 * in one rulesdb call. */
-	json_t *b = body_object(q, r);
-	if (!b)
+	json_t *b;
+	struct rule_in *in = rule_body(q, false, &b, r);
+	if (!in)
 		return;
-	struct rule_in *in = calloc(1, sizeof(*in));
-	if (!in) {
-		fail(r, 500, E_INTERNAL, "out of memory");
-		goto out;
-	}
-	if (parse_rule(b, false, in, r) < 0)
-		goto out;
 	struct mxf_rule_edit ed = {
 		.matcher = in->matcher,
 		.to = in->to,
@@ -1056,16 +1061,10 @@ static void catch_all(struct api *a, const struct api_req *q, const struct zone 
 		ok(r, 200, f.found, NULL);
 		return;
 	}
-	json_t *b = body_object(q, r);
-	if (!b)
+	json_t *b;
+	struct rule_in *in = rule_body(q, true, &b, r);
+	if (!in)
 		return;
-	struct rule_in *in = calloc(1, sizeof(*in));
-	if (!in) {
-		fail(r, 500, E_INTERNAL, "out of memory");
-		goto out;
-	}
-	if (parse_rule(b, true, in, r) < 0)
-		goto out;
 	struct mxf_rule_spec s = {
 		.domain = z->name,
 		.matcher = "all",
