@@ -191,6 +191,14 @@ static void test_header_line(void **state)
 	assert_string_equal(s, "{\"from\":\"a\\\"b@c\",\"to\":\"x@y\",\"client_ip\":\"192.0.2.1\","
 			       "\"helo\":\"h\\u0001\",\"queue_id\":\"Q\",\"size\":42}");
 	free(s);
+	/* UTF-8 passes; an octet that is not UTF-8 becomes U+FFFD (JSON parsers
+	 * refuse invalid UTF-8); \n and \t in their short forms. */
+	e.from = "caf\xc3\xa9@c";
+	e.helo = "h\xff\xc0\xaf\n\t";
+	s = mxf_wp_header_line(&e);
+	assert_non_null(strstr(s, "\"from\":\"caf\xc3\xa9@c\""));
+	assert_non_null(strstr(s, "\"helo\":\"h\\ufffd\\ufffd\\ufffd\\n\\t\""));
+	free(s);
 	assert_int_equal(mxf_wp_check_headers("Subject: x\r\n"), -EINVAL);
 	assert_int_equal(mxf_wp_check_headers("X-A: x"), -EINVAL);
 	assert_int_equal(mxf_wp_check_headers(""), 0);
