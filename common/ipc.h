@@ -36,7 +36,8 @@ enum mxf_ipc_type {
 	MXF_MSG_RCPT_CHECK,       /* smtpd->r: F_REQ, F_ADDR [, F_SENDER (the MAIL FROM, "" null: for
 	                             sender matchers and the activity row), F_CLIENT_IP, F_HELO
 	                             (for the activity row of a refusal, issue 11)] */
-	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT [, F_DMARC] */
+	MXF_MSG_RCPT_REPLY,       /* r->smtpd: F_REQ, F_CODE, F_ESC, F_TEXT [, F_DMARC]
+				     (a 250 may be followed by an OPEN_REPLY, see F_OPEN_AHEAD) */
 	MXF_MSG_OPEN,             /* smtpd|bouncer->r: F_REQ  (new message file) */
 	MXF_MSG_OPEN_REPLY,       /* r->c: F_REQ, F_CODE, F_ESC, F_TEXT, F_QID; fd (O_WRONLY) when F_CODE==250 */
 	MXF_MSG_COMMIT,           /* c->r: F_REQ, F_QID, F_SENDER, F_RCPT*, F_SIZE, F_CLIENT_IP,
@@ -141,6 +142,11 @@ enum mxf_ipc_tag {
 	/* COMMIT from smtpd, optional (with F_MSGID): the message's Subject and
 	 * Message-ID as mxf_mailhdr_value gives them, for the activity log. */
 	F_SUBJECT,
+	/* RCPT_CHECK from smtpd, optional u64 1: no queue file is open for this
+	 * transaction yet. RCPT_REPLY 250 with F_OPEN_AHEAD 1: the router opens
+	 * one now and sends an OPEN_REPLY (success or error) to the same request,
+	 * so DATA needs no OPEN round trip. */
+	F_OPEN_AHEAD,
 	F_TAG_MAX
 };
 

@@ -167,12 +167,44 @@ static int srs_return(const char *norm, char *back, size_t len)
 }
 
 /* ---- RCPT ---- */
+static int open_for(struct peer *p, char qid[MXF_QID_SIZE]);
+
+static void open_reply(struct peer *p, uint64_t req, int fd, const char *qid);
+
 /* 250 for a recipient, with its domain's DMARC mode when the domain sets
  * one: smtpd refuses a p=reject failure only when every recipient's
- * domain enforces. */
-static void rcpt_ok(struct peer *p, uint64_t req, const char *dmarc)
+ * domain enforces. Asked to (F_OPEN_AHEAD), the queue file follows as an
+ * OPEN_REPLY to the same request (the 250 says it will: F_OPEN_AHEAD 1),
+ * made after the 250 is on its way, while the client sends its next
+ * command, so DATA finds it there and gets its 354 without another round
+ * trip. */
+static void rcpt_ok(struct peer *p, const struct mxf_ipc_view *v, uint64_t req, const char *dmarc)
 {
-	peer_reply_x(p, MXF_MSG_RCPT_REPLY, req, 250, "2.1.5", "Ok", NULL, -1, F_DMARC, dmarc);
+	uint64_t ahead = 0;
+	char qid[MXF_QID_SIZE];
+	/* Ahead only while half the open files are free: those are for DATA. */
+	bool will = mxf_ipc_u64(v, F_OPEN_AHEAD, 0, &ahead) == 0 && ahead == 1 &&
+		    p->role == ROLE_SMTPD && p->nopened < MAX_OPENED / 2;
+	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_RCPT_REPLY);
+	int r = m ? 0 : -ENOMEM;
+	if (r == 0 && (r = mxf_ipc_put_u64(m, F_REQ, req)) == 0 &&
+	    (r = mxf_ipc_put_u64(m, F_CODE, 250)) == 0 &&
+	    (r = mxf_ipc_put_str(m, F_ESC, "2.1.5")) == 0 &&
+	    (r = mxf_ipc_put_str(m, F_TEXT, "Ok")) == 0 &&
+	    (!dmarc || !*dmarc || (r = mxf_ipc_put_str(m, F_DMARC, dmarc)) == 0) &&
+	    (!will || (r = mxf_ipc_put_u64(m, F_OPEN_AHEAD, 1)) == 0))
+		r = peer_send(p, m, -1);
+	mxf_ipc_msg_free(m);
+	if (r < 0) {
+		if (!p->closing) {
+			mxf_warn("%s[%ld]: cannot reply: %s; closing", role_name(p->role),
+				 (long)p->pid, strerror(-r));
+			peer_close(p);
+		}
+		return;
+	}
+	if (will)
+		open_reply(p, req, open_for(p, qid), qid);
 }
 
 void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
@@ -229,7 +261,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		/* fall through */
 	case MXF_ROUTE_DROP:
 	case MXF_ROUTE_WEBHOOK:
-		rcpt_ok(p, req, rt.dmarc);
+		rcpt_ok(p, v, req, rt.dmarc);
 		return;
 	case MXF_ROUTE_REJECT:
 		/* The operator's reason, sanitised to printable ASCII when stored,
@@ -245,7 +277,7 @@ void recv_rcpt_check(struct peer *p, const struct mxf_ipc_view *v)
 		 * worker that is not defined (yet) is a temporary failure, so
 		 * nothing is lost and the sender retries. */
 		if (mxf_ruleset_worker(R.rules, rt.text)) {
-			rcpt_ok(p, req, rt.dmarc);
+			rcpt_ok(p, v, req, rt.dmarc);
 			return;
 		}
 		log_r.action = "worker";
@@ -280,40 +312,55 @@ static bool disk_full(int r)
 	return r == -ENOSPC || r == -EDQUOT;
 }
 
-void recv_open(struct peer *p, const struct mxf_ipc_view *v)
+/* Creates a queue file for p (kept in its list until COMMIT or ABORT):
+ * the descriptor, with the new queue ID in qid, or -errno. */
+static int open_for(struct peer *p, char qid[MXF_QID_SIZE])
 {
-	uint64_t req;
-	char qid[MXF_QID_SIZE];
 	int fd = -ENOMEM;
-
-	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0) {
-		peer_close(p);
-		return;
-	}
 	struct opened *o = NULL;
 	if (p->nopened >= MAX_OPENED) {
 		mxf_warn("%s[%ld]: too many open queue files", role_name(p->role), (long)p->pid);
-		fd = -EMFILE;
-	} else if (mxf_qid_new(qid) < 0) {
-		fd = -EIO;
-	} else if ((o = calloc(1, sizeof(*o))) && (fd = mxf_spool_create(R.spool, qid)) >= 0) {
-		memcpy(o->qid, qid, sizeof(qid));
+		return -EMFILE;
+	}
+	if (mxf_qid_new(qid) < 0)
+		return -EIO;
+	if ((o = calloc(1, sizeof(*o))) && (fd = mxf_spool_create(R.spool, qid)) >= 0) {
+		memcpy(o->qid, qid, MXF_QID_SIZE);
 		o->fd = fd;
 		o->stamp = msgdir_created();
 		o->next = p->opened;
 		p->opened = o;
 		p->nopened++;
-		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 250, "2.0.0", "Ok", qid, fd);
-		return;
+		return fd;
 	}
 	free(o);
 	mxf_err("cannot create queue file: %s", strerror(-fd));
-	if (disk_full(fd))
+	return fd;
+}
+
+/* OPEN_REPLY: the file (fd >= 0, queue ID qid) or open_for's error. */
+static void open_reply(struct peer *p, uint64_t req, int fd, const char *qid)
+{
+	if (fd >= 0)
+		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 250, "2.0.0", "Ok", qid, fd);
+	else if (disk_full(fd))
 		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 452, "4.3.1", "Insufficient system storage",
 			   NULL, -1);
 	else
 		peer_reply(p, MXF_MSG_OPEN_REPLY, req, 451, "4.3.0", "Error: queue file write error",
 			   NULL, -1);
+}
+
+void recv_open(struct peer *p, const struct mxf_ipc_view *v)
+{
+	uint64_t req;
+	char qid[MXF_QID_SIZE];
+
+	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0) {
+		peer_close(p);
+		return;
+	}
+	open_reply(p, req, open_for(p, qid), qid);
 }
 
 /* Unlinks the opened file from p's list and returns it (NULL: not ours). */

@@ -117,6 +117,13 @@ struct session {
 	bool open;    /* qid opened by the router, neither committed nor aborted */
 	uint64_t gen; /* smtpd.link_gen when it was opened */
 	int fd;
+	/* A queue file the router opens ahead after a RCPT's 250 (F_OPEN_AHEAD):
+	 * ahead_req is that RCPT's request while its OPEN_REPLY is due; pre_fd
+	 * the file once it came and DATA (or the first BDAT) has not taken it. */
+	uint64_t ahead_req;
+	int pre_fd;
+	char pre_qid[MXF_QID_SIZE];
+	uint64_t pre_gen;
 	char *wbuf;
 	size_t wlen;
 	uint64_t written;
@@ -288,6 +295,8 @@ static void maybe_free(struct session *s)
 		return;
 	if (s->fd >= 0)
 		close(s->fd);
+	if (s->pre_fd >= 0)
+		close(s->pre_fd);
 	rcpts_clear(s);
 	free(s->rcpt);
 	free(s->pending_orcpt);
@@ -316,8 +325,11 @@ static void close_handles(struct session *s)
 		uv_close((uv_handle_t *)&s->bltimer, handle_closed);
 }
 
+static void drop_preopen(struct session *s);
+
 static void reset_transaction(struct session *s)
 {
+	drop_preopen(s);
 	s->mail_done = s->smtputf8 = false;
 	s->sender[0] = '\0';
 	s->ret[0] = s->envid[0] = '\0';
@@ -505,6 +517,19 @@ static void abort_open(struct session *s)
 	s->open = false;
 	if (smtpd.link && s->gen == smtpd.link_gen && mxf_routerlink_up(smtpd.link))
 		smtpd_abort_qid(s->qid);
+}
+
+/* Gives back a queue file opened ahead and not used. One still due comes
+ * as a reply nobody waits for, which smtpd aborts (main.c). */
+static void drop_preopen(struct session *s)
+{
+	s->ahead_req = 0;
+	if (s->pre_fd < 0)
+		return;
+	close(s->pre_fd);
+	s->pre_fd = -1;
+	if (smtpd.link && s->pre_gen == smtpd.link_gen && mxf_routerlink_up(smtpd.link))
+		smtpd_abort_qid(s->pre_qid);
 }
 
 static int send_request(struct session *s, struct mxf_ipc_msg *m, enum wait_kind w)
@@ -849,15 +874,22 @@ static void rcpt_to_router(struct session *s)
 	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0 ||
 	    mxf_ipc_put_str(m, F_ADDR, s->pending_rcpt) < 0 ||
 	    mxf_ipc_put_str(m, F_CLIENT_IP, s->ip) < 0 || mxf_ipc_put_str(m, F_HELO, s->helo) < 0 ||
-	    mxf_ipc_put_str(m, F_SENDER, s->sender) < 0) {
+	    mxf_ipc_put_str(m, F_SENDER, s->sender) < 0 ||
+	    (!s->ahead_req && s->pre_fd < 0 && !s->open &&
+	     mxf_ipc_put_u64(m, F_OPEN_AHEAD, 1) < 0)) {
 		mxf_ipc_msg_free(m);
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 		return;
 	}
 	/* Router down: this recipient gets a 4xx, the session goes on. */
+	bool ahead = !s->ahead_req && s->pre_fd < 0 && !s->open;
 	if (send_request(s, m, W_RCPT) < 0)
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
+	else if (ahead)
+		s->ahead_req = s->req;
 }
+
+static int open_file(struct session *s);
 
 static void do_data(struct session *s)
 {
@@ -874,7 +906,7 @@ static void do_data(struct session *s)
 		return;
 	}
 	s->open_for_bdat = false;
-	if (request_open(s) < 0)
+	if (open_file(s) < 0)
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 }
 
@@ -917,7 +949,7 @@ static void do_bdat(struct session *s, const struct mxf_smtp_cmd *c)
 	}
 	/* First chunk: the router opens the queue file. */
 	s->open_for_bdat = true;
-	if (request_open(s) < 0) {
+	if (open_file(s) < 0) {
 		s->skip_left = c->bdat_size;
 		s->bdat_failed = true;
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
@@ -1551,12 +1583,10 @@ static void on_rcpt_reply(struct session *s, const struct mxf_ipc_view *v)
 	reply(s, (int)code, escode, text);
 }
 
-static void on_open_reply(struct session *s, const struct mxf_ipc_view *v, int fd)
+/* The router's answer to OPEN (or a file opened ahead, code 250). */
+static void opened(struct session *s, uint64_t code, const char *escode, const char *text,
+		   const char *qid, int fd)
 {
-	uint64_t code;
-	const char *escode, *text;
-	const char *qid = mxf_ipc_str(v, F_QID, 0);
-	router_text(v, &code, &escode, &text);
 	bool bdat = s->open_for_bdat;
 	if (code == 250) {
 		if (fd < 0 || !qid || !mxf_qid_valid(qid)) {
@@ -1742,6 +1772,38 @@ static void on_access_reply(struct session *s, const char *action, const char *w
 	mail_accept(s);
 }
 
+static void on_open_reply(struct session *s, const struct mxf_ipc_view *v, int fd)
+{
+	uint64_t code;
+	const char *escode, *text;
+	router_text(v, &code, &escode, &text);
+	opened(s, code, escode, text, mxf_ipc_str(v, F_QID, 0), fd);
+}
+
+/* DATA or a first BDAT chunk: the file opened ahead if there is one (from
+ * this router connection), else an OPEN request. */
+static int open_file(struct session *s)
+{
+	if (s->pre_fd >= 0 && s->pre_gen == smtpd.link_gen && smtpd.link &&
+	    mxf_routerlink_up(smtpd.link)) {
+		char qid[MXF_QID_SIZE];
+		int fd = s->pre_fd;
+		memcpy(qid, s->pre_qid, sizeof(qid));
+		s->pre_fd = -1;
+		opened(s, 250, "2.0.0", "Ok", qid, fd);
+		return 0;
+	}
+	if (s->ahead_req && s->pre_fd < 0 && smtpd.link && mxf_routerlink_up(smtpd.link)) {
+		/* Opened ahead, not here yet: its OPEN_REPLY is this DATA's. */
+		s->req = s->ahead_req;
+		s->ahead_req = 0;
+		s->wait = W_OPEN;
+		return 0;
+	}
+	drop_preopen(s);
+	return request_open(s);
+}
+
 bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 {
 	enum wait_kind want;
@@ -1755,6 +1817,30 @@ bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 	struct session *s = smtpd.sessions;
 	while (s && !(want != W_NONE && s->wait == want && s->req == req))
 		s = s->next;
+	if (!s && want == W_OPEN) {
+		/* A file opened ahead after a RCPT's 250, before DATA: kept. */
+		for (s = smtpd.sessions; s && !(s->ahead_req == req && req); s = s->next)
+			;
+		if (s) {
+			uint64_t code = 0;
+			const char *qid = mxf_ipc_str(v, F_QID, 0);
+			mxf_ipc_u64(v, F_CODE, 0, &code);
+			s->ahead_req = 0;
+			if (code != 250 || fd < 0 || !qid || !mxf_qid_valid(qid) || s->pre_fd >= 0 ||
+			    s->open) {
+				/* Not usable: DATA asks again (and answers its error). */
+				if (fd >= 0)
+					close(fd);
+				if (code == 250 && qid && mxf_qid_valid(qid))
+					smtpd_abort_qid(qid);
+				return true;
+			}
+			s->pre_fd = fd;
+			snprintf(s->pre_qid, sizeof(s->pre_qid), "%s", qid);
+			s->pre_gen = smtpd.link_gen;
+			return true;
+		}
+	}
 	if (!s) {
 		if (fd >= 0)
 			close(fd);
@@ -1766,6 +1852,11 @@ bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 	case W_RCPT:
 		if (fd >= 0)
 			close(fd);
+		/* A file follows only when the router says so. */
+		uint64_t ahead = 0;
+		if (s->ahead_req == req &&
+		    (mxf_ipc_u64(v, F_OPEN_AHEAD, 0, &ahead) < 0 || ahead != 1))
+			s->ahead_req = 0;
 		on_rcpt_reply(s, v);
 		break;
 	case W_OPEN:
@@ -2046,6 +2137,7 @@ static void session_close(struct session *s, bool graceful)
 	if (s->closing)
 		return;
 	abort_open(s);
+	drop_preopen(s);
 	log_disconnect(s);
 	if (graceful) {
 		flush(s);
@@ -2111,6 +2203,7 @@ void session_accept(uv_stream_t *listener)
 		return;
 	}
 	s->fd = -1;
+	s->pre_fd = -1;
 	if (uv_tcp_init(smtpd.loop, &s->tcp) < 0) {
 		free(s);
 		return;
