@@ -17,8 +17,9 @@ static const char *const dir_names[MXF_SD_COUNT] = {
 	"tmp", "incoming", "active", "deferred", "hold", "corrupt", "msg"};
 
 /* Spare envelope files: a removed message's envelope is renamed to
- * tmp/spare.N instead of unlinked, and the next envelope written takes it
- * (O_TRUNC). On ext4 without a journal every new inode is searched for past
+ * tmp/spare.N instead of unlinked, and the next envelope is written over it
+ * in place and renamed from there to where it goes: no file made, no block
+ * freed and allocated again, one rename. On ext4 without a journal every new inode is searched for past
  * the inodes freed in the last minutes, a cost that grows with the mail
  * flow; reusing envelope inodes halves the files made and freed per
  * message. Only envelopes: a content file may still be open elsewhere
@@ -63,14 +64,27 @@ static int fault_hit(enum mxf_spool_fault_op op)
 	return 0;
 }
 
-static int sp_fsync(int fd)
+static int sp_sync(int fd, bool data_only)
 {
 	int e = fault_hit(MXF_FAULT_FSYNC);
 	if (e)
 		return -e;
 	/* Not retried on EINTR-like failures: a failed fsync may have dropped
 	 * the dirty pages, so a later success would prove nothing. */
-	return fsync(fd) < 0 ? -errno : 0;
+	return (data_only ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+}
+
+static int sp_fsync(int fd)
+{
+	return sp_sync(fd, false);
+}
+
+/* A file's data and what it takes to read it back (its size, its blocks),
+ * not its times: enough before the rename that publishes it, and an
+ * envelope written over a spare of the same size costs one block write. */
+static int sp_fdatasync(int fd)
+{
+	return sp_sync(fd, true);
 }
 
 static int sp_write_all(int fd, const char *p, size_t len)
@@ -173,21 +187,6 @@ static int spare_claim(struct mxf_spool *sp, int from)
 	return -1;
 }
 
-/* Renames a spare to tmp/NAME (which must not exist); false if none. */
-static bool spare_take(struct mxf_spool *sp, const char *name)
-{
-	int i = spare_claim(sp, SPARE_FULL);
-	char sn[16];
-	if (i < 0)
-		return false;
-	spare_name(sn, (unsigned)i);
-	bool ok = renameat2(sp->fd[MXF_SD_TMP], sn, sp->fd[MXF_SD_TMP], name, RENAME_NOREPLACE) == 0;
-	if (!ok)
-		unlinkat(sp->fd[MXF_SD_TMP], sn, 0);
-	atomic_store(&sp->spare[i], SPARE_EMPTY);
-	return ok;
-}
-
 /* Keeps d/NAME as a spare (moved out of d/); false: the caller unlinks. */
 static bool spare_keep(struct mxf_spool *sp, enum mxf_spool_dir d, const char *name)
 {
@@ -224,73 +223,117 @@ void mxf_spool_discard(struct mxf_spool *sp, const char *qid)
 	unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
 }
 
-/* Writes e to tmp/QID.env; fsyncs it when sync (a batch fsyncs later). */
-static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e, bool sync, int *fdp)
+/* Where an envelope waits to be published: a spare (slot >= 0, written over
+ * in place) or a new tmp/QID.env (slot -1). */
+struct envtmp {
+	char name[32];
+	int slot;
+};
+_Static_assert(ENVTMP_SIZE <= 32, "tmp/QID.env fits struct envtmp and the commit item");
+
+/* Removes an envelope that will not be published; frees its spare slot. */
+static void envtmp_drop(struct mxf_spool *sp, const struct envtmp *t)
 {
-	char envtmp[ENVTMP_SIZE], *buf;
+	unlinkat(sp->fd[MXF_SD_TMP], t->name, 0);
+	if (t->slot >= 0)
+		atomic_store(&sp->spare[t->slot], SPARE_EMPTY);
+}
+
+/* The envelope left tmp/ under its name: its spare slot is free again. */
+static void envtmp_gone(struct mxf_spool *sp, const struct envtmp *t)
+{
+	if (t->slot >= 0)
+		atomic_store(&sp->spare[t->slot], SPARE_EMPTY);
+}
+
+/* Opens a spare to write over (its slot stays busy until the envelope is
+ * published or dropped), else creates tmp/QID.env. */
+static int envtmp_open(struct mxf_spool *sp, const char *qid, struct envtmp *t)
+{
+	int i = spare_claim(sp, SPARE_FULL), fd = -1;
+	if (i >= 0) {
+		spare_name(t->name, (unsigned)i);
+		fd = openat(sp->fd[MXF_SD_TMP], t->name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0) {
+			unlinkat(sp->fd[MXF_SD_TMP], t->name, 0);
+			atomic_store(&sp->spare[i], SPARE_EMPTY);
+			i = -1;
+		}
+	}
+	t->slot = i;
+	if (fd >= 0)
+		return fd;
+	env_tmp_name(t->name, qid);
+	fd = openat(sp->fd[MXF_SD_TMP], t->name,
+		    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Writes e into a spare or tmp/QID.env (named in t) and syncs its data. On
+ * failure nothing is left and *fsync_failed says whether the sync failed. */
+static int write_env_tmp(struct mxf_spool *sp, const struct mxf_env *e, struct envtmp *t,
+			 bool *fsync_failed)
+{
+	char *buf;
 	size_t len;
+	*fsync_failed = false;
 	int r = mxf_env_format(e, &buf, &len);
 	if (r < 0)
 		return r;
-	env_tmp_name(envtmp, e->qid);
-	spare_take(sp, envtmp); /* else a new file */
-	int fd = openat(sp->fd[MXF_SD_TMP], envtmp,
-			O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	int fd = envtmp_open(sp, e->qid, t);
 	if (fd < 0) {
-		r = -errno;
 		free(buf);
-		return r;
+		return fd;
 	}
 	r = sp_write_all(fd, buf, len);
 	free(buf);
-	if (r == 0 && sync)
-		r = sp_fsync(fd);
-	if (r == 0 && fdp) {
-		*fdp = fd;
-		return 0;
-	}
+	/* A spare's older, longer envelope must not leave its tail behind. */
+	if (r == 0 && t->slot >= 0 && ftruncate(fd, (off_t)len) < 0)
+		r = -errno;
+	if (r == 0 && (r = sp_fdatasync(fd)) < 0)
+		*fsync_failed = true;
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	if (r < 0)
-		unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
+		envtmp_drop(sp, t);
 	return r;
 }
 
 /* Takes back everything of one message of a batch, the envelope first. */
-static void batch_undo(struct mxf_spool *sp, enum mxf_spool_dir to, const char *qid, bool env_made)
+static void batch_undo(struct mxf_spool *sp, enum mxf_spool_dir to,
+		       const struct mxf_spool_commit_item *it)
 {
-	char envtmp[ENVTMP_SIZE];
-	env_tmp_name(envtmp, qid);
-	if (env_made)
-		unlinkat(sp->fd[to], qid, 0);
-	unlinkat(sp->fd[MXF_SD_MSG], qid, 0);
-	unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
+	if (it->made)
+		unlinkat(sp->fd[to], it->e->qid, 0);
+	unlinkat(sp->fd[MXF_SD_MSG], it->e->qid, 0);
+	if (!it->made && it->env_written) {
+		struct envtmp t = {.slot = it->env_slot};
+		memcpy(t.name, it->env_tmp, sizeof(t.name));
+		envtmp_drop(sp, &t);
+	}
 }
 
 int mxf_spool_sync_content(struct mxf_spool *sp, int content_fd, bool *fsync_failed)
 {
 	(void)sp;
-	int r = sp_fsync(content_fd);
+	int r = sp_fdatasync(content_fd);
 	*fsync_failed = r < 0;
 	return r;
 }
 
-int mxf_spool_write_env(struct mxf_spool *sp, const struct mxf_env *e, bool *fsync_failed)
+int mxf_spool_write_env(struct mxf_spool *sp, struct mxf_spool_commit_item *it,
+			bool *fsync_failed)
 {
-	int r, fd = -1;
+	struct envtmp t;
 	*fsync_failed = false;
-	if (!mxf_qid_valid(e->qid))
+	it->env_written = false;
+	if (!mxf_qid_valid(it->e->qid))
 		return -EINVAL;
-	if ((r = write_env_tmp(sp, e, false, &fd)) < 0)
-		return r;
-	if ((r = sp_fsync(fd)) < 0)
-		*fsync_failed = true;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r < 0) {
-		char envtmp[ENVTMP_SIZE];
-		env_tmp_name(envtmp, e->qid);
-		unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
+	int r = write_env_tmp(sp, it->e, &t, fsync_failed);
+	if (r == 0) {
+		memcpy(it->env_tmp, t.name, sizeof(it->env_tmp));
+		it->env_slot = t.slot;
+		it->env_written = true;
 	}
 	return r;
 }
@@ -316,14 +359,15 @@ int mxf_spool_commit_publish(struct mxf_spool *sp, enum mxf_spool_dir to,
 		if (it[i].fsync_failed)
 			fsync_err = it[i].result < 0 ? it[i].result : -EIO;
 	for (size_t i = 0; i < n; i++) {
-		char envtmp[ENVTMP_SIZE];
 		it[i].made = 0;
-		if (fsync_err || it[i].result < 0 || !mxf_qid_valid(it[i].e->qid))
+		if (fsync_err || it[i].result < 0 || !mxf_qid_valid(it[i].e->qid) ||
+		    !it[i].env_written)
 			continue;
-		env_tmp_name(envtmp, it[i].e->qid);
-		r = sp_rename(sp->fd[MXF_SD_TMP], envtmp, sp->fd[to], it[i].e->qid,
+		r = sp_rename(sp->fd[MXF_SD_TMP], it[i].env_tmp, sp->fd[to], it[i].e->qid,
 			      RENAME_NOREPLACE);
 		if (r == 0) {
+			struct envtmp t = {.slot = it[i].env_slot};
+			envtmp_gone(sp, &t);
 			it[i].made = 1;
 			nok++;
 		}
@@ -336,7 +380,7 @@ int mxf_spool_commit_publish(struct mxf_spool *sp, enum mxf_spool_dir to,
 		if (fsync_err)
 			it[i].result = fsync_err;
 		if (it[i].result < 0 && mxf_qid_valid(it[i].e->qid))
-			batch_undo(sp, to, it[i].e->qid, it[i].made);
+			batch_undo(sp, to, &it[i]);
 	}
 	return fsync_err;
 }
@@ -350,11 +394,12 @@ int mxf_spool_commit_batch(struct mxf_spool *sp, enum mxf_spool_dir to,
 	for (size_t i = 0; i < n; i++) {
 		it[i].result = mxf_qid_valid(it[i].e->qid) ? 0 : -EINVAL;
 		it[i].fsync_failed = false;
+		it[i].env_written = false;
 		if (it[i].result == 0)
 			it[i].result = mxf_spool_sync_content(sp, it[i].content_fd,
 							      &it[i].fsync_failed);
 		if (it[i].result == 0)
-			it[i].result = mxf_spool_write_env(sp, it[i].e, &it[i].fsync_failed);
+			it[i].result = mxf_spool_write_env(sp, &it[i], &it[i].fsync_failed);
 	}
 	/* The contents' directory entries, once, before any envelope is
 	 * published. */
@@ -383,19 +428,20 @@ static bool is_state(enum mxf_spool_dir d)
 
 int mxf_spool_env_write(struct mxf_spool *sp, enum mxf_spool_dir d, const struct mxf_env *e)
 {
-	char envtmp[ENVTMP_SIZE];
+	struct envtmp t;
+	bool ff;
 	int r;
 	if (!is_state(d) || !mxf_qid_valid(e->qid))
 		return -EINVAL;
-	if ((r = write_env_tmp(sp, e, true, NULL)) < 0)
+	if ((r = write_env_tmp(sp, e, &t, &ff)) < 0)
 		return r;
-	env_tmp_name(envtmp, e->qid);
 	/* rename(2) over the old file: a reader sees the old or the new
 	 * envelope, never a mix. */
-	if ((r = sp_rename(sp->fd[MXF_SD_TMP], envtmp, sp->fd[d], e->qid, 0)) < 0) {
-		unlinkat(sp->fd[MXF_SD_TMP], envtmp, 0);
+	if ((r = sp_rename(sp->fd[MXF_SD_TMP], t.name, sp->fd[d], e->qid, 0)) < 0) {
+		envtmp_drop(sp, &t);
 		return r;
 	}
+	envtmp_gone(sp, &t);
 	return sp_fsync(sp->fd[d]);
 }
 

@@ -4,7 +4,7 @@
  * Layout: content of message QID in msg/QID, written there during receipt,
  * immutable once accepted, never moved; its envelope file QID moves between
  * incoming/ active/ deferred/ hold/ (corrupt/ for unreadable ones). During
- * the commit: tmp/QID.env.
+ * the commit: tmp/QID.env, or a spare envelope file tmp/spare.N written over.
  *
  * Durability rules: a file is fsync'ed before the rename that publishes it,
  * and the directory is fsync'ed after; any failure of those returns an error
@@ -55,11 +55,12 @@ int mxf_spool_commit(struct mxf_spool *sp, int content_fd, const struct mxf_env 
 
 /* Group commit, in steps that may run on different threads at once. For
  * each message: mxf_spool_sync_content (fsync of msg/QID) and
- * mxf_spool_write_env (tmp/QID.env written and fsync'ed), in either order;
+ * mxf_spool_write_env (the envelope written into a spare file or
+ * tmp/QID.env and fdatasync'ed; it->e in, the rest of it private), in either order;
  * mxf_spool_sync_dir(MXF_SD_MSG) once after the contents were created (it
  * covers every entry made before it started). Then, for a batch of such
  * messages, mxf_spool_commit_publish: renames (no overwrite) each
- * tmp/QID.env -> to/QID (to: MXF_SD_INCOMING or MXF_SD_ACTIVE), then fsyncs
+ * envelope -> to/QID (to: MXF_SD_INCOMING or MXF_SD_ACTIVE), then fsyncs
  * `to` once for the whole batch. it->result is 0 (on disk) or -errno, and
  * whatever that message made is removed (its content too). A failed fsync
  * (fsync_failed set by a step: a file's or msg/'s) fails every message of
@@ -71,18 +72,24 @@ struct mxf_spool_commit_item {
 	const struct mxf_env *e;   /* in */
 	int result;                /* in: the steps' first error (or 0); out */
 	bool fsync_failed;         /* in: a step's fsync failed */
-	unsigned made;             /* private */
+	/* private: where mxf_spool_write_env put the envelope (a reused spare
+	 * file or tmp/QID.env), and whether publish renamed it */
+	bool env_written;
+	int env_slot;
+	char env_tmp[32];
+	unsigned made;
 };
 int mxf_spool_sync_content(struct mxf_spool *sp, int content_fd, bool *fsync_failed);
-int mxf_spool_write_env(struct mxf_spool *sp, const struct mxf_env *e, bool *fsync_failed);
+int mxf_spool_write_env(struct mxf_spool *sp, struct mxf_spool_commit_item *it,
+			bool *fsync_failed);
 int mxf_spool_sync_dir(struct mxf_spool *sp, enum mxf_spool_dir d);
 int mxf_spool_commit_publish(struct mxf_spool *sp, enum mxf_spool_dir to,
 			     struct mxf_spool_commit_item *it, size_t n);
 int mxf_spool_commit_batch(struct mxf_spool *sp, enum mxf_spool_dir to,
 			   struct mxf_spool_commit_item *it, size_t n);
 
-/* Rewrites the envelope in state dir d: tmp/QID.env, fsync, rename over
- * d/QID, fsync d. */
+/* Rewrites the envelope in state dir d: a spare or tmp/QID.env, fdatasync,
+ * rename over d/QID, fsync d. */
 int mxf_spool_env_write(struct mxf_spool *sp, enum mxf_spool_dir d, const struct mxf_env *e);
 /* Moves envelope QID from one state dir to another (no overwrite), then
  * fsyncs both directories. */

@@ -605,7 +605,7 @@ static void env_work(uv_work_t *w)
 {
 	struct commit *c = w->data;
 	bool ff;
-	int r = mxf_spool_write_env(R.spool, c->e, &ff);
+	int r = mxf_spool_write_env(R.spool, &c->item, &ff);
 	pthread_mutex_lock(&gc.mu);
 	step_result(c, r, ff);
 	if (--c->steps == 0)

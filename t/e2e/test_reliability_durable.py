@@ -173,12 +173,18 @@ def test_durable_write_order(world, workdir, request):
     assert all(result(e[3]) is not None and result(e[3]) > 0 for e in content_writes)
     fsync_content = find(lambda e: e[2] in ("fsync", "fdatasync") and on_path(e, f"msg/{qid}"),
                          f"fsync of msg/{qid}")
-    env_write = find(lambda e: e[2].startswith("write") and on_path(e, f"tmp/{qid}.env"),
-                     f"write of tmp/{qid}.env")
-    fsync_env = find(lambda e: e[2] in ("fsync", "fdatasync") and on_path(e, f"tmp/{qid}.env"),
-                     f"fsync of tmp/{qid}.env")
-    ren_env = find(lambda e: e[2].startswith("rename") and f'"{qid}.env"' in e[3]
-                   and on_path(e, "active"), f"rename of {qid}.env into active/")
+    # The envelope is written in tmp/ (into a spare envelope file reused in
+    # place, or tmp/QID.env) and renamed from there into active/QID.
+    ren_re = re.compile(r'"([^"/]+)", \d+<[^>]*>, "%s"' % qid)
+    ren_env = find(lambda e: e[2].startswith("rename") and ren_re.search(e[3])
+                   and on_path(e, "active") and on_path(e, "tmp"),
+                   f"rename of the envelope from tmp/ into active/{qid}")
+    src = ren_re.search(ren_env[0][3]).group(1)
+    assert src == f"{qid}.env" or re.fullmatch(r"spare\.\d+", src), src
+    env_write = find(lambda e: e[2].startswith(("write", "pwrite")) and on_path(e, f"tmp/{src}")
+                     and e[0] < ren_env[0][0], f"write of tmp/{src}")
+    fsync_env = find(lambda e: e[2] in ("fsync", "fdatasync") and on_path(e, f"tmp/{src}")
+                     and e[0] < ren_env[0][0], f"fsync of tmp/{src}")
     assert not [e for e in evs if e[2].startswith("rename") and f'"{qid}"' in e[3]
                 and on_path(e, "msg")], "the content is never renamed"
     # msg/ fsync'ed after the content's entry was made, before the envelope
@@ -209,11 +215,11 @@ def test_durable_write_order(world, workdir, request):
                               ("fsync(content)", fsync_content[0][0])),
                              (("fsync(content)", fsync_content[0][0]),
                               ("rename(envelope) into active/", ren_env[0][0])),
-                             (("write(envelope)", env_write[0][0]),
-                              ("fsync(envelope)", fsync_env[0][0]))):
+                             (("write(envelope)", env_write[-1][0]),
+                              ("fsync(envelope)", fsync_env[-1][0]))):
         assert ia < ib, f"{a} (event {ia}) is not before {b} (event {ib})"
     order = [
-        ("fsync(envelope)", fsync_env[0][0]),
+        ("fsync(envelope)", fsync_env[-1][0]),
         ("rename(envelope) into active/", ren_env[0][0]),
         ("fsync(active/)", fsync_actdir[0][0]),
         ("COMMIT_REPLY", commit_reply[0][0]),
@@ -282,8 +288,8 @@ def router_threads(pid):
 # content and the envelope at once on two pool threads, active/ on whichever
 # leads the publish. strace counts injections per thread, so each kind is
 # aimed at on its own: a directory by its path (-P), the files as the first
-# fsync of each pool thread (the first a pool thread makes for a message is
-# always its content's or its envelope's).
+# fdatasync of each pool thread (files are fdatasync'ed, directories
+# fsync'ed).
 @need_strace
 @pytest.mark.parametrize("what,err,code", [("msg", "EIO", 451), ("files", "EIO", 451),
                                            ("active", "EIO", 451), ("msg", "ENOSPC", 452),
@@ -301,8 +307,10 @@ def test_fsync_failure_is_4xx_never_250(world, workdir, request, what, err, code
     if what == "files":
         pids = [t for t, name in router_threads(router).items()
                 if t != router and name != "mxf-msgsync"]
+        # Files are fdatasync'ed (directories fsync'ed): the first
+        # fdatasync of a pool thread is a content's or an envelope's.
         tr = Trace(workdir, pids, ["fsync", "fdatasync"],
-                   inject=f"inject=fsync:error={err}:when=1", follow=False)
+                   inject=f"inject=fdatasync:error={err}:when=1", follow=False)
     else:
         assert "mxf-msgsync" in router_threads(router).values()
         tr = Trace(workdir, [router], ["fsync", "fdatasync"],
