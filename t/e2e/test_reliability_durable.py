@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import time
 
@@ -429,3 +430,84 @@ def test_disk_full_452_then_recovers(dns_server, sinks, gateway, workdir, reques
         if w is not None:
             w.stop()  # before the spool goes away under it
         subprocess.run(["umount", "-l", spool], capture_output=True)
+
+
+def test_queue_file_opened_ahead(world):
+    """After a RCPT's 250 the router opens the queue file ahead for DATA
+    (no OPEN round trip before the 354). A transaction that ends without
+    DATA — RSET, a new MAIL after RSET, QUIT, a dropped connection, only
+    refused recipients — leaves no file behind; one that sends DATA (or
+    BDAT) delivers as ever, pipelined or not."""
+    gw = world.gw
+    gw.forward("info@gw.test", "bob@dest.test")
+    msg_dir = os.path.join(gw.spool, "msg")
+
+    def empty_spool():
+        wait_until(lambda: not spool_leftovers(gw), 10,
+                   what=lambda: f"an empty spool: {spool_leftovers(gw)}")
+
+    def session():
+        s = smtplib.SMTP("127.0.0.1", gw.smtp_port, local_hostname="client.sender.test",
+                         timeout=30)
+        s.ehlo()
+        return s
+
+    # RSET after an accepted RCPT, then MAIL/RCPT again and QUIT.
+    s = session()
+    assert s.mail("alice@sender.test")[0] == 250
+    assert s.rcpt("info@gw.test")[0] == 250
+    wait_until(lambda: os.listdir(msg_dir), 10, what="the file opened ahead in msg/")
+    assert s.rset()[0] == 250
+    empty_spool()
+    assert s.mail("alice@sender.test")[0] == 250
+    assert s.rcpt("info@gw.test")[0] == 250
+    s.quit()
+    empty_spool()
+    # A dropped connection after the RCPT.
+    s = session()
+    assert s.mail("alice@sender.test")[0] == 250
+    assert s.rcpt("info@gw.test")[0] == 250
+    s.close()  # the socket and its reader: the connection drops, no QUIT
+    empty_spool()
+    # Only refused recipients: nothing opened.
+    s = session()
+    assert s.mail("alice@sender.test")[0] == 250
+    assert s.rcpt("nobody@elsewhere.test")[0] >= 500
+    with pytest.raises(smtplib.SMTPDataError) as ei:
+        s.data(b"Subject: x\r\n\r\nx\r\n")
+    assert ei.value.smtp_code == 554
+    s.quit()
+    empty_spool()
+    # DATA right behind the RCPT in one write (PIPELINING): the 354 comes
+    # whether the file is there yet or not; then a second message in the
+    # same session, with a refused recipient first.
+    raw = socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=30)
+    f = raw.makefile("rb")
+
+    def reply():
+        while True:
+            ln = f.readline()
+            assert ln, "connection closed"
+            if ln[3:4] != b"-":
+                return int(ln[:3])
+
+    assert reply() == 220
+    raw.sendall(b"EHLO client.sender.test\r\n")
+    assert reply() == 250
+    for i, rcpts in enumerate((["info@gw.test"], ["nobody@elsewhere.test", "info@gw.test"])):
+        body = make_message("alice@sender.test", "info@gw.test", msgid=f"<ahead{i}@sender.test>")
+        raw.sendall(b"MAIL FROM:<alice@sender.test>\r\n" +
+                    b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts) + b"DATA\r\n")
+        assert reply() == 250
+        codes = [reply() for _ in rcpts]
+        assert codes[-1] == 250, codes
+        assert reply() == 354
+        raw.sendall(body + b".\r\n")
+        assert reply() == 250
+    raw.sendall(b"QUIT\r\n")
+    assert reply() == 221
+    raw.close()
+    got = world.dest.wait_for(2, timeout=20)
+    assert sorted(m.msg.get("Message-ID") for m in got[-2:]) == ["<ahead0@sender.test>",
+                                                                  "<ahead1@sender.test>"]
+    empty_spool()

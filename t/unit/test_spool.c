@@ -285,9 +285,35 @@ static void test_spare_envelopes(void **state)
 	assert_int_equal(mxf_env_read(mxf_spool_dirfd(f->sp, MXF_SD_INCOMING), q2, &r), 0);
 	assert_string_equal(r->qid, q2);
 	assert_string_equal(r->sender, "a@example.org");
+	/* Written over in place, then cut to its own length. */
+	char *buf;
+	size_t len;
+	assert_int_equal(mxf_env_format(e2, &buf, &len), 0);
+	assert_int_equal((size_t)st2.st_size, len);
+	free(buf);
 	mxf_env_free(r);
+	/* A failed write into a spare: the commit fails and leaves nothing, the
+	 * spare included (its content is unknown); the next commit works. */
+	char q3[MXF_QID_SIZE], q4[MXF_QID_SIZE];
+	assert_int_equal(mxf_spool_remove(f->sp, q2, MXF_SD_INCOMING), 0);
+	assert_int_equal(count(f, MXF_SD_TMP), 1);
+	fd = receive(f, q3);
+	struct mxf_env *e3 = env_for(q3);
+	mxf_spool_fault_set(MXF_FAULT_WRITE, 1, EIO);
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e3), -EIO);
+	close(fd);
+	assert_int_equal(count(f, MXF_SD_TMP), 0);
+	assert_int_equal(count(f, MXF_SD_MSG), 0);
+	assert_int_equal(count(f, MXF_SD_INCOMING), 0);
+	fd = receive(f, q4);
+	struct mxf_env *e4 = env_for(q4);
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e4), 0);
+	close(fd);
+	assert_true(exists(f, MXF_SD_INCOMING, q4));
 	mxf_env_free(e1);
 	mxf_env_free(e2);
+	mxf_env_free(e3);
+	mxf_env_free(e4);
 }
 
 static void test_rewrite_move_remove(void **state)
