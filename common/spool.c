@@ -28,9 +28,14 @@ static const char *const dir_names[MXF_SD_COUNT] = {
 #define SPARES 256
 enum { SPARE_EMPTY, SPARE_BUSY, SPARE_FULL };
 
+/* Spare content files (tmp/spare.cN): the content of a message the router
+ * removes after every delivery of it reported back — no descriptor to it
+ * left outside the router (see mxf_spool_remove) — is kept too, and the
+ * next queue file is that inode renamed into msg/ and truncated. */
 struct mxf_spool {
 	int fd[MXF_SD_COUNT];
 	_Atomic int spare[SPARES];
+	_Atomic int cspare[SPARES];
 };
 
 const char *mxf_spool_dir_name(enum mxf_spool_dir d)
@@ -175,30 +180,66 @@ static void spare_name(char out[16], unsigned i)
 	snprintf(out, 16, "spare.%u", i);
 }
 
-/* Claims a slot in state from (-> SPARE_BUSY); -1 if none. */
-static int spare_claim(struct mxf_spool *sp, int from)
+static void cspare_name(char out[16], unsigned i)
+{
+	snprintf(out, 16, "spare.c%u", i);
+}
+
+/* Claims a slot of slots in state from (-> SPARE_BUSY); -1 if none. */
+static int slot_claim(_Atomic int *slots, int from)
 {
 	for (unsigned i = 0; i < SPARES; i++) {
 		int v = from;
-		if (atomic_load(&sp->spare[i]) == from &&
-		    atomic_compare_exchange_strong(&sp->spare[i], &v, SPARE_BUSY))
+		if (atomic_load(&slots[i]) == from &&
+		    atomic_compare_exchange_strong(&slots[i], &v, SPARE_BUSY))
 			return (int)i;
 	}
 	return -1;
 }
 
-/* Keeps d/NAME as a spare (moved out of d/); false: the caller unlinks. */
-static bool spare_keep(struct mxf_spool *sp, enum mxf_spool_dir d, const char *name)
+static int spare_claim(struct mxf_spool *sp, int from)
 {
-	int i = spare_claim(sp, SPARE_EMPTY);
+	return slot_claim(sp->spare, from);
+}
+
+/* Keeps d/NAME as a spare of slots (moved out of d/ to tmp/); false: the
+ * caller unlinks. */
+static bool slot_keep(struct mxf_spool *sp, _Atomic int *slots, void (*namef)(char *, unsigned),
+		      enum mxf_spool_dir d, const char *name)
+{
+	int i = slot_claim(slots, SPARE_EMPTY);
 	char sn[16];
 	if (i < 0)
 		return false;
-	spare_name(sn, (unsigned)i);
+	namef(sn, (unsigned)i);
 	/* RENAME_NOREPLACE: a leftover of a crash is never overwritten. */
 	bool ok = renameat2(sp->fd[d], name, sp->fd[MXF_SD_TMP], sn, RENAME_NOREPLACE) == 0;
-	atomic_store(&sp->spare[i], ok ? SPARE_FULL : SPARE_EMPTY);
+	atomic_store(&slots[i], ok ? SPARE_FULL : SPARE_EMPTY);
 	return ok;
+}
+
+static bool spare_keep(struct mxf_spool *sp, enum mxf_spool_dir d, const char *name)
+{
+	return slot_keep(sp, sp->spare, spare_name, d, name);
+}
+
+/* A spare content file renamed to msg/QID and emptied; -1 if none. */
+static int cspare_take(struct mxf_spool *sp, const char *qid)
+{
+	int i = slot_claim(sp->cspare, SPARE_FULL), fd = -1;
+	char sn[16];
+	if (i < 0)
+		return -1;
+	cspare_name(sn, (unsigned)i);
+	if (renameat2(sp->fd[MXF_SD_TMP], sn, sp->fd[MXF_SD_MSG], qid, RENAME_NOREPLACE) < 0) {
+		unlinkat(sp->fd[MXF_SD_TMP], sn, 0);
+	} else {
+		fd = openat(sp->fd[MXF_SD_MSG], qid, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			unlinkat(sp->fd[MXF_SD_MSG], qid, 0);
+	}
+	atomic_store(&sp->cspare[i], SPARE_EMPTY);
+	return fd;
 }
 
 int mxf_spool_create(struct mxf_spool *sp, const char *qid)
@@ -207,9 +248,13 @@ int mxf_spool_create(struct mxf_spool *sp, const char *qid)
 		return -EINVAL;
 	/* Received in place: never renamed, so no directory entry to move and
 	 * fsync again. Until an envelope names it, it is an orphan, which
-	 * start-up removes. */
-	int fd = openat(sp->fd[MXF_SD_MSG], qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-			0600);
+	 * start-up removes. A spare inode renamed here is such an entry as
+	 * much as a new file is (the msg/ fsync before the commit covers it). */
+	int fd = cspare_take(sp, qid);
+	if (fd >= 0)
+		return fd;
+	fd = openat(sp->fd[MXF_SD_MSG], qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+		    0600);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -458,7 +503,8 @@ int mxf_spool_move(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir fro
 	return sp_fsync(sp->fd[from]);
 }
 
-int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d)
+int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d,
+		     bool keep_content)
 {
 	if (!is_state(d) || !mxf_qid_valid(qid))
 		return -EINVAL;
@@ -466,6 +512,8 @@ int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d
 	 * (at least once), never a lost message. */
 	if (!spare_keep(sp, d, qid) && unlinkat(sp->fd[d], qid, 0) < 0)
 		return -errno;
+	if (keep_content && slot_keep(sp, sp->cspare, cspare_name, MXF_SD_MSG, qid))
+		return 0;
 	if (unlinkat(sp->fd[MXF_SD_MSG], qid, 0) < 0 && errno != ENOENT)
 		return -errno;
 	return 0;

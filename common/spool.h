@@ -39,8 +39,9 @@ void mxf_spool_close(struct mxf_spool *sp);
 int mxf_spool_dirfd(const struct mxf_spool *sp, enum mxf_spool_dir d);
 const char *mxf_spool_dir_name(enum mxf_spool_dir d);
 
-/* Creates msg/QID (O_WRONLY|O_CREAT|O_EXCL, 0600) and returns its fd: the
- * content is received in place; without an envelope naming it, it is an
+/* Creates msg/QID (O_WRONLY|O_CREAT|O_EXCL, 0600; or a spare content file
+ * renamed there and truncated) and returns its fd: the content is received
+ * in place; without an envelope naming it, it is an
  * orphan (never acknowledged) that start-up removes. */
 int mxf_spool_create(struct mxf_spool *sp, const char *qid);
 /* Removes msg/QID and tmp/QID.env (an aborted or failed receipt). */
@@ -99,8 +100,13 @@ int mxf_spool_move(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir fro
  * in between leaves an orphan content file (removed at start-up), never an
  * envelope without content. The envelope file is kept as tmp/spare.N (up to
  * 256; tmp/ is emptied at start-up) and reused by the next envelope written:
- * fewer inodes made and freed. Safe to call from several threads. */
-int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d);
+ * fewer inodes made and freed. With keep_content the content file is kept
+ * too (tmp/spare.cN, up to 256) and becomes a later msg/QID of
+ * mxf_spool_create, emptied: only for a content no descriptor outside the
+ * caller still refers to (another message's bytes would appear under it).
+ * Safe to call from several threads. */
+int mxf_spool_remove(struct mxf_spool *sp, const char *qid, enum mxf_spool_dir d,
+		     bool keep_content);
 /* Moves d/NAME to corrupt/ (never deletes); when corrupt/NAME exists a
  * ".N" suffix is added. NAME need not be a valid queue ID. */
 int mxf_spool_to_corrupt(struct mxf_spool *sp, enum mxf_spool_dir d, const char *name);

@@ -51,6 +51,13 @@ struct qmsg {
 	int64_t wake;         /* 0, or when to look at this message again */
 	bool held;            /* mxferryctl queue hold: nothing is delivered until released */
 	bool del;             /* mxferryctl queue delete: removed when nothing is in flight */
+	/* Committed by this router and its content handed to nobody else but
+	 * delivery jobs (each reports before the message is removed): its
+	 * inode may become a later message's queue file. Not for recovered
+	 * messages (a deliverd job of the router before a restart may still
+	 * read them), returned mail (the bouncer reads it while it is relayed)
+	 * or an operator's delete. */
+	bool content_private;
 	int64_t arrival_ms;   /* for the latency metric: accepted (unix ms) */
 };
 
@@ -726,6 +733,7 @@ out:
 struct removal {
 	struct removal *next;
 	enum mxf_spool_dir dir;
+	bool keep_content;
 	int result;
 	char qid[MXF_QID_SIZE];
 };
@@ -739,7 +747,7 @@ static void rm_work(uv_work_t *w)
 {
 	(void)w;
 	for (struct removal *x = rm.run; x; x = x->next)
-		x->result = mxf_spool_remove(R.spool, x->qid, x->dir);
+		x->result = mxf_spool_remove(R.spool, x->qid, x->dir, x->keep_content);
 }
 
 static void rm_start(void);
@@ -783,7 +791,7 @@ static void msg_remove(struct qmsg *m)
 	/* An operator's delete (rare, and answered as done) stays here. */
 	struct removal *x = m->del ? NULL : malloc(sizeof(*x));
 	if (!x) {
-		int r = mxf_spool_remove(R.spool, m->env->qid, m->dir);
+		int r = mxf_spool_remove(R.spool, m->env->qid, m->dir, false);
 		if (r < 0)
 			mxf_err("%s: cannot remove from %s/: %s", m->env->qid,
 				mxf_spool_dir_name(m->dir), strerror(-r));
@@ -794,6 +802,7 @@ static void msg_remove(struct qmsg *m)
 	}
 	x->next = NULL;
 	x->dir = m->dir;
+	x->keep_content = m->content_private;
 	snprintf(x->qid, sizeof(x->qid), "%s", m->env->qid);
 	*rm.tail = x;
 	rm.tail = &x->next;
@@ -1227,7 +1236,7 @@ void queue_peer_gone(struct peer *p)
 }
 
 /* ---- new mail ---- */
-void queue_add(struct mxf_env *e, int dir)
+void queue_add(struct mxf_env *e, int dir, bool content_private)
 {
 	struct qmsg *m = msg_new(e, (enum mxf_spool_dir)dir);
 	if (!m) {
@@ -1236,6 +1245,7 @@ void queue_add(struct mxf_env *e, int dir)
 		mxf_env_free(e);
 		return;
 	}
+	m->content_private = content_private;
 	/* Just committed: the envelope's arrival is in whole seconds. */
 	m->arrival_ms = now_ms_real();
 	metrics_received(e);

@@ -45,6 +45,7 @@ struct commit {
 	struct mxf_env *e;
 	int result;
 	int moved; /* incoming -> active done in the worker */
+	bool shown; /* the content went to a worker (struct opened) */
 	/* A worker's reply, committed after the message (issue 13). */
 	struct mxf_env *re;
 	char *rraw;
@@ -652,25 +653,26 @@ static struct returned {
 } returned[RETURNED_MAX];
 static size_t returned_next;
 
-static void returned_ask(const struct mxf_env *e)
+/* True when the bouncer was handed the content. */
+static bool returned_ask(const struct mxf_env *e)
 {
 	const char *back = NULL;
 	if (strcmp(e->origin, "smtpd") != 0)
-		return;
+		return false;
 	for (size_t i = 0; i < e->nrcpt && !back; i++)
 		if (strcmp(e->rcpt[i].action, "relay") == 0)
 			back = e->rcpt[i].dest;
 	if (!back)
-		return;
+		return false;
 	struct peer *p = peer_find_role(ROLE_BOUNCER);
 	if (!p) {
 		mxf_info("%s: returned mail not examined: no bouncer connected", e->qid);
-		return;
+		return false;
 	}
 	int fd = mxf_spool_open_content(R.spool, e->qid);
 	if (fd < 0) {
 		mxf_err("%s: cannot open returned mail: %s", e->qid, strerror(-fd));
-		return;
+		return false;
 	}
 	struct returned *rt = &returned[returned_next++ % RETURNED_MAX];
 	rt->req = ++R.next_req;
@@ -687,6 +689,7 @@ static void returned_ask(const struct mxf_env *e)
 	}
 	mxf_ipc_msg_free(m);
 	close(fd);
+	return true;
 }
 
 int recv_dsn_parsed(struct peer *p, const struct mxf_ipc_view *v)
@@ -770,15 +773,16 @@ static void commit_finish(struct commit *c)
 			 esc(e1, sizeof(e1), e->sender), (unsigned long long)e->size, e->nrcpt);
 		char oqid[MXF_QID_SIZE];
 		snprintf(oqid, sizeof(oqid), "%s", e->qid);
-		returned_ask(e);
-		queue_add(e, c->moved ? MXF_SD_ACTIVE : MXF_SD_INCOMING); /* e is gone */
+		bool shown = returned_ask(e);
+		queue_add(e, c->moved ? MXF_SD_ACTIVE : MXF_SD_INCOMING, !shown && !c->shown);
+		/* e is gone */
 		if (c->re && c->rresult == 0) {
 			mxf_info("%s: worker reply queued as %s", oqid, c->re->qid);
 			mxf_info("%s: from=<>, to=<%s>, size=%llu, nrcpt=1, origin=worker (queue "
 				 "active)",
 				 c->re->qid, esc(e1, sizeof(e1), c->re->rcpt[0].dest),
 				 (unsigned long long)c->re->size);
-			queue_add(c->re, c->rmoved ? MXF_SD_ACTIVE : MXF_SD_INCOMING);
+			queue_add(c->re, c->rmoved ? MXF_SD_ACTIVE : MXF_SD_INCOMING, true);
 			c->re = NULL;
 		} else if (c->re) {
 			mxf_err("%s: worker reply not kept: queue file commit failed: %s", oqid,
@@ -1203,6 +1207,7 @@ void recv_commit_finish(struct peer *p, uint64_t req, struct opened *o, struct m
 	c->fd = o->fd;
 	c->e = e;
 	c->stamp = o->stamp;
+	c->shown = o->shown;
 	free(o);
 	if (reply && (c->re = reply_env(e, reply))) {
 		c->rraw = reply->raw;

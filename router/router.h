@@ -29,6 +29,7 @@ struct opened {
 	char qid[MXF_QID_SIZE];
 	int fd;
 	uint64_t stamp; /* its msg/ entry, for the group commit's msg/ fsync */
+	bool shown;     /* a descriptor to it went to another process (a worker) */
 };
 
 struct commit; /* a durable commit running on the thread pool */
@@ -153,8 +154,10 @@ void work_peer_gone(struct peer *p);
 /* queue.c: the in-memory index and the queue manager */
 void queue_init(void);
 void queue_recover(void);
-/* A committed message now sitting in dir (incoming or active). Takes e. */
-void queue_add(struct mxf_env *e, int dir);
+/* A committed message now sitting in dir (incoming or active). Takes e.
+ * content_private: no process but deliverd was handed its content (its
+ * inode may be reused once the message is removed). */
+void queue_add(struct mxf_env *e, int dir, bool content_private);
 void queue_deliverd_up(struct peer *p);
 void queue_bouncer_up(struct peer *p);
 void queue_peer_gone(struct peer *p);

@@ -440,6 +440,7 @@ void work_run(struct workbatch *b, struct peer *p, uint64_t req, struct opened *
 	/* The message as smtpd wrote it, read-only for the worker (received
 	 * in place in msg/, not yet committed). */
 	int fd = mxf_spool_open_content(R.spool, o->qid);
+	o->shown = true; /* a worker past its deadline may still read it */
 	unsigned timeout = 0;
 	for (size_t i = 0; i < b->n; i++) {
 		struct witem *w = &b->it[i];

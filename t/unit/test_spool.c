@@ -270,7 +270,7 @@ static void test_spare_envelopes(void **state)
 	assert_int_equal(mxf_spool_commit(f->sp, fd, e1), 0);
 	close(fd);
 	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_INCOMING), q1, &st1, 0), 0);
-	assert_int_equal(mxf_spool_remove(f->sp, q1, MXF_SD_INCOMING), 0);
+	assert_int_equal(mxf_spool_remove(f->sp, q1, MXF_SD_INCOMING, false), 0);
 	assert_false(exists(f, MXF_SD_INCOMING, q1));
 	assert_false(exists(f, MXF_SD_MSG, q1));
 	assert_int_equal(count(f, MXF_SD_TMP), 1); /* the spare */
@@ -295,7 +295,7 @@ static void test_spare_envelopes(void **state)
 	/* A failed write into a spare: the commit fails and leaves nothing, the
 	 * spare included (its content is unknown); the next commit works. */
 	char q3[MXF_QID_SIZE], q4[MXF_QID_SIZE];
-	assert_int_equal(mxf_spool_remove(f->sp, q2, MXF_SD_INCOMING), 0);
+	assert_int_equal(mxf_spool_remove(f->sp, q2, MXF_SD_INCOMING, false), 0);
 	assert_int_equal(count(f, MXF_SD_TMP), 1);
 	fd = receive(f, q3);
 	struct mxf_env *e3 = env_for(q3);
@@ -314,6 +314,54 @@ static void test_spare_envelopes(void **state)
 	mxf_env_free(e2);
 	mxf_env_free(e3);
 	mxf_env_free(e4);
+}
+
+/* A removed message's content kept (keep_content) becomes the next queue
+ * file: the same inode, emptied; without keep_content it is unlinked. */
+static void test_spare_contents(void **state)
+{
+	struct fx *f = *state;
+	char q1[MXF_QID_SIZE], q2[MXF_QID_SIZE], q3[MXF_QID_SIZE];
+	struct stat st1, st2;
+	int fd = receive(f, q1);
+	struct mxf_env *e1 = env_for(q1);
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e1), 0);
+	close(fd);
+	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_MSG), q1, &st1, 0), 0);
+	assert_int_equal(mxf_spool_remove(f->sp, q1, MXF_SD_INCOMING, true), 0);
+	assert_false(exists(f, MXF_SD_MSG, q1));
+	assert_true(exists(f, MXF_SD_TMP, "spare.c0"));
+	assert_int_equal(count(f, MXF_SD_TMP), 2); /* the envelope's and the content's */
+	assert_int_equal(mxf_qid_new(q2), 0);
+	fd = mxf_spool_create(f->sp, q2);
+	assert_true(fd >= 0);
+	assert_false(exists(f, MXF_SD_TMP, "spare.c0"));
+	assert_int_equal(fstat(fd, &st2), 0);
+	assert_int_equal(st1.st_ino, st2.st_ino);
+	assert_int_equal(st2.st_size, 0); /* nothing of the old message */
+	assert_int_equal(write(fd, "hey", 3), 3);
+	struct mxf_env *e2 = env_for(q2);
+	e2->size = 3;
+	assert_int_equal(mxf_spool_commit(f->sp, fd, e2), 0);
+	close(fd);
+	char buf[16] = {0};
+	int rfd = mxf_spool_open_content(f->sp, q2);
+	assert_true(rfd >= 0);
+	assert_int_equal(read(rfd, buf, sizeof(buf)), 3);
+	assert_string_equal(buf, "hey");
+	close(rfd);
+	/* Not kept: unlinked (no content spare appears). */
+	assert_int_equal(mxf_spool_remove(f->sp, q2, MXF_SD_INCOMING, false), 0);
+	assert_false(exists(f, MXF_SD_MSG, q2));
+	assert_int_equal(count(f, MXF_SD_TMP), 1); /* the envelope's spare only */
+	assert_int_equal(mxf_qid_new(q3), 0);
+	fd = mxf_spool_create(f->sp, q3);
+	assert_true(fd >= 0);
+	assert_int_equal(count(f, MXF_SD_TMP), 1);
+	close(fd);
+	mxf_spool_discard(f->sp, q3);
+	mxf_env_free(e1);
+	mxf_env_free(e2);
 }
 
 static void test_rewrite_move_remove(void **state)
@@ -363,10 +411,10 @@ static void test_rewrite_move_remove(void **state)
 	assert_int_equal(mxf_spool_open_content(f->sp, "x/y"), -EINVAL);
 	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_ACTIVE, MXF_SD_MSG), -EINVAL);
 
-	assert_int_equal(mxf_spool_remove(f->sp, qid, MXF_SD_ACTIVE), 0);
+	assert_int_equal(mxf_spool_remove(f->sp, qid, MXF_SD_ACTIVE, false), 0);
 	assert_false(exists(f, MXF_SD_ACTIVE, qid));
 	assert_false(exists(f, MXF_SD_MSG, qid));
-	assert_int_equal(mxf_spool_remove(f->sp, qid, MXF_SD_ACTIVE), -ENOENT);
+	assert_int_equal(mxf_spool_remove(f->sp, qid, MXF_SD_ACTIVE, false), -ENOENT);
 	mxf_env_free(e);
 }
 
@@ -413,6 +461,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_commit_faults, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_commit_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_spare_envelopes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_spare_contents, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rewrite_move_remove, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_and_tmp, setup, teardown),
 	};
