@@ -439,12 +439,27 @@ static void flush(struct session *s)
 			}
 			s->outlen = 0;
 		} else {
-			/* The reply buffer itself goes to the write request. */
-			char *buf = s->out;
-			size_t len = s->outlen;
-			s->out = NULL;
-			s->outlen = s->outcap = 0;
-			send_raw(s, buf, len);
+			/* Replies nearly always fit the socket buffer: written at
+			 * once, no write request and no poll change (libuv re-arms
+			 * the descriptor after every queued write). uv_try_write
+			 * refuses while older writes are queued, so order holds. */
+			uv_buf_t b = uv_buf_init(s->out, (unsigned)s->outlen);
+			int n = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+			if (n > 0 && (size_t)n == s->outlen) {
+				s->outlen = 0;
+			} else {
+				/* The rest (or a failure, which the read side
+				 * reports too) through a write request that takes
+				 * the reply buffer itself. */
+				size_t off = n > 0 ? (size_t)n : 0;
+				char *buf = s->out;
+				size_t len = s->outlen - off;
+				if (off)
+					memmove(buf, buf + off, len);
+				s->out = NULL;
+				s->outlen = s->outcap = 0;
+				send_raw(s, buf, len);
+			}
 		}
 	}
 	if (s->tls)
