@@ -242,7 +242,7 @@ static int cspare_take(struct mxf_spool *sp, const char *qid)
 	return fd;
 }
 
-int mxf_spool_create(struct mxf_spool *sp, const char *qid)
+int mxf_spool_create(struct mxf_spool *sp, const char *qid, bool reuse)
 {
 	if (!mxf_qid_valid(qid))
 		return -EINVAL;
@@ -250,7 +250,7 @@ int mxf_spool_create(struct mxf_spool *sp, const char *qid)
 	 * fsync again. Until an envelope names it, it is an orphan, which
 	 * start-up removes. A spare inode renamed here is such an entry as
 	 * much as a new file is (the msg/ fsync before the commit covers it). */
-	int fd = cspare_take(sp, qid);
+	int fd = reuse ? cspare_take(sp, qid) : -1;
 	if (fd >= 0)
 		return fd;
 	fd = openat(sp->fd[MXF_SD_MSG], qid, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,

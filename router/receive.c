@@ -325,7 +325,11 @@ static int open_for(struct peer *p, char qid[MXF_QID_SIZE])
 	}
 	if (mxf_qid_new(qid) < 0)
 		return -EIO;
-	if ((o = calloc(1, sizeof(*o))) && (fd = mxf_spool_create(R.spool, qid)) >= 0) {
+	/* Reused inodes only for smtpd: whoever gets a write descriptor to a
+	 * queue file could keep it; smtpd writes every message it receives
+	 * anyway, but the bouncer's and mxferryctl's own mail it never sees. */
+	if ((o = calloc(1, sizeof(*o))) &&
+	    (fd = mxf_spool_create(R.spool, qid, p->role == ROLE_SMTPD)) >= 0) {
 		memcpy(o->qid, qid, MXF_QID_SIZE);
 		o->fd = fd;
 		o->stamp = msgdir_created();
@@ -502,7 +506,7 @@ static uint64_t msgdir_created(void)
  * the client's 250 comes after both are on disk. */
 static void reply_commit(struct commit *c)
 {
-	int fd = mxf_spool_create(R.spool, c->re->qid);
+	int fd = mxf_spool_create(R.spool, c->re->qid, false);
 	size_t len = strlen(c->rraw), off = 0;
 	c->rresult = fd;
 	while (fd >= 0 && off < len) {

@@ -84,7 +84,7 @@ static struct mxf_env *env_for(const char *qid)
 static int receive(struct fx *f, char qid[MXF_QID_SIZE])
 {
 	assert_int_equal(mxf_qid_new(qid), 0);
-	int fd = mxf_spool_create(f->sp, qid);
+	int fd = mxf_spool_create(f->sp, qid, true);
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, "hello", 5), 5);
 	return fd;
@@ -113,7 +113,7 @@ static void test_commit_ok(void **state)
 	char qid[MXF_QID_SIZE];
 	int fd = receive(f, qid);
 	/* The same ID cannot be created twice. */
-	assert_int_equal(mxf_spool_create(f->sp, qid), -EEXIST);
+	assert_int_equal(mxf_spool_create(f->sp, qid, true), -EEXIST);
 	struct stat st;
 	/* Received in place, in msg/ (an orphan until an envelope names it). */
 	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_MSG), qid, &st, 0), 0);
@@ -332,8 +332,15 @@ static void test_spare_contents(void **state)
 	assert_false(exists(f, MXF_SD_MSG, q1));
 	assert_true(exists(f, MXF_SD_TMP, "spare.c0"));
 	assert_int_equal(count(f, MXF_SD_TMP), 2); /* the envelope's and the content's */
+	/* Without reuse (a queue file for the bouncer or mxferryctl) a new file. */
+	assert_int_equal(mxf_qid_new(q3), 0);
+	fd = mxf_spool_create(f->sp, q3, false);
+	assert_true(fd >= 0);
+	assert_true(exists(f, MXF_SD_TMP, "spare.c0"));
+	close(fd);
+	mxf_spool_discard(f->sp, q3);
 	assert_int_equal(mxf_qid_new(q2), 0);
-	fd = mxf_spool_create(f->sp, q2);
+	fd = mxf_spool_create(f->sp, q2, true);
 	assert_true(fd >= 0);
 	assert_false(exists(f, MXF_SD_TMP, "spare.c0"));
 	assert_int_equal(fstat(fd, &st2), 0);
@@ -355,7 +362,7 @@ static void test_spare_contents(void **state)
 	assert_false(exists(f, MXF_SD_MSG, q2));
 	assert_int_equal(count(f, MXF_SD_TMP), 1); /* the envelope's spare only */
 	assert_int_equal(mxf_qid_new(q3), 0);
-	fd = mxf_spool_create(f->sp, q3);
+	fd = mxf_spool_create(f->sp, q3, true);
 	assert_true(fd >= 0);
 	assert_int_equal(count(f, MXF_SD_TMP), 1);
 	close(fd);
@@ -407,7 +414,7 @@ static void test_rewrite_move_remove(void **state)
 
 	/* Path tricks are refused. */
 	assert_int_equal(mxf_spool_move(f->sp, "../x", MXF_SD_ACTIVE, MXF_SD_DEFERRED), -EINVAL);
-	assert_int_equal(mxf_spool_create(f->sp, "../../etc/x"), -EINVAL);
+	assert_int_equal(mxf_spool_create(f->sp, "../../etc/x", true), -EINVAL);
 	assert_int_equal(mxf_spool_open_content(f->sp, "x/y"), -EINVAL);
 	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_ACTIVE, MXF_SD_MSG), -EINVAL);
 
