@@ -405,3 +405,13 @@ void mxf_access_check(const struct mxf_access *a, const char *ip, const char *he
 	if ((n = find_sender(block, sender)))
 		set(out, MXF_ACCESS_BLOCK, n->value, n->reason, false);
 }
+
+bool mxf_access_mail_final(const struct mxf_access *a, const struct mxf_access_result *at_connect)
+{
+	if (!a || at_connect->verdict == MXF_ACCESS_ALLOW)
+		return true;
+	for (int k = 0; k < 2; k++)
+		if (a->l[k].nd || a->l[k].nm)
+			return false;
+	return true;
+}

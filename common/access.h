@@ -61,5 +61,10 @@ struct mxf_access_result {
  * result's strings point into a and live until it is freed. */
 void mxf_access_check(const struct mxf_access *a, const char *ip, const char *helo,
 		      const char *sender, struct mxf_access_result *out);
+/* Whether a check at MAIL (HELO and sender known) must give the same verdict
+ * as at_connect, the client's own (ip only) verdict from a: true when the
+ * client is allow-listed (that beats every later entry) or when a holds no
+ * domain or address entry (the only kinds HELO and sender are matched to). */
+bool mxf_access_mail_final(const struct mxf_access *a, const struct mxf_access_result *at_connect);
 
 #endif

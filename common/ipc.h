@@ -81,7 +81,7 @@ enum mxf_ipc_type {
 	MXF_MSG_ACCESS_CHECK,     /* smtpd->r: F_REQ, F_CLIENT_IP [, F_HELO, F_SENDER (at MAIL)] */
 	MXF_MSG_ACCESS_REPLY,     /* r->smtpd: F_REQ, F_ACTION ("none", "allow", "allow-sender",
 	                             "block" (the client), "block-sender"), F_TEXT (the operator's reason or ""), F_ADDR (the
-	                             matching entry or "") */
+	                             matching entry or "") [, F_MAIL_FINAL (at connect)] */
 	MXF_MSG_REJECT_LOG,       /* smtpd->r, no reply: a refusal smtpd made itself, for the
 	                             activity log: F_CLIENT_IP, F_HELO, F_SENDER, F_RCPT (or ""),
 	                             F_CODE, F_ESC, F_TEXT, F_REASON */
@@ -147,6 +147,11 @@ enum mxf_ipc_tag {
 	 * one now and sends an OPEN_REPLY (success or error) to the same request,
 	 * so DATA needs no OPEN round trip. */
 	F_OPEN_AHEAD,
+	/* ACCESS_REPLY to a connect-time ACCESS_CHECK, optional: u64 1 when no
+	 * entry of the router's current lists can change the verdict at MAIL for
+	 * this client (no domain or address entries, or the client is
+	 * allow-listed by address), so smtpd answers MAIL without asking again. */
+	F_MAIL_FINAL,
 	F_TAG_MAX
 };
 

@@ -3,7 +3,9 @@
  *
  * Lists: compiled from rules.db with every rules reload (start, SIGHUP,
  * RELOAD, data_version change) and swapped whole; smtpd asks ACCESS_CHECK at
- * connect and at MAIL and gets the verdict from memory. Asking (rather than
+ * connect and at MAIL and gets the verdict from memory. The connect answer
+ * says (F_MAIL_FINAL) when MAIL's check could not differ, and smtpd then
+ * does not ask at MAIL. Asking (rather than
  * pushing the lists to smtpd) keeps one copy, sized by the router, and a
  * restarted router answers from the database again as soon as smtpd has
  * reconnected; while it is down smtpd goes on without a verdict (its
@@ -77,8 +79,12 @@ int access_check(struct peer *p, const struct mxf_ipc_view *v)
 	const char *ip = mxf_ipc_str(v, F_CLIENT_IP, 0);
 	if (mxf_ipc_u64(v, F_REQ, 0, &req) < 0 || !ip)
 		return -1;
+	/* MAIL's check carries the sender ("" for the null sender); connect's
+	 * the address alone. */
+	const char *sender = mxf_ipc_str(v, F_SENDER, 0);
 	struct mxf_access_result res;
-	mxf_access_check(lists, ip, mxf_ipc_str(v, F_HELO, 0), mxf_ipc_str(v, F_SENDER, 0), &res);
+	mxf_access_check(lists, ip, mxf_ipc_str(v, F_HELO, 0), sender, &res);
+	metrics_access_check(sender != NULL);
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_ACCESS_REPLY);
 	int r = m ? 0 : -ENOMEM;
 	if (r == 0)
@@ -89,6 +95,11 @@ int access_check(struct peer *p, const struct mxf_ipc_view *v)
 		r = mxf_ipc_put_str(m, F_TEXT, res.reason);
 	if (r == 0)
 		r = mxf_ipc_put_str(m, F_ADDR, res.entry);
+	/* Lets smtpd skip the MAIL round trip when no entry could change the
+	 * verdict then. A reload before that MAIL is not seen by the session:
+	 * it keeps the verdict it got at connect, as it keeps an IP verdict. */
+	if (r == 0 && !sender && mxf_access_mail_final(lists, &res))
+		r = mxf_ipc_put_u64(m, F_MAIL_FINAL, 1);
 	if (r == 0)
 		r = peer_send(p, m, -1);
 	mxf_ipc_msg_free(m);

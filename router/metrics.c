@@ -51,6 +51,7 @@ static struct {
 	uint64_t lat_bucket[NBUCKETS], lat_count;
 	double lat_sum;
 	uint64_t dns_errors;
+	uint64_t access_checks[2]; /* [connect, mail] */
 	uint64_t smtp_sessions, smtp_tls;
 	uint64_t http_requests, http_refused;
 	/* Refusals by reason keyword (its part before ':', so "dnsbl:ZONE" is
@@ -132,6 +133,11 @@ void metrics_delivery(unsigned code, bool final, double latency)
 	} else {
 		M.deliveries[final ? 2 : 1]++;
 	}
+}
+
+void metrics_access_check(bool at_mail)
+{
+	M.access_checks[at_mail]++;
 }
 
 void metrics_dns_error(void)
@@ -248,6 +254,12 @@ static void render(struct mxf_strbuf *b)
 	family(b, "mxferry_dns_errors_total", "counter",
 	       "Delivery attempts that failed on DNS (4.4.3: lookup failure or timeout).");
 	mxf_sb_printf(b, "mxferry_dns_errors_total %llu\n", (unsigned long long)M.dns_errors);
+	family(b, "mxferry_access_checks_total", "counter",
+	       "smtpd's questions to the allow/block lists, by SMTP stage.");
+	mxf_sb_printf(b, "mxferry_access_checks_total{stage=\"connect\"} %llu\n",
+		      (unsigned long long)M.access_checks[0]);
+	mxf_sb_printf(b, "mxferry_access_checks_total{stage=\"mail\"} %llu\n",
+		      (unsigned long long)M.access_checks[1]);
 
 	uint64_t active = 0;
 	for (struct peer *p = R.peers; p; p = p->next)

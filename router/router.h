@@ -182,6 +182,7 @@ void metrics_recipient(const char *status);
 /* One refusal (every one, before the activity log's flood limit); rcpt: it
  * refused a recipient, which counts as a rejected recipient too. */
 void metrics_refusal(const char *reason, bool rcpt);
+void metrics_access_check(bool at_mail);
 /* One recipient's result: code, whether a non-2xx is final (5xx, expired),
  * seconds since arrival (for a 2xx). */
 void metrics_delivery(unsigned code, bool final, double latency);

@@ -2,8 +2,8 @@
  * parsers in common/smtp.c.
  *
  * Ordering: commands are handled strictly one after the other. While a
- * command waits for the router (RCPT, DATA/BDAT, end of message) or for a
- * write into the queue file, no further input is looked at; it stays
+ * command waits for the router (RCPT, DATA/BDAT, end of message) or for the
+ * message's checks, no further input is looked at; it stays
  * buffered (and reading pauses once too much is buffered), so pipelined
  * commands can never overtake an answer.
  *
@@ -40,7 +40,7 @@
 #define TEMPFAIL_TEXT "Error: temporary failure, try again later"
 #define IP_BUCKETS 4096
 
-enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_WRITE, W_DNSBL, W_AUTH, W_ACCESS };
+enum wait_kind { W_NONE = 0, W_RCPT, W_OPEN, W_COMMIT, W_DNSBL, W_AUTH, W_ACCESS };
 
 struct rcpt {
 	char *addr, *orcpt;
@@ -64,8 +64,7 @@ struct session {
 	uv_timer_t timer;
 	uv_timer_t bltimer; /* the bounded wait for block lists at RCPT */
 	uv_shutdown_t shutreq;
-	uv_fs_t fsreq;
-	int refs; /* open handles + an in-flight file write */
+	int refs; /* open handles + an in-flight check (W_AUTH) */
 	bool closing;
 	bool reading;
 	bool greeted;
@@ -141,6 +140,10 @@ struct session {
 	 * [auth] dmarc): then a p=reject failure is recorded, not refused. */
 	bool dmarc_monitor;
 	bool access_at_mail; /* the ACCESS_CHECK waited for is MAIL's, not the connect's */
+	/* The router said at connect that no entry can change the verdict at
+	 * MAIL (F_MAIL_FINAL): MAIL is answered without asking. A reload of the
+	 * lists later in the session is not seen by it (doc/design.md). */
+	bool mail_final;
 	bool greet_due;      /* the greeting delay ended while the connect check ran */
 
 	unsigned errors;
@@ -339,14 +342,12 @@ static void reset_transaction(struct session *s)
 	s->in_data = s->bdat = s->bdat_failed = s->in_chunk = false;
 	s->chunk_last = s->open_for_bdat = false;
 	s->chunk_left = s->chunk_size = 0;
-	if (s->fd >= 0 && s->wait != W_WRITE) {
+	if (s->fd >= 0) {
 		close(s->fd);
 		s->fd = -1;
 	}
-	if (s->wait != W_WRITE) {
-		free(s->wbuf);
-		s->wbuf = NULL;
-	}
+	free(s->wbuf);
+	s->wbuf = NULL;
 	s->wlen = 0;
 	s->written = 0;
 	s->write_error = s->too_big = s->disk_full = false;
@@ -364,7 +365,7 @@ static void reset_transaction(struct session *s)
 static bool mid_message(const struct session *s)
 {
 	return s->in_data || s->in_chunk || s->open || s->wait == W_OPEN ||
-	       s->wait == W_COMMIT || s->wait == W_WRITE || s->wait == W_AUTH;
+	       s->wait == W_COMMIT || s->wait == W_AUTH;
 }
 
 /* ---- output ---- */
@@ -692,8 +693,9 @@ static void do_mail(struct session *s, const struct mxf_smtp_cmd *c)
 	snprintf(s->ret, sizeof(s->ret), "%s", c->ret);
 	snprintf(s->envid, sizeof(s->envid), "%s", c->envid);
 	/* The sender and HELO against the operator's lists: the MAIL answer
-	 * waits for the router (later input stays buffered, in order). */
-	if (access_ask(s, true) == 0)
+	 * waits for the router (later input stays buffered, in order), unless
+	 * the connect answer said that could not change anything. */
+	if (!s->mail_final && access_ask(s, true) == 0)
 		return;
 	mail_accept(s);
 }
@@ -1128,49 +1130,31 @@ static void content_note(struct session *s, int code, const char *escode, const 
 		reject_note(s, code, escode, text, s->too_big ? "size" : "content", NULL);
 }
 
-static void on_file_written(uv_fs_t *req);
-
+/* Writes wbuf into the queue file on the loop. It is a regular file: the
+ * write goes into the page cache and costs microseconds, less than a hop
+ * to the thread pool and back (a wake-up of the loop and a context switch
+ * per WBUF_CAP). Durability is not ours to give here: the router fsyncs the
+ * file before the 250. A short write leaves the rest in wbuf for the next
+ * step; a failed one drops the rest of the content, and the message is
+ * refused at its end (ENOSPC/EDQUOT 452, else 451). */
 static void start_write(struct session *s)
 {
-	uv_buf_t b = uv_buf_init(s->wbuf, (unsigned)s->wlen);
-	s->fsreq.data = s;
-	if (uv_fs_write(smtpd.loop, &s->fsreq, s->fd, &b, 1, -1, on_file_written) < 0) {
-		s->write_error = true;
-		s->wlen = 0;
-		return;
-	}
-	s->refs++;
-	s->wait = W_WRITE;
-}
-
-static void on_file_written(uv_fs_t *req)
-{
-	struct session *s = req->data;
-	ssize_t n = req->result;
-	uv_fs_req_cleanup(req);
-	s->refs--;
-	s->wait = W_NONE;
-	if (s->closing) {
-		maybe_free(s);
-		return;
-	}
+	ssize_t n;
+	do
+		n = write(s->fd, s->wbuf, s->wlen);
+	while (n < 0 && errno == EINTR);
 	if (n <= 0) {
+		int e = n < 0 ? errno : 0;
 		mxf_warn("%s: queue file write error: %s", s->qid,
-			 n < 0 ? uv_strerror((int)n) : "nothing written");
+			 e ? strerror(e) : "nothing written");
 		s->write_error = true;
-		s->disk_full = n == UV_ENOSPC || n == -EDQUOT;
+		s->disk_full = e == ENOSPC || e == EDQUOT;
 		s->wlen = 0;
-	} else {
-		s->written += (uint64_t)n;
-		memmove(s->wbuf, s->wbuf + n, s->wlen - (size_t)n);
-		s->wlen -= (size_t)n;
+		return;
 	}
-	if (!s->in_data && !s->in_chunk && s->fd >= 0 && !s->open) {
-		/* The transaction ended (RSET, refusal) while this write ran. */
-		close(s->fd);
-		s->fd = -1;
-	}
-	process(s);
+	s->written += (uint64_t)n;
+	memmove(s->wbuf, s->wbuf + n, s->wlen - (size_t)n);
+	s->wlen -= (size_t)n;
 }
 
 static const char *proto_name(const struct session *s)
@@ -1353,7 +1337,7 @@ static void chunk_done(struct session *s)
 		abort_open(s);
 		log_reject(s, "BDAT", code, escode, text, NULL);
 		content_note(s, code, escode, text);
-		if (s->fd >= 0 && s->wait != W_WRITE) {
+		if (s->fd >= 0) {
 			close(s->fd);
 			s->fd = -1;
 		}
@@ -1392,10 +1376,10 @@ static bool data_step(struct session *s)
 	if (s->data.done)
 		take_end(s);
 	if (s->wlen > 0 && (s->data.done || wspace(s) < 2)) {
+		/* Written, partly (the rest next step), or failed (then the
+		 * rest is read and dropped). */
 		start_write(s);
-		/* Waiting for the write, or it failed at once (then the rest is
-		 * read and dropped). */
-		return s->wait == W_NONE;
+		return true;
 	}
 	if (s->data.done) {
 		finish_message(s);
@@ -1430,7 +1414,7 @@ static bool chunk_step(struct session *s)
 		take_end(s);
 	if (s->wlen > 0 && (s->chunk_left == 0 || wspace(s) == 0)) {
 		start_write(s);
-		return s->wait == W_NONE;
+		return true;
 	}
 	if (s->chunk_left == 0) {
 		chunk_done(s);
@@ -1730,7 +1714,7 @@ static int access_ask(struct session *s, bool at_mail)
 }
 
 static void on_access_reply(struct session *s, const char *action, const char *why,
-			    const char *entry)
+			    const char *entry, bool mail_final)
 {
 	char e[700], t[480];
 	if (!action)
@@ -1749,6 +1733,7 @@ static void on_access_reply(struct session *s, const char *action, const char *w
 		s->sender_allowed = true;
 	}
 	if (!s->access_at_mail) {
+		s->mail_final = mail_final;
 		/* At connect: a blocked client gets 554 instead of the greeting
 		 * (RFC 5321 3.1) and is disconnected. */
 		if (block) {
@@ -1880,8 +1865,11 @@ bool session_router_reply(const struct mxf_ipc_view *v, uint64_t req, int fd)
 	case W_ACCESS:
 		if (fd >= 0)
 			close(fd);
+		uint64_t final = 0;
+		if (mxf_ipc_u64(v, F_MAIL_FINAL, 0, &final) < 0)
+			final = 0;
 		on_access_reply(s, mxf_ipc_str(v, F_ACTION, 0), mxf_ipc_str(v, F_TEXT, 0),
-				mxf_ipc_str(v, F_ADDR, 0));
+				mxf_ipc_str(v, F_ADDR, 0), final == 1);
 		if (s->closing)
 			return true;
 		break;
@@ -1904,7 +1892,7 @@ void session_link_down(void)
 			/* No verdict: the session goes on as if no entry applied. */
 			s->wait = W_NONE;
 			s->req = 0;
-			on_access_reply(s, "none", "", "");
+			on_access_reply(s, "none", "", "", false);
 			if (!s->closing)
 				process(s);
 			continue;
@@ -2173,7 +2161,7 @@ static void session_close(struct session *s, bool graceful)
 	ip_release(s);
 	bl_detach(s->bl);
 	s->bl = NULL;
-	if (s->fd >= 0 && s->wait != W_WRITE) {
+	if (s->fd >= 0) {
 		close(s->fd);
 		s->fd = -1;
 	}

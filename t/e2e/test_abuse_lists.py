@@ -9,6 +9,7 @@ import pytest
 
 from conftest import free_ports, wait_until
 from test_abuse_dnsbl import nibbles
+from test_metrics import Metrics, val
 from test_smtpd_conformance import Raw
 
 
@@ -299,3 +300,39 @@ def test_refusal_flood_is_coalesced(lgw):
                for r in summaries), summaries
     assert json.loads(lgw.ctl_ok("--json", "stats"))["rejected_by_reason"]["blocklist"] == n
     assert "activity log: " in lgw.log_text()
+
+
+def test_mail_asks_the_lists_only_when_an_entry_could_match(gateway):
+    """The connect answer says when no HELO/sender entry exists (or the
+    client is allow-listed): MAIL then gets its 250 without a second
+    ACCESS_CHECK (the router's counter by stage shows it); a sender entry
+    brings the check at MAIL back, and it still refuses."""
+    mport = free_ports(1)[0]
+    g = gateway({"main": {"metrics_listen": f"127.0.0.1:{mport}"}})
+    mt = Metrics(mport)
+    port = g.smtp_port
+
+    def checks(stage):
+        return val(mt.scrape(), "mxferry_access_checks_total", stage=stage)
+
+    g.ctl_ok("block", "add", "127.0.0.7")  # an address entry only
+    c0 = checks("connect")
+    assert mail(port, b"s@sender.test")[0] == 250
+    assert mail(port, b"")[0] == 250
+    assert checks("connect") == c0 + 2 and checks("mail") == 0
+    # A session keeps the verdict it got at connect, even across a reload.
+    c = Raw(port, source="127.0.0.5")
+    c.expect(b"EHLO client.example.test", 250)
+    g.ctl_ok("block", "add", "bad.test", "--reason", "no thanks")
+    c.expect(b"MAIL FROM:<x@bad.test>", 250)
+    c.close()
+    assert checks("mail") == 0
+    # With a sender entry, MAIL asks again, and the entry refuses.
+    code, text = mail(port, b"x@bad.test")
+    assert code == 550 and text[0] == b"5.7.1 <x@bad.test>: Sender address rejected: no thanks"
+    assert mail(port, b"s@sender.test")[0] == 250
+    assert checks("mail") == 2
+    # An allow-listed client: no entry can override that, no check at MAIL.
+    g.ctl_ok("allow", "add", "127.0.0.6")
+    assert mail(port, b"x@bad.test", source="127.0.0.6")[0] == 250
+    assert checks("mail") == 2

@@ -7,6 +7,7 @@ import email
 import email.policy
 import os
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -523,6 +524,92 @@ def test_connection_reuse(dns_server, ext_sinks, gateway):
     assert sink.connections <= 10, sink.connections
     uses = [int(u) for u in re.findall(r"conn_use=(\d+)", gw.log_text())]
     assert max(uses) >= 10, uses
+
+
+def rset_peer_talk(log, pipelining=True, refuse_rset_on=()):
+    """A RawServer talk function that writes each command, per connection,
+    to log as (n, verb, alone); alone: for RSET, whether the client waited
+    for its reply before sending more (nothing further came within 1 s).
+    RSET is answered 451 on the connections numbered in refuse_rset_on."""
+    def talk(srv, c, n):
+        buf = b""
+
+        def readline():
+            nonlocal buf
+            while b"\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return b""
+                buf += d
+            line, buf = buf.split(b"\n", 1)
+            return line + b"\n"
+        c.sendall(b"220 mx.pipe.test ESMTP\r\n")
+        while True:
+            line = readline()
+            if not line:
+                return
+            verb = line[:4].upper().decode()
+            alone = verb == "RSET" and not buf and not select.select([c], [], [], 1.0)[0]
+            log.append((n, verb, alone))
+            if verb == "EHLO":
+                c.sendall(b"250-mx.pipe.test\r\n250-8BITMIME\r\n" +
+                          (b"250-PIPELINING\r\n" if pipelining else b"") + b"250 SIZE 100000\r\n")
+            elif verb == "RSET" and n in refuse_rset_on:
+                c.sendall(b"451 4.3.0 not now\r\n")
+            elif verb == "DATA":
+                c.sendall(b"354 go on\r\n")
+                while (body := readline()) != b".\r\n":
+                    if not body:
+                        return
+                log.append((n, "DOT", False))
+                c.sendall(b"250 2.0.0 queued\r\n")
+            elif verb == "QUIT":
+                c.sendall(b"221 bye\r\n")
+                return
+            else:
+                c.sendall(b"250 ok\r\n")
+    return talk
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_reused_connection_rset_pipelined_with_the_transaction(dns_server, raw_servers, gateway,
+                                                               pipelining):
+    """A cached connection is checked with RSET before its next message: to a
+    peer with PIPELINING the RSET leads the MAIL/RCPT/DATA group (one round
+    trip less), to one without it goes alone and is answered first."""
+    base_zones(dns_server)
+    dns_server.zone("pipe.test", mx=[(10, "mx.pipe.test")], a={"mx.pipe.test": "127.0.0.97"})
+    log = []
+    raw_servers("127.0.0.97", rset_peer_talk(log, pipelining))
+    gw = gateway()
+    gw.forward("p@gw.test", "bob@pipe.test")
+    for i in range(2):
+        qid = gw.send_retrying(SENDER, "p@gw.test", make_message(SENDER, "p@gw.test"))
+        wait_log(gw, re.escape(qid) + r".*to=<bob@pipe\.test>.*status=sent")
+    assert [v for n, v, _ in log] == ["EHLO", "MAIL", "RCPT", "DATA", "DOT",
+                                      "RSET", "MAIL", "RCPT", "DATA", "DOT"], log
+    assert {n for n, _, _ in log} == {1}
+    [alone] = [a for _, v, a in log if v == "RSET"]
+    assert alone == (not pipelining), log
+
+
+def test_refused_pipelined_rset_retries_on_a_fresh_connection(dns_server, raw_servers, gateway):
+    """A pipelined RSET that is refused condemns the connection as a refused
+    RSET probe did: it is closed without QUIT or content, and the message goes
+    out once, on a new connection."""
+    base_zones(dns_server)
+    dns_server.zone("pipe.test", mx=[(10, "mx.pipe.test")], a={"mx.pipe.test": "127.0.0.98"})
+    log = []
+    raw_servers("127.0.0.98", rset_peer_talk(log, refuse_rset_on={1}))
+    gw = gateway()
+    gw.forward("p@gw.test", "bob@pipe.test")
+    for i in range(2):
+        qid = gw.send_retrying(SENDER, "p@gw.test", make_message(SENDER, "p@gw.test"))
+        wait_log(gw, re.escape(qid) + r".*to=<bob@pipe\.test>.*status=sent")
+    first = [v for n, v, _ in log if n == 1]
+    assert first[:6] == ["EHLO", "MAIL", "RCPT", "DATA", "DOT", "RSET"], log
+    assert first.count("DOT") == 1 and "QUIT" not in first, log
+    assert [v for n, v, _ in log if n == 2] == ["EHLO", "MAIL", "RCPT", "DATA", "DOT"], log
 
 
 def test_dsn_parameters_passed_on(dns_server, raw_servers, gateway):

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -106,6 +107,37 @@ static void test_verdicts(void **st)
 	mxf_access_free(a);
 }
 
+static bool mail_final(const struct mxf_access *a, const char *ip)
+{
+	struct mxf_access_result res;
+	mxf_access_check(a, ip, NULL, NULL, &res);
+	return mxf_access_mail_final(a, &res);
+}
+
+/* The connect verdict is final for MAIL only when no HELO or sender entry
+ * could match: no domain or address entries, or an allow-listed client. */
+static void test_mail_final(void **st)
+{
+	(void)st;
+	assert_true(mail_final(NULL, "192.0.2.1"));
+	struct mxf_access *a = mxf_access_new();
+	assert_true(mail_final(a, "192.0.2.1")); /* empty */
+	assert_int_equal(mxf_access_add(a, false, "127.0.0.0/24", NULL), 0);
+	assert_int_equal(mxf_access_add(a, true, "127.0.0.2", NULL), 0);
+	assert_int_equal(mxf_access_finish(a), 0);
+	assert_true(mail_final(a, "192.0.2.1")); /* addresses only */
+	mxf_access_free(a);
+	for (int k = 0; k < 4; k++) { /* one name entry of each kind and list */
+		a = mxf_access_new();
+		assert_int_equal(mxf_access_add(a, true, "127.0.0.2", NULL), 0);
+		assert_int_equal(mxf_access_add(a, k & 1, k & 2 ? "x@y.test" : "y.test", NULL), 0);
+		assert_int_equal(mxf_access_finish(a), 0);
+		assert_false(mail_final(a, "192.0.2.1"));
+		assert_true(mail_final(a, "127.0.0.2")); /* allow-listed: nothing overrides */
+		mxf_access_free(a);
+	}
+}
+
 /* 20,000 ranges of 4 prefix lengths: a lookup stays in microseconds. */
 static void test_scale(void **st)
 {
@@ -140,6 +172,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse),
 		cmocka_unit_test(test_verdicts),
+		cmocka_unit_test(test_mail_final),
 		cmocka_unit_test(test_scale),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
