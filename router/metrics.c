@@ -220,6 +220,13 @@ static void render(struct mxf_strbuf *b)
 		mxf_sb_printf(b, "mxferry_refusals_total{reason=\"other\"} %llu\n",
 			      (unsigned long long)M.refusals[MAX_REASONS]);
 
+	family(b, "mxferry_activity_rows_dropped_total", "counter",
+	       "Activity log rows not written: its writer's queue was full, or the write failed.");
+	mxf_sb_printf(b, "mxferry_activity_rows_dropped_total{reason=\"queue_full\"} %llu\n",
+		      (unsigned long long)activity_dropped(false));
+	mxf_sb_printf(b, "mxferry_activity_rows_dropped_total{reason=\"write_failed\"} %llu\n",
+		      (unsigned long long)activity_dropped(true));
+
 	size_t q[MXF_SD_COUNT] = {0};
 	queue_count(q);
 	family(b, "mxferry_queue_messages", "gauge", "Messages in the queue, by state.");

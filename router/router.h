@@ -196,8 +196,12 @@ void activity_close(void);
 /* One row. e and r may be NULL (a refused RCPT has neither). */
 void activity_add(const struct mxf_env *e, const struct mxf_env_rcpt *r, const char *rcpt,
 		  const char *status, const char *remote_host, const char *reply);
-/* Whether a row says queue ID qid came from sender (case-insensitive). */
+/* Whether a written row says queue ID qid came from sender
+ * (case-insensitive); rows still queued for the writer are not seen. */
 bool activity_sent_by(const char *qid, const char *sender);
+/* Rows not written: the writer's queue was full (failed false), or their
+ * transaction failed twice or the row alone failed (failed true). */
+uint64_t activity_dropped(bool failed);
 
 /* sign.c: the DKIM/ARC signing oracle */
 /* (Re)loads the enabled keys of rules.db; keeps the old set if the DB fails. */

@@ -125,7 +125,9 @@ def test_block_client_ip_and_cidr_at_connect(lgw):
                               "reason": "spam source seen 2026-11-01"}
     assert first["who"].startswith("unix:")
 
-    # Each connect refusal is an activity row with its reason.
+    # Each connect refusal is an activity row with its reason (written a
+    # moment after the refusal).
+    wait_until(lambda: len(rejected(lgw, "blocklist")) >= 4, 5, what="refusal rows")
     rows = rejected(lgw, "blocklist")
     assert len(rows) == 4, rows
     assert all(r["reply"].startswith("554 5.7.1") for r in rows)
@@ -149,6 +151,7 @@ def test_block_sender_address_domain_and_helo_at_mail(lgw):
     # ... and the HELO name, which can get a client refused (never allowed).
     code, text = mail(port, b"x@good.test", helo=b"mx1.badhelo.test")
     assert code == 550 and text[0] == b"5.7.1 Client host rejected: bad HELO", text
+    wait_until(lambda: len(rejected(lgw, "blocklist")) >= 4, 5, what="refusal rows")
     rows = rejected(lgw, "blocklist")
     assert len(rows) == 4, rows
     assert sorted(r["mail_from"] for r in rows) == ["spam@bad.test", "x@evil.test",

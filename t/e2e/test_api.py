@@ -462,8 +462,9 @@ def test_queue(api_world):
     assert [x["queue_id"] for x in g.ctl_json("queue", "list")["messages"]] == [qid]
     # Its activity row says it is still queued.
     act = f"/zones/{GW}/email/routing/activity"
-    rows = [x for x in a.get(act)["result"] if x["queue_id"] == qid]
-    assert rows and all(x["status"] == "deferred" and x["queued"] is True for x in rows), rows
+    rows = wait_until(lambda: [x for x in a.get(act)["result"] if x["queue_id"] == qid], 10,
+                      what="the deferred row")
+    assert all(x["status"] == "deferred" and x["queued"] is True for x in rows), rows
     assert a.get(f"{base}/{qid}")["result"]["id"] == qid
     a.get(f"{base}/{'0' * 26}", status=404)
     a.get(base + "?state=frozen", status=400)

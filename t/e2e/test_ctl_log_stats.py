@@ -2,11 +2,13 @@
 retention pruning in the router."""
 import json
 import os
+import re
 import sqlite3
 import subprocess
+import threading
 import time
 
-from conftest import make_message, pid_alive, wait_until
+from conftest import QID_RE, make_message, pid_alive, wait_until
 
 
 def j(gw, *args):
@@ -118,6 +120,100 @@ def test_log_and_stats(world):
         p.terminate()
         p.wait(5)
     assert p.returncode == 0, p.stderr.read()
+
+
+def burst(gw, targets, conns=4):
+    """Sends len(targets) messages at once from conns threads, the message
+    to targets[i], each after a refused RCPT (nobody@gw.test). Returns
+    {queue ID: target}."""
+    got, errors = {}, []
+
+    def session(part):
+        try:
+            # A new connection every 5 messages: smtpd ends a session after
+            # 10 errors (the refused RCPTs).
+            for i in range(0, len(part), 5):
+                s = gw.smtp()
+                for to in part[i:i + 5]:
+                    assert s.mail("alice@sender.test")[0] == 250
+                    assert s.rcpt("nobody@gw.test")[0] == 550
+                    assert s.rcpt(to)[0] == 250
+                    code, resp = s.data(make_message("alice@sender.test", to))
+                    assert code == 250, (code, resp)
+                    got[QID_RE.search(resp).group(1).decode()] = to
+                s.quit()
+        except Exception as e:  # noqa: BLE001 (reported by the test)
+            errors.append(repr(e))
+    threads = [threading.Thread(target=session, args=(targets[i::conns],))
+               for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(got) == len(targets), errors
+    return got
+
+
+def test_activity_burst_and_clean_stop(dns_server, sinks, gateway):
+    """Issue 14: the router writes activity rows off its event loop, batched.
+    A burst gives exactly one row per recipient outcome, in event order; a
+    clean stop right after a burst loses none."""
+    from conftest import make_world
+    # Every refusal a row of its own (no coalescing); unjailed, so that
+    # LeakSanitizer checks the router's writer thread and queue at exit.
+    w = make_world(dns_server, sinks, gateway, {"main": {"run_as_invoking_user": "yes"},
+                                                "router": {"reject_log_rate": "0"}})
+    gw, sink = w.gw, w.dest
+    gw.forward("info@gw.test", "bob@dest.test")
+    gw.ctl_ok("rule", "add", "gw.test", "--to", "spam@gw.test", "--drop")
+    sent = burst(gw, ["info@gw.test", "spam@gw.test"] * 100)
+    fwd = {q for q, to in sent.items() if to == "info@gw.test"}
+    sink.wait_for(100, timeout=60)
+
+    def settled():
+        rows = gw.activity()
+        return rows if len(rows) >= 400 else None
+    rows = wait_until(settled, 20, what=lambda: f"400 rows, got {len(gw.activity())}")
+    assert len(rows) == 400, len(rows)  # and no more later: the counts below
+    mine = [r for r in rows if r["queue_id"]]
+    assert sorted(r["queue_id"] for r in mine) == sorted(sent)
+    for r in mine:
+        want = "forwarded" if r["queue_id"] in fwd else "dropped"
+        assert r["status"] == want and r["rcpt"] == sent[r["queue_id"]], r
+    rej = [r for r in rows if not r["queue_id"]]
+    assert len(rej) == 200 and all(r["status"] == "rejected" and r["rcpt"] == "nobody@gw.test"
+                                   and r["count"] is None for r in rej)
+    # In event order: ts (taken at the event) never goes back along the ids.
+    rows.sort(key=lambda r: r["id"])
+    assert all(a["ts"] <= b["ts"] for a, b in zip(rows, rows[1:]))
+
+    # Another process holds activity.db's write lock: SMTP goes on (the loop
+    # never waits for the writer) and the rows wait in the router. The stop
+    # comes while they wait, the lock goes once the router is stopping: it
+    # writes them all before it exits.
+    lock = sqlite3.connect(os.path.join(gw.data, "activity.db"), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        sent2 = burst(gw, ["spam@gw.test"] * 50, conns=5)
+        assert len(gw.activity()) == 400  # nothing written yet
+        took = []
+        stopper = threading.Thread(target=lambda: took.append(gw.stop()))
+        stopper.start()
+        wait_until(lambda: re.search(r"mxferry/router\[\d+\]: stopping on signal",
+                                     gw.log_text()), 5, what="the router stopping")
+    finally:
+        lock.rollback()
+        lock.close()
+    stopper.join(10)
+    assert took and took[0] is not None, "mxferryd did not stop"
+    rows = gw.activity()
+    dropped = [r["queue_id"] for r in rows if r["status"] == "dropped"]
+    assert sorted(set(sent2) & set(dropped)) == sorted(sent2), \
+        f"{len(set(sent2) - set(dropped))} drop row(s) lost at the stop"
+    assert len(dropped) == 150 and len([r for r in rows if r["status"] == "rejected"]) == 250
+    log = gw.log_text()
+    assert "row(s) dropped" not in log, log[-3000:]
+    assert re.search(r"mxferry/router\[\d+\]: stopped", log), log[-2000:]
 
 
 def test_activity_retention(dns_server, sinks, gateway):

@@ -228,7 +228,8 @@ def test_slowloris_data_one_byte_a_second(agw):
     wait_until(clean, 5, what="the aborted queue file to be removed")
     time.sleep(0.5)
     assert not any(m.msg.get("Subject") == "slow" for m in agw.sink.messages)
-    rows = [r for r in agw.activity() if r.get("reason") == "data-timeout"]
+    rows = wait_until(lambda: [r for r in agw.activity() if r.get("reason") == "data-timeout"],
+                      5, what="the data-timeout row")
     assert len(rows) == 1 and rows[0]["reply"].startswith("421 4.4.2"), rows
 
 

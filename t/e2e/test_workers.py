@@ -66,8 +66,11 @@ def program(gw, name, body):
     return path
 
 
-def rows_for(gw, rcpt, status):
-    return [r for r in gw.activity() if r["rcpt"] == rcpt and r["status"] == status]
+def rows_for(gw, rcpt, status, timeout=10):
+    """The rows, once there: the router writes them a moment after the event."""
+    return wait_until(lambda: [r for r in gw.activity()
+                               if r["rcpt"] == rcpt and r["status"] == status], timeout,
+                      what=lambda: f"a {status} row for {rcpt}: {gw.activity()}")
 
 
 def no_new_mail(sink, n, wait=1.5):
@@ -217,8 +220,8 @@ def test_js_forward_two_destinations_and_drop(world):
                   make_message("alice@sender.test", "half@gw.test", subject="half"))
     msgs = dest.wait_for(len(msgs) + 1)
     assert [m.rcpt_tos for m in msgs if m.msg["Subject"] == "half"] == [["a@dest.test"]]
-    bad = [r for r in gw.activity(qid) if r["status"] == "rejected"]
-    assert bad and bad[0]["dest"] == "stranger@elsewhere.test"
+    bad = gw.wait_activity(qid, "rejected")
+    assert bad[0]["dest"] == "stranger@elsewhere.test"
     assert "forward to <stranger@elsewhere.test> refused: not a verified destination" \
         in gw.log_text()
     del rows
