@@ -12,7 +12,7 @@
 #include "dkim.h"
 
 struct cap {
-	char buf[4096];
+	char buf[65536];
 	size_t len;
 };
 
@@ -53,6 +53,32 @@ static void test_rfc6376_body(void **st)
 		assert_string_equal(c.buf, " C\r\nD E\r\n");
 		body(false, in, step, &c, h);
 		assert_string_equal(c.buf, " C \r\nD \t E\r\n");
+	}
+}
+
+/* A body larger than the hash's block buffer, in every kind of cut: the
+ * canonical bytes and the hash do not depend on where the cuts fall. */
+static void test_body_blocks(void **st)
+{
+	(void)st;
+	static char in[40000];
+	size_t n = 0;
+	for (int i = 0; n + 200 < sizeof(in); i++)
+		n += (size_t)snprintf(in + n, sizeof(in) - n, "line %d  of\tthe body %*s\r\n%s", i,
+				      i % 300, "", i % 17 == 0 ? "\r\n \r\n" : "");
+	static struct cap whole, c;
+	char h1[64], h2[64];
+	for (int relaxed = 0; relaxed < 2; relaxed++) {
+		body(relaxed, in, n, &whole, h1);
+		size_t steps[] = {1, 3, 4095, 4096, 4097, 9000};
+		for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+			body(relaxed, in, steps[k], &c, h2);
+			assert_int_equal(c.len, whole.len);
+			assert_memory_equal(c.buf, whole.buf, c.len);
+			assert_string_equal(h1, h2);
+		}
+		if (!relaxed)
+			assert_memory_equal(whole.buf, in, n); /* simple: the body as it is */
 	}
 }
 
@@ -246,6 +272,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rfc6376_body),  cmocka_unit_test(test_body_hash_dkimpy),
+		cmocka_unit_test(test_body_blocks),
 		cmocka_unit_test(test_rfc6376_headers), cmocka_unit_test(test_tags),
 		cmocka_unit_test(test_b64),           cmocka_unit_test(test_sign_header),
 		cmocka_unit_test(test_arc_scan),      cmocka_unit_test(test_selector),
