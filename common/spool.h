@@ -39,11 +39,13 @@ void mxf_spool_close(struct mxf_spool *sp);
 int mxf_spool_dirfd(const struct mxf_spool *sp, enum mxf_spool_dir d);
 const char *mxf_spool_dir_name(enum mxf_spool_dir d);
 
-/* Creates msg/QID (O_WRONLY|O_CREAT|O_EXCL, 0600; with reuse, a spare
- * content file renamed there and truncated, see mxf_spool_remove) and
- * returns its fd: the content is received in place; without an envelope naming it, it is an
+/* Creates msg/QID (O_WRONLY|O_CREAT|O_EXCL, 0600) and returns its fd: the
+ * content is received in place. With *reuse true it may be a spare content
+ * file renamed there instead (see mxf_spool_remove), still holding its old
+ * bytes: the writer writes from offset 0 and the caller cuts it to the
+ * written length before the commit; *reuse says which it got; without an envelope naming it, it is an
  * orphan (never acknowledged) that start-up removes. */
-int mxf_spool_create(struct mxf_spool *sp, const char *qid, bool reuse);
+int mxf_spool_create(struct mxf_spool *sp, const char *qid, bool *reuse);
 /* Removes msg/QID and tmp/QID.env (an aborted or failed receipt). */
 void mxf_spool_discard(struct mxf_spool *sp, const char *qid);
 

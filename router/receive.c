@@ -328,8 +328,9 @@ static int open_for(struct peer *p, char qid[MXF_QID_SIZE])
 	/* Reused inodes only for smtpd: whoever gets a write descriptor to a
 	 * queue file could keep it; smtpd writes every message it receives
 	 * anyway, but the bouncer's and mxferryctl's own mail it never sees. */
-	if ((o = calloc(1, sizeof(*o))) &&
-	    (fd = mxf_spool_create(R.spool, qid, p->role == ROLE_SMTPD)) >= 0) {
+	bool reused = p->role == ROLE_SMTPD;
+	if ((o = calloc(1, sizeof(*o))) && (fd = mxf_spool_create(R.spool, qid, &reused)) >= 0) {
+		o->reused = reused;
 		memcpy(o->qid, qid, MXF_QID_SIZE);
 		o->fd = fd;
 		o->stamp = msgdir_created();
@@ -506,7 +507,7 @@ static uint64_t msgdir_created(void)
  * the client's 250 comes after both are on disk. */
 static void reply_commit(struct commit *c)
 {
-	int fd = mxf_spool_create(R.spool, c->re->qid, false);
+	int fd = mxf_spool_create(R.spool, c->re->qid, NULL);
 	size_t len = strlen(c->rraw), off = 0;
 	c->rresult = fd;
 	while (fd >= 0 && off < len) {
@@ -1020,6 +1021,12 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 	const char *ecode = "4.3.0", *text = "Error: queue file write error";
 	int r;
 
+	/* A reused file still holds its old bytes past what smtpd wrote: cut
+	 * here, before anyone (a worker, the fsync, deliverd) reads it. */
+	if (o->reused && fstat(o->fd, &st) == 0 && (uint64_t)st.st_size > size &&
+	    ftruncate(o->fd, (off_t)size) < 0)
+		mxf_err("%s: cannot cut the queue file to %llu: %s", qid, (unsigned long long)size,
+			strerror(errno));
 	if (fstat(o->fd, &st) < 0 || (uint64_t)st.st_size != size) {
 		mxf_err("%s: size mismatch (file %lld, client says %llu)", qid, (long long)st.st_size,
 			(unsigned long long)size);

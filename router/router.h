@@ -30,6 +30,7 @@ struct opened {
 	int fd;
 	uint64_t stamp; /* its msg/ entry, for the group commit's msg/ fsync */
 	bool shown;     /* a descriptor to it went to another process (a worker) */
+	bool reused;    /* a spare content file: old bytes past what smtpd wrote */
 };
 
 struct commit; /* a durable commit running on the thread pool */

@@ -520,3 +520,28 @@ def test_queue_file_opened_ahead(world):
     assert sorted(m.msg.get("Message-ID") for m in got[-2:]) == ["<ahead0@sender.test>",
                                                                   "<ahead1@sender.test>"]
     empty_spool()
+
+
+def test_reused_queue_file_cut_to_length(world):
+    """A delivered message's content file is reused for the next one, which
+    smtpd writes over the old bytes: the router cuts it to the new length at
+    the commit, so a short message after a long one arrives exactly as sent."""
+    gw = world.gw
+    gw.forward("info@gw.test", "bob@dest.test")
+    long_body = ("0123456789 long message line to be left behind\n" * 2000)
+    sent = []
+    for i, body in enumerate((long_body, "short\n", long_body[:5000] + "\n", "tiny\n")):
+        data = make_message("alice@sender.test", "info@gw.test", body=body,
+                            msgid=f"<cut{i}@sender.test>")
+        gw.send("alice@sender.test", "info@gw.test", data)
+        got = world.dest.wait_for(len(sent) + 1, timeout=20)
+        sent.append(data)
+        m = got[-1]
+        assert m.msg.get("Message-ID") == f"<cut{i}@sender.test>"
+        # Our Received (and Authentication-Results) come first; the rest is
+        # the message as sent, to the last byte.
+        assert m.data.endswith(data), (i, len(m.data), len(data), m.data[-200:])
+        assert b"left behind" not in m.data or i in (0, 2)
+    wait_until(lambda: any(n.startswith("spare.c")
+                           for n in os.listdir(os.path.join(gw.spool, "tmp"))),
+               10, what="a content file kept for reuse")

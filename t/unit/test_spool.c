@@ -84,7 +84,7 @@ static struct mxf_env *env_for(const char *qid)
 static int receive(struct fx *f, char qid[MXF_QID_SIZE])
 {
 	assert_int_equal(mxf_qid_new(qid), 0);
-	int fd = mxf_spool_create(f->sp, qid, true);
+	int fd = mxf_spool_create(f->sp, qid, NULL);
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, "hello", 5), 5);
 	return fd;
@@ -113,7 +113,7 @@ static void test_commit_ok(void **state)
 	char qid[MXF_QID_SIZE];
 	int fd = receive(f, qid);
 	/* The same ID cannot be created twice. */
-	assert_int_equal(mxf_spool_create(f->sp, qid, true), -EEXIST);
+	assert_int_equal(mxf_spool_create(f->sp, qid, NULL), -EEXIST);
 	struct stat st;
 	/* Received in place, in msg/ (an orphan until an envelope names it). */
 	assert_int_equal(fstatat(mxf_spool_dirfd(f->sp, MXF_SD_MSG), qid, &st, 0), 0);
@@ -334,19 +334,27 @@ static void test_spare_contents(void **state)
 	assert_int_equal(count(f, MXF_SD_TMP), 2); /* the envelope's and the content's */
 	/* Without reuse (a queue file for the bouncer or mxferryctl) a new file. */
 	assert_int_equal(mxf_qid_new(q3), 0);
-	fd = mxf_spool_create(f->sp, q3, false);
+	bool reuse = false;
+	fd = mxf_spool_create(f->sp, q3, &reuse);
 	assert_true(fd >= 0);
 	assert_true(exists(f, MXF_SD_TMP, "spare.c0"));
 	close(fd);
 	mxf_spool_discard(f->sp, q3);
 	assert_int_equal(mxf_qid_new(q2), 0);
-	fd = mxf_spool_create(f->sp, q2, true);
+	reuse = true;
+	fd = mxf_spool_create(f->sp, q2, &reuse);
 	assert_true(fd >= 0);
+	assert_true(reuse);
 	assert_false(exists(f, MXF_SD_TMP, "spare.c0"));
 	assert_int_equal(fstat(fd, &st2), 0);
 	assert_int_equal(st1.st_ino, st2.st_ino);
-	assert_int_equal(st2.st_size, 0); /* nothing of the old message */
+	/* The old bytes stay until the caller cuts the file (the router does
+	 * at COMMIT); the descriptor cannot read them. */
+	assert_int_equal(st2.st_size, 5);
+	char rb[8];
+	assert_int_equal(read(fd, rb, sizeof(rb)), -1);
 	assert_int_equal(write(fd, "hey", 3), 3);
+	assert_int_equal(ftruncate(fd, 3), 0);
 	struct mxf_env *e2 = env_for(q2);
 	e2->size = 3;
 	assert_int_equal(mxf_spool_commit(f->sp, fd, e2), 0);
@@ -362,8 +370,10 @@ static void test_spare_contents(void **state)
 	assert_false(exists(f, MXF_SD_MSG, q2));
 	assert_int_equal(count(f, MXF_SD_TMP), 1); /* the envelope's spare only */
 	assert_int_equal(mxf_qid_new(q3), 0);
-	fd = mxf_spool_create(f->sp, q3, true);
+	reuse = true;
+	fd = mxf_spool_create(f->sp, q3, &reuse);
 	assert_true(fd >= 0);
+	assert_false(reuse);
 	assert_int_equal(count(f, MXF_SD_TMP), 1);
 	close(fd);
 	mxf_spool_discard(f->sp, q3);
@@ -414,7 +424,7 @@ static void test_rewrite_move_remove(void **state)
 
 	/* Path tricks are refused. */
 	assert_int_equal(mxf_spool_move(f->sp, "../x", MXF_SD_ACTIVE, MXF_SD_DEFERRED), -EINVAL);
-	assert_int_equal(mxf_spool_create(f->sp, "../../etc/x", true), -EINVAL);
+	assert_int_equal(mxf_spool_create(f->sp, "../../etc/x", NULL), -EINVAL);
 	assert_int_equal(mxf_spool_open_content(f->sp, "x/y"), -EINVAL);
 	assert_int_equal(mxf_spool_move(f->sp, qid, MXF_SD_ACTIVE, MXF_SD_MSG), -EINVAL);
 
