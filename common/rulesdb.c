@@ -333,6 +333,16 @@ static int prep(struct mxf_rulesdb *db, const char *sql, sqlite3_stmt **st, char
 	return rc == SQLITE_OK ? 0 : fail_sql(db, rc, err, errlen);
 }
 
+/* The end of a loop over rows: r (a callback's stop) or the step's error
+ * (rc other than SQLITE_DONE), with the statement finalized. */
+static int rows_done(sqlite3_stmt *st, int r, int rc)
+{
+	if (r == 0 && rc != SQLITE_DONE)
+		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
+	sqlite3_finalize(st);
+	return r;
+}
+
 static int begin_write(struct mxf_rulesdb *db, char *err, size_t errlen)
 {
 	if (!db->writable) {
@@ -702,10 +712,7 @@ int mxf_rulesdb_audit_list(struct mxf_rulesdb *db, long long since, long long li
 		if ((r = cb(&e, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 /* ---- writes ---- */
@@ -2069,10 +2076,7 @@ int mxf_rulesdb_dkim_list(struct mxf_rulesdb *db, const char *domain,
 		if ((r = cb(&k, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 int mxf_rulesdb_data_version(struct mxf_rulesdb *db, long long *v)
@@ -2129,10 +2133,7 @@ int mxf_rulesdb_rule_list(struct mxf_rulesdb *db,
 		if ((r = cb(&ri, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 /* ---- the compiled rule set ---- */
@@ -3085,10 +3086,7 @@ int mxf_rulesdb_access_list(struct mxf_rulesdb *db, const char *list,
 		if ((r = cb(&e, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 /* ---- workers (issue 13) ---- */
@@ -3268,10 +3266,7 @@ int mxf_rulesdb_worker_list(struct mxf_rulesdb *db,
 		if ((r = cb(&wi, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 static int cmp_worker(const void *a, const void *b)
@@ -3401,10 +3396,7 @@ int mxf_rulesdb_domain_list(struct mxf_rulesdb *db,
 		if ((r = cb(&d, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 int mxf_rulesdb_address_list(struct mxf_rulesdb *db,
@@ -3428,10 +3420,7 @@ int mxf_rulesdb_address_list(struct mxf_rulesdb *db,
 		if ((r = cb(&a, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 static bool token_name_ok(const char *name)
@@ -3556,10 +3545,7 @@ int mxf_rulesdb_token_list(struct mxf_rulesdb *db,
 		if ((r = cb(&t, arg)) != 0)
 			break;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = sqlerr(rc) ? sqlerr(rc) : -EIO;
-	sqlite3_finalize(st);
-	return r;
+	return rows_done(st, r, rc);
 }
 
 int mxf_rulesdb_token_check(struct mxf_rulesdb *db, const char *secret, char id[33],
