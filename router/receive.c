@@ -1023,11 +1023,15 @@ int recv_commit(struct peer *p, const struct mxf_ipc_view *v)
 
 	/* A reused file still holds its old bytes past what smtpd wrote: cut
 	 * here, before anyone (a worker, the fsync, deliverd) reads it. */
-	if (o->reused && fstat(o->fd, &st) == 0 && (uint64_t)st.st_size > size &&
-	    ftruncate(o->fd, (off_t)size) < 0)
-		mxf_err("%s: cannot cut the queue file to %llu: %s", qid, (unsigned long long)size,
-			strerror(errno));
-	if (fstat(o->fd, &st) < 0 || (uint64_t)st.st_size != size) {
+	int sr = fstat(o->fd, &st);
+	if (sr == 0 && o->reused && (uint64_t)st.st_size > size) {
+		if (ftruncate(o->fd, (off_t)size) == 0)
+			st.st_size = (off_t)size;
+		else
+			mxf_err("%s: cannot cut the queue file to %llu: %s", qid,
+				(unsigned long long)size, strerror(errno));
+	}
+	if (sr < 0 || (uint64_t)st.st_size != size) {
 		mxf_err("%s: size mismatch (file %lld, client says %llu)", qid, (long long)st.st_size,
 			(unsigned long long)size);
 		goto refuse;

@@ -886,20 +886,20 @@ static void do_rcpt(struct session *s, const struct mxf_smtp_cmd *c)
 /* The recipient passed the block lists: the router decides. */
 static void rcpt_to_router(struct session *s)
 {
+	/* No queue file yet, none coming: ask for one ahead. */
+	bool ahead = !s->ahead_req && s->pre_fd < 0 && !s->open;
 	struct mxf_ipc_msg *m = mxf_ipc_msg_new(MXF_MSG_RCPT_CHECK);
 	s->req = ++smtpd.next_req;
 	if (!m || mxf_ipc_put_u64(m, F_REQ, s->req) < 0 ||
 	    mxf_ipc_put_str(m, F_ADDR, s->pending_rcpt) < 0 ||
 	    mxf_ipc_put_str(m, F_CLIENT_IP, s->ip) < 0 || mxf_ipc_put_str(m, F_HELO, s->helo) < 0 ||
 	    mxf_ipc_put_str(m, F_SENDER, s->sender) < 0 ||
-	    (!s->ahead_req && s->pre_fd < 0 && !s->open &&
-	     mxf_ipc_put_u64(m, F_OPEN_AHEAD, 1) < 0)) {
+	    (ahead && mxf_ipc_put_u64(m, F_OPEN_AHEAD, 1) < 0)) {
 		mxf_ipc_msg_free(m);
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 		return;
 	}
 	/* Router down: this recipient gets a 4xx, the session goes on. */
-	bool ahead = !s->ahead_req && s->pre_fd < 0 && !s->open;
 	if (send_request(s, m, W_RCPT) < 0)
 		reply_err(s, 451, "4.3.0", TEMPFAIL_TEXT);
 	else if (ahead)
