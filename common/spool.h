@@ -49,9 +49,9 @@ int mxf_spool_create(struct mxf_spool *sp, const char *qid, bool *reuse);
 /* Removes msg/QID and tmp/QID.env (an aborted or failed receipt). */
 void mxf_spool_discard(struct mxf_spool *sp, const char *qid);
 
-/* Durable commit of a received message: fsync(content_fd), write and fsync
- * tmp/QID.env, fsync msg/, rename (no overwrite) tmp/QID.env ->
- * incoming/QID, fsync incoming/. On any failure everything made is removed
+/* Durable commit of a received message: fdatasync(content_fd), write and
+ * fdatasync the envelope (a spare or tmp/QID.env), fsync msg/, rename (no
+ * overwrite) it -> incoming/QID, fsync incoming/. On any failure everything made is removed
  * (the content too) and -errno is returned; -ENOSPC and -EDQUOT mean the
  * disk is full. content_fd stays open (the caller closes it). */
 int mxf_spool_commit(struct mxf_spool *sp, int content_fd, const struct mxf_env *e);
